@@ -1,0 +1,16 @@
+/* clock.h - time helpers shared by every module: monotonic/real clocks, interruptible sleeps, RFC 3339 stamps. */
+#ifndef MES_CLOCK_H
+#define MES_CLOCK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+int64_t clock_mono_ms(void);
+double clock_mono_s(void);
+int64_t clock_real_ms(void);
+/* Sleeps ms milliseconds, resuming after signals. */
+void clock_sleep_ms(int64_t ms);
+/* "2026-11-22T12:00:00.123456Z" (UTC, microseconds) into out (>= 32 bytes). */
+void clock_rfc3339_now(char *out, size_t len);
+
+#endif

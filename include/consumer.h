@@ -1,0 +1,35 @@
+/* consumer.h - one lane per durable consumer: fetch a batch, validate, commit in one transaction, then ack/NAK/DLQ. */
+#ifndef MES_CONSUMER_H
+#define MES_CONSUMER_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+
+#include <nats/nats.h>
+
+#include "config.h"
+#include "db.h"
+#include "event.h"
+#include "nats_setup.h"
+#include "payload.h"
+#include "store.h"
+
+typedef struct consumer consumer_t;
+
+/* Creates the lane for event type et (one of the ten bases); does not subscribe yet. Caller owns (consumer_destroy). */
+consumer_t *consumer_create(const config_t *cfg, mes_nats_t *nats, event_type_t et, const atomic_bool *stop);
+/* Ensures/binds the durable consumer. */
+int consumer_subscribe(consumer_t *c) __attribute__((warn_unused_result));
+/* Starts the lane thread. */
+int consumer_start(consumer_t *c) __attribute__((warn_unused_result));
+bool consumer_subscribed(const consumer_t *c);
+/* Waits for the thread until deadline_ms (CLOCK_REALTIME ms). Returns true when it ended. Call after *stop is set. */
+bool consumer_join(consumer_t *c, int64_t deadline_ms);
+void consumer_destroy(consumer_t *c); /* NULL-safe; only after a successful join (or if never started) */
+event_type_t consumer_event_type(const consumer_t *c);
+
+/* Backoff of SPEC 4: min(base * 2^(n-1), max) with +-20% jitter, n = delivery count (>= 1). */
+int64_t consumer_backoff_ms(int64_t base_ms, int64_t max_ms, int n, bool jitter);
+
+#endif

@@ -1,0 +1,53 @@
+/* db.h - one PostgreSQL session: connect with timeouts and the tenant search_path, run statements, classify errors. */
+#ifndef MES_DB_H
+#define MES_DB_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <libpq-fe.h>
+
+#include "config.h"
+#include "event.h"
+
+/* What went wrong with a statement, in SPEC 4 terms. */
+typedef struct {
+    char sqlstate[6];   /* "" when there is none (lost connection) */
+    char message[512];  /* "SQLSTATE 23505: duplicate key ..." - safe to put in a DLQ record */
+    error_class_t cls;  /* ERR_DATABASE or ERR_TIMEOUT */
+    bool retryable;     /* transient: retry the same work later */
+    bool outage;        /* the database is unreachable or restarting: pause, reconnect, retry; never burn deliveries */
+} db_error_t;
+
+/* A session; owned by exactly one thread at a time. */
+typedef struct {
+    PGconn *pg;
+    const config_t *cfg;
+    char schema_ident[80]; /* quoted identifier, e.g. "daisi_acme" */
+} db_conn_t;
+
+/* Connects, sets statement_timeout, lock_timeout and search_path to the tenant schema (which need not exist yet).
+ * Returns NULL and fills err on failure. Caller owns the result (db_close). */
+db_conn_t *db_connect(const config_t *cfg, db_error_t *err);
+void db_close(db_conn_t *c); /* NULL-safe */
+/* True when the session is usable (cheap: looks at the socket state, no round trip). */
+bool db_ok(const db_conn_t *c);
+/* Round trip "SELECT 1". */
+bool db_ping(db_conn_t *c);
+
+/* Runs sql with text parameters. On success returns the result (caller PQclear's it; may be NULL for commands when
+ * want_result is false). On failure returns NULL and fills err. */
+PGresult *db_exec(db_conn_t *c, const char *sql, int nparams, const char *const *params, db_error_t *err);
+/* db_exec for commands without parameters or interesting results. Returns 0 or -1. */
+int db_command(db_conn_t *c, const char *sql, db_error_t *err) __attribute__((warn_unused_result));
+
+/* Best-effort ROLLBACK after a failed transaction (no-op on a broken session). */
+void db_rollback(db_conn_t *c);
+
+/* Fills err from a failed result (or the connection state when res is NULL). */
+void db_error_from(db_error_t *err, const PGconn *pg, const PGresult *res);
+/* Classification of a SQLSTATE (SPEC 4); exposed for unit tests. */
+void db_classify(const char *sqlstate, bool conn_bad, db_error_t *err);
+
+#endif

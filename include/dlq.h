@@ -1,0 +1,49 @@
+/* dlq.h - DLQ records (SPEC 5.1): build the JSON body and publish it with JetStream de-duplication. */
+#ifndef MES_DLQ_H
+#define MES_DLQ_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <nats/nats.h>
+
+#include "buf.h"
+#include "config.h"
+#include "event.h"
+
+typedef struct {
+    const char *source_subject;
+    const char *payload; /* original bytes (the whole message, or one history item) */
+    size_t payload_len;
+    bool payload_is_json; /* embed as JSON; otherwise base64 */
+    const char *error;    /* human-readable reason */
+    error_class_t cls;
+    bool retryable;       /* error_type "retryable" | "fatal" */
+    int retry_count;      /* deliveries of the source message so far */
+    int max_retry;        /* the source consumer's max deliver */
+    const char *source_stream;
+    uint64_t source_sequence;
+    const char *source_message_id; /* Nats-Msg-Id of the source, or "<stream>:<seq>" */
+    int item_index;                /* -1 unless one item of a history batch */
+    const char *source_metadata;   /* last_metadata JSON of the source (so a replay writes the original's) */
+    size_t source_metadata_len;
+} dlq_record_t;
+
+/* Originals larger than this (base64 grows them by 4/3 and NATS caps a message at 1 MiB) embed a base64 prefix of the original and say so ("original_payload_truncated"), so a
+ * 1 MiB poison message cannot make its own DLQ record unpublishable; the full original stays in its source stream at
+ * source_stream/source_sequence. */
+#define DLQ_MAX_EMBED (512 * 1024)
+
+/* Appends the record body to b. */
+void dlq_record_build(buf_t *b, const char *company, const dlq_record_t *r);
+/* "dlq:<stream>:<seq>" or "dlq:<stream>:<seq>:<item>". */
+void dlq_record_msg_id(const dlq_record_t *r, char *out, size_t len);
+/* Publishes to <nats.dlqSubject>.<co> and waits for the PubAck. Returns 0, or -1 with err filled. */
+int dlq_publish(jsCtx *js, const config_t *cfg, const dlq_record_t *r, buf_t *scratch, char *err, size_t errlen)
+    __attribute__((warn_unused_result));
+
+/* Standard base64 of in[0..n) appended to b. */
+void base64_append(buf_t *b, const unsigned char *in, size_t n);
+
+#endif

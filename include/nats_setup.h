@@ -1,0 +1,39 @@
+/* nats_setup.h - the NATS connection, streams (SPEC 1.2) and per-tenant durable consumers (SPEC 1.3). */
+#ifndef MES_NATS_SETUP_H
+#define MES_NATS_SETUP_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <nats/nats.h>
+
+#include "config.h"
+#include "event.h"
+
+typedef struct {
+    natsConnection *nc;
+    jsCtx *js;
+    const config_t *cfg;
+} mes_nats_t;
+
+/* Connects (retrying with backoff until deadline_ms of CLOCK_MONOTONIC or *stop), reconnecting forever afterwards.
+ * Returns 0 or -1 (logged). */
+int mes_nats_connect(mes_nats_t *n, const config_t *cfg, int64_t deadline_ms, const atomic_bool *stop)
+    __attribute__((warn_unused_result));
+void mes_nats_close(mes_nats_t *n); /* NULL-safe; closes and destroys the connection */
+bool mes_nats_connected(const mes_nats_t *n);
+
+/* Creates missing streams and adds missing subjects to existing ones; never deletes, never resets limits. */
+int mes_nats_ensure_streams(mes_nats_t *n) __attribute__((warn_unused_result));
+
+/* Durable name and filter subject of the consumer for event type et (or the DLQ when dlq is true). */
+void mes_nats_consumer_names(const config_t *cfg, event_type_t et, bool dlq, char *durable, size_t dlen, char *filter,
+                             size_t flen);
+/* Creates the durable if missing (deliver all), updates ack wait / max deliver / max ack pending in place when they
+ * differ, and binds a pull subscription to it. */
+int mes_nats_subscribe(mes_nats_t *n, event_type_t et, bool dlq, natsSubscription **sub)
+    __attribute__((warn_unused_result));
+
+#endif

@@ -1,0 +1,54 @@
+/* store.h - the tenant schema (migrations, partitions) and batched upserts of validated events (SPEC 3, 6). */
+#ifndef MES_STORE_H
+#define MES_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#include "buf.h"
+#include "db.h"
+#include "metrics.h"
+#include "payload.h"
+
+/* Creates the schema, schema_migrations and every pending migration, under an advisory lock so replicas starting
+ * together do not race. With auto_migrate false, only verifies that the schema is complete. Returns 0 or -1 (err). */
+int store_migrate(db_conn_t *c, bool auto_migrate, db_error_t *err) __attribute__((warn_unused_result));
+/* Ensures monthly messages partitions from the month before `now` through 3 months ahead; rows that already sit in
+ * messages_default for such a month are moved into the new partition. Idempotent. */
+int store_ensure_partitions(db_conn_t *c, time_t now, db_error_t *err) __attribute__((warn_unused_result));
+
+/* One event (or history item) to write. */
+typedef struct {
+    const event_t *ev;   /* valid event; ev->type is the entity event type (history items: *_UPSERT) */
+    const char *meta;    /* last_metadata JSON object text */
+    uint32_t meta_len;
+    bool onboard;        /* realtime messages.upsert: run onboarding in the same transaction */
+    /* out */
+    error_class_t result;      /* ERR_NONE or ERR_NOT_FOUND (update of a missing row) */
+    onboarding_status_t onb;   /* when onboard: the onboarding outcome */
+} store_item_t;
+
+/* Per-thread scratch space for building statements; reused across batches. */
+typedef struct {
+    buf_t json;
+    uint32_t *order; /* index scratch */
+    uint32_t *round;
+    char *phones; /* cap slots of PAYLOAD_MAX_PHONE + 1: normalised onboarding phones */
+    size_t cap;
+} store_scratch_t;
+
+void store_scratch_init(store_scratch_t *s);
+void store_scratch_free(store_scratch_t *s);
+
+/*
+ * Writes all items in ONE transaction (BEGIN ... COMMIT) with one multi-row statement per entity and "round": items
+ * naming the same key are split into successive rounds in stream (array) order, so the result equals applying them
+ * one by one. Returns 0 when committed (items[i].result tells not_found), -1 when the transaction failed and was rolled
+ * back (err says why; no item was written).
+ */
+int store_commit(db_conn_t *c, store_item_t *items, size_t n, store_scratch_t *s, db_error_t *err)
+    __attribute__((warn_unused_result));
+
+#endif

@@ -1,0 +1,614 @@
+/* consumer.c - one lane: fetch a batch -> validate -> one transaction -> ack, NAK with delay, or DLQ then ack. */
+#include "consumer.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "clock.h"
+#include "dlq.h"
+#include "log.h"
+#include "metrics.h"
+
+/* What happens to one message once its batch has been decided. */
+typedef enum { OUT_ACK = 0, OUT_DLQ, OUT_RETRY, OUT_LEAVE } outcome_t;
+
+typedef struct {
+    natsMsg *msg;
+    jsMsgMetaData *md;
+    const char *subject;
+    const char *data;
+    int len;
+    char msg_id[160]; /* Nats-Msg-Id or stream:seq */
+    event_t ev;
+    const char *meta; /* last_metadata JSON (arena) */
+    uint32_t meta_len;
+    double t_recv;
+    uint32_t first_item; /* its store items: [first_item, first_item + n_items) */
+    uint32_t n_items;
+    outcome_t out;
+    error_class_t cls;
+    bool retryable;
+    const char *err;
+} slot_t;
+
+struct consumer {
+    const config_t *cfg;
+    const lane_config_t *lc;
+    mes_nats_t *nats;
+    event_type_t et;
+    lane_t lane;
+    const atomic_bool *stop;
+    natsSubscription *sub;
+    char durable[256];
+    char filter[256];
+    atomic_bool subscribed;
+    pthread_t thread;
+    bool started;
+
+    db_conn_t *db;
+    payload_ctx_t pctx;
+    store_scratch_t scratch;
+    buf_t dlqbuf;
+    slot_t *slots;
+    store_item_t *items;
+    size_t items_cap;
+    uint64_t rng;
+};
+
+/* ---- small helpers ---------------------------------------------------------------------------------------- */
+
+static uint64_t rng_next(uint64_t *s)
+{
+    uint64_t x = *s ? *s : 0x9E3779B97F4A7C15ULL;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    *s = x;
+    return x;
+}
+
+int64_t consumer_backoff_ms(int64_t base_ms, int64_t max_ms, int n, bool jitter)
+{
+    static _Thread_local uint64_t seed;
+    if (n < 1)
+        n = 1;
+    int64_t d = base_ms;
+    for (int i = 1; i < n && d < max_ms; i++)
+        d *= 2;
+    if (d > max_ms)
+        d = max_ms;
+    if (jitter && d > 0) {
+        if (!seed)
+            seed = (uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)&seed;
+        double f = 0.8 + 0.4 * (double)(rng_next(&seed) >> 11) / 9007199254740992.0;
+        d = (int64_t)((double)d * f);
+    }
+    return d < 1 ? 1 : d;
+}
+
+/* ---- lifecycle -------------------------------------------------------------------------------------------- */
+
+consumer_t *consumer_create(const config_t *cfg, mes_nats_t *nats, event_type_t et, const atomic_bool *stop)
+{
+    consumer_t *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->cfg = cfg;
+    c->et = et;
+    c->lane = event_type_lane(et);
+    c->lc = c->lane == LANE_HISTORICAL ? &cfg->historical : &cfg->realtime;
+    c->nats = nats;
+    c->stop = stop;
+    c->rng = (uint64_t)et * 7919 + (uint64_t)time(NULL);
+    mes_nats_consumer_names(cfg, et, false, c->durable, sizeof c->durable, c->filter, sizeof c->filter);
+    store_scratch_init(&c->scratch);
+    buf_init(&c->dlqbuf);
+    c->slots = calloc((size_t)c->lc->batch_size, sizeof *c->slots);
+    if (!c->slots || payload_ctx_init(&c->pctx, cfg->company_id) != 0) {
+        consumer_destroy(c);
+        return NULL;
+    }
+    return c;
+}
+
+void consumer_destroy(consumer_t *c)
+{
+    if (!c)
+        return;
+    if (c->sub) {
+        natsSubscription_Unsubscribe(c->sub);
+        natsSubscription_Destroy(c->sub);
+    }
+    db_close(c->db);
+    payload_ctx_free(&c->pctx);
+    store_scratch_free(&c->scratch);
+    buf_free(&c->dlqbuf);
+    free(c->slots);
+    free(c->items);
+    free(c);
+}
+
+event_type_t consumer_event_type(const consumer_t *c)
+{
+    return c->et;
+}
+
+bool consumer_subscribed(const consumer_t *c)
+{
+    return atomic_load(&c->subscribed);
+}
+
+int consumer_subscribe(consumer_t *c)
+{
+    if (mes_nats_subscribe(c->nats, c->et, false, &c->sub) != 0)
+        return -1;
+    atomic_store(&c->subscribed, true);
+    log_info("consumer", "consumer subscribed", LF_S("durable", c->durable), LF_S("filter", c->filter),
+             LF_S("consumer_type", lane_name(c->lane)));
+    return 0;
+}
+
+/* ---- database session --------------------------------------------------------------------------------------- */
+
+/* Keeps held messages alive while we wait (ack wait must never expire on work we still own). */
+static void keep_alive(consumer_t *c, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (c->slots[i].msg)
+            natsMsg_InProgress(c->slots[i].msg, NULL);
+}
+
+/* Returns true with a usable session; false when stopping. Holds `held` messages alive meanwhile. */
+static bool ensure_db(consumer_t *c, size_t held)
+{
+    int64_t wait = 100;
+    double last_keepalive = clock_mono_s();
+    double keep_every = (double)c->lc->ack_wait_ms / 3000.0;
+    if (keep_every > 5.0)
+        keep_every = 5.0;
+    while (!db_ok(c->db)) {
+        db_close(c->db);
+        c->db = NULL;
+        db_error_t err;
+        c->db = db_connect(c->cfg, &err);
+        if (c->db)
+            break;
+        if (atomic_load(c->stop))
+            return false;
+        log_warn("consumer", "database unavailable; lane paused", LF_S("durable", c->durable),
+                 LF_S("error", err.message), LF_I("retry_in_ms", wait));
+        /* Sleep in small steps so stop and keep-alive stay responsive. */
+        for (int64_t slept = 0; slept < wait; slept += 100) {
+            if (atomic_load(c->stop))
+                return false;
+            if (held && clock_mono_s() - last_keepalive >= keep_every) {
+                keep_alive(c, held);
+                last_keepalive = clock_mono_s();
+            }
+            clock_sleep_ms(100);
+        }
+        wait = wait * 2 > 5000 ? 5000 : wait * 2;
+    }
+    return true;
+}
+
+/* ---- per-message preparation ---------------------------------------------------------------------------------- */
+
+static void build_meta(consumer_t *c, slot_t *s, const char *processed_at)
+{
+    buf_t b;
+    buf_init(&b);
+    buf_puts(&b, "{\"stream\":");
+    const char *stream = s->md && s->md->Stream ? s->md->Stream : c->lc->stream;
+    buf_put_json_str(&b, stream, strlen(stream));
+    buf_printf(&b, ",\"stream_sequence\":%llu,\"consumer\":",
+               (unsigned long long)(s->md ? s->md->Sequence.Stream : 0));
+    const char *cons = s->md && s->md->Consumer ? s->md->Consumer : c->durable;
+    buf_put_json_str(&b, cons, strlen(cons));
+    buf_printf(&b, ",\"consumer_sequence\":%llu,\"message_id\":",
+               (unsigned long long)(s->md ? s->md->Sequence.Consumer : 0));
+    buf_put_json_str(&b, s->msg_id, strlen(s->msg_id));
+    buf_puts(&b, ",\"message_subject\":");
+    buf_put_json_str(&b, s->subject, strlen(s->subject));
+    buf_printf(&b, ",\"processed_at\":\"%s\"}", processed_at);
+    s->meta = b.oom ? "{}" : arena_strndup(c->pctx.arena, b.data, b.len);
+    if (!s->meta)
+        s->meta = "{}";
+    s->meta_len = (uint32_t)strlen(s->meta);
+    buf_free(&b);
+}
+
+/* The subject must be exactly <base>.<co> for this lane's base (SPEC 1.1). */
+static const char *check_subject(consumer_t *c, const char *subject)
+{
+    const char *dot = strrchr(subject, '.');
+    if (!dot || event_type_from_base(subject, (size_t)(dot - subject)) != c->et ||
+        strcmp(dot + 1, c->cfg->company_id) != 0)
+        return arena_printf(c->pctx.arena, "unknown subject '%.200s' (expected %s.%s)", subject,
+                            event_type_base(c->et), c->cfg->company_id);
+    return NULL;
+}
+
+static bool grow_items(consumer_t *c, size_t need)
+{
+    if (need <= c->items_cap)
+        return true;
+    size_t cap = c->items_cap ? c->items_cap : 256;
+    while (cap < need)
+        cap *= 2;
+    store_item_t *it = realloc(c->items, cap * sizeof *it);
+    if (!it)
+        return false;
+    c->items = it;
+    c->items_cap = cap;
+    return true;
+}
+
+static void prepare(consumer_t *c, slot_t *s, const char *processed_at, size_t *nitems)
+{
+    s->subject = natsMsg_GetSubject(s->msg);
+    s->data = natsMsg_GetData(s->msg);
+    s->len = natsMsg_GetDataLength(s->msg);
+    if (natsMsg_GetMetaData(&s->md, s->msg) != NATS_OK)
+        s->md = NULL;
+    const char *hid = NULL;
+    if (natsMsgHeader_Get(s->msg, "Nats-Msg-Id", &hid) == NATS_OK && hid && *hid)
+        snprintf(s->msg_id, sizeof s->msg_id, "%s", hid);
+    else
+        snprintf(s->msg_id, sizeof s->msg_id, "%s:%llu", s->md && s->md->Stream ? s->md->Stream : c->lc->stream,
+                 (unsigned long long)(s->md ? s->md->Sequence.Stream : 0));
+    build_meta(c, s, processed_at);
+    metrics_event_received(c->et, c->lane);
+
+    double t0 = clock_mono_s();
+    const char *bad = check_subject(c, s->subject);
+    memset(&s->ev, 0, sizeof s->ev);
+    if (bad) {
+        s->ev.err = ERR_VALIDATION;
+        s->ev.errmsg = bad;
+    } else {
+        payload_parse(&c->pctx, c->et, s->data ? s->data : "", (size_t)(s->len > 0 ? s->len : 0), &s->ev);
+    }
+    metrics_routing_duration(c->et, c->lane, clock_mono_s() - t0);
+
+    s->first_item = (uint32_t)*nitems;
+    s->n_items = 0;
+    s->out = OUT_ACK;
+    s->cls = ERR_NONE;
+    s->err = NULL;
+    if (s->ev.err != ERR_NONE) {
+        s->out = OUT_DLQ;
+        s->cls = s->ev.err;
+        s->retryable = false;
+        s->err = s->ev.errmsg ? s->ev.errmsg : "invalid event";
+        return;
+    }
+    str_t agent = payload_agent_id(&s->ev);
+    if (agent.p) {
+        str_t jid = payload_jid(&s->ev);
+        metrics_event_with_agent(c->et, agent.p, agent.len, jid.p, jid.p ? jid.len : 0);
+    }
+    size_t want = c->lane == LANE_HISTORICAL ? s->ev.n_items : 1;
+    if (!grow_items(c, *nitems + want)) {
+        s->out = OUT_RETRY;
+        s->cls = ERR_UNKNOWN;
+        s->retryable = true;
+        s->err = "out of memory";
+        return;
+    }
+    if (c->lane == LANE_HISTORICAL) {
+        for (uint32_t i = 0; i < s->ev.n_items; i++) {
+            if (s->ev.items[i].err != ERR_NONE)
+                continue;
+            c->items[(*nitems)++] = (store_item_t){.ev = &s->ev.items[i], .meta = s->meta, .meta_len = s->meta_len};
+            s->n_items++;
+        }
+    } else {
+        c->items[(*nitems)++] = (store_item_t){
+            .ev = &s->ev, .meta = s->meta, .meta_len = s->meta_len, .onboard = c->et == ET_MESSAGES_UPSERT};
+        s->n_items = 1;
+    }
+}
+
+/* ---- deciding --------------------------------------------------------------------------------------------- */
+
+static int deliveries(const slot_t *s)
+{
+    return s->md ? (int)s->md->NumDelivered : 1;
+}
+
+/* A failed write of this message: retry later or, at the last delivery / when permanent, DLQ. */
+static void fail_slot(consumer_t *c, slot_t *s, const db_error_t *err)
+{
+    s->cls = err->cls;
+    s->retryable = err->retryable;
+    s->err = arena_printf(c->pctx.arena, "%s", err->message);
+    if (!s->err)
+        s->err = "database error";
+    s->out = (err->retryable && deliveries(s) < c->lc->max_deliver) ? OUT_RETRY : OUT_DLQ;
+}
+
+static const char *not_found_text(consumer_t *c, const event_t *ev)
+{
+    switch (ev->type) {
+    case ET_CHATS_UPDATE:
+        return arena_printf(c->pctx.arena, "chat '%.*s' not found", (int)ev->u.chat_update.chat_id.len,
+                            ev->u.chat_update.chat_id.p);
+    case ET_MESSAGES_UPDATE:
+        return arena_printf(c->pctx.arena, "message '%.*s' not found", (int)ev->u.msg_update.message_id.len,
+                            ev->u.msg_update.message_id.p);
+    case ET_CONTACTS_UPDATE:
+        return arena_printf(c->pctx.arena, "contact agent_id '%.*s' phone_number '%.*s' not found",
+                            (int)ev->u.contact.agent_id.len, ev->u.contact.agent_id.p,
+                            (int)ev->u.contact.phone_number.len, ev->u.contact.phone_number.p);
+    default:
+        return "row not found";
+    }
+}
+
+static void committed_slot(consumer_t *c, slot_t *s)
+{
+    for (uint32_t k = 0; k < s->n_items; k++) {
+        store_item_t *it = &c->items[s->first_item + k];
+        if (it->result == ERR_NOT_FOUND) {
+            s->out = OUT_DLQ;
+            s->cls = ERR_NOT_FOUND;
+            s->retryable = true;
+            s->err = not_found_text(c, it->ev);
+            if (!s->err)
+                s->err = "row not found";
+        }
+        if (it->onb != ONB_COUNT) {
+            const message_upsert_t *m = &it->ev->u.msg;
+            if (m->flow.len == 2 && memcmp(m->flow.p, "IN", 2) == 0) {
+                metrics_onboarding_submitted();
+                metrics_onboarding_processed(it->onb);
+            }
+        }
+    }
+}
+
+/* Commits the items of slots [from, to) in one transaction; on an outage waits for the database and tries again.
+ * Returns 0 committed, 1 failed (err filled), -1 stopping with the database down (leave messages unacked). */
+static int commit_range(consumer_t *c, size_t from, size_t to, size_t held, db_error_t *err)
+{
+    uint32_t first = c->slots[from].first_item;
+    uint32_t last = first;
+    for (size_t i = from; i < to; i++)
+        if (c->slots[i].out == OUT_ACK)
+            last = c->slots[i].first_item + c->slots[i].n_items;
+    if (last == first)
+        return 0;
+    for (;;) {
+        if (!ensure_db(c, held))
+            return -1;
+        double t0 = clock_mono_s();
+        int rc = store_commit(c->db, &c->items[first], last - first, &c->scratch, err);
+        double dt = clock_mono_s() - t0;
+        bool any_onb = false;
+        for (uint32_t k = first; k < last && !any_onb; k++)
+            any_onb = c->items[k].onb != ONB_COUNT;
+        if (any_onb)
+            metrics_onboarding_duration(dt);
+        if (rc == 0)
+            return 0;
+        if (!err->outage)
+            return 1;
+        log_warn("consumer", "database outage during a batch; will retry it", LF_S("durable", c->durable),
+                 LF_S("error", err->message));
+        db_close(c->db);
+        c->db = NULL;
+        if (atomic_load(c->stop) && !ensure_db(c, held))
+            return -1;
+    }
+}
+
+/* ---- acting --------------------------------------------------------------------------------------------- */
+
+static int publish_dlq(consumer_t *c, slot_t *s, const char *payload, size_t len, bool is_json, const char *error,
+                       error_class_t cls, bool retryable, int item)
+{
+    char perr[256];
+    dlq_record_t r = {
+        .source_subject = s->subject,
+        .payload = payload,
+        .payload_len = len,
+        .payload_is_json = is_json,
+        .error = error,
+        .cls = cls,
+        .retryable = retryable,
+        .retry_count = deliveries(s),
+        .max_retry = c->lc->max_deliver,
+        .source_stream = s->md && s->md->Stream ? s->md->Stream : c->lc->stream,
+        .source_sequence = s->md ? s->md->Sequence.Stream : 0,
+        .source_message_id = s->msg_id,
+        .item_index = item,
+        .source_metadata = s->meta,
+        .source_metadata_len = s->meta_len,
+    };
+    if (dlq_publish(c->nats->js, c->cfg, &r, &c->dlqbuf, perr, sizeof perr) != 0) {
+        log_warn("consumer", "DLQ publish failed; the event will be redelivered", LF_S("subject", s->subject),
+                 LF_S("message_id", s->msg_id), LF_S("error", perr));
+        return -1;
+    }
+    metrics_dlq_published(c->et, c->lane, cls);
+    log_info("consumer", "event sent to DLQ", LF_S("subject", s->subject), LF_S("message_id", s->msg_id),
+             LF_S("error_class", error_class_name(cls)), LF_S("error", error), LF_I("item_index", item));
+    return 0;
+}
+
+static void nak(consumer_t *c, slot_t *s)
+{
+    int64_t d = consumer_backoff_ms(c->lc->nak_base_delay_ms, c->lc->nak_max_delay_ms, deliveries(s), true);
+    natsMsg_NakWithDelay(s->msg, d, NULL);
+}
+
+static void finish(consumer_t *c, slot_t *s)
+{
+    if (s->out == OUT_LEAVE)
+        goto done;
+    /* History items that failed validation go to the DLQ one by one; the valid rest is committed already. */
+    int bad_items = 0;
+    if (c->lane == LANE_HISTORICAL && s->ev.err == ERR_NONE && s->out == OUT_ACK) {
+        for (uint32_t i = 0; i < s->ev.n_items; i++) {
+            const event_t *it = &s->ev.items[i];
+            if (it->err == ERR_NONE)
+                continue;
+            bad_items++;
+            if (publish_dlq(c, s, it->raw.p, it->raw.len, true, it->errmsg ? it->errmsg : "invalid item", it->err,
+                            false, (int)i) != 0) {
+                metrics_event_action(c->et, c->lane, ACT_NAK_DLQ_PUBLISH_FAIL, it->err);
+                metrics_event_failed(c->et, c->lane);
+                nak(c, s);
+                goto done;
+            }
+        }
+    }
+    switch (s->out) {
+    case OUT_ACK:
+        natsMsg_Ack(s->msg, NULL);
+        metrics_event_processed(c->et, c->lane);
+        metrics_event_action(c->et, c->lane, bad_items ? ACT_DLQ_PUBLISHED_ACK_SUCCESS : ACT_ACK_SUCCESS,
+                             bad_items ? ERR_VALIDATION : ERR_NONE);
+        break;
+    case OUT_RETRY:
+        nak(c, s);
+        metrics_event_failed(c->et, c->lane);
+        metrics_event_action(c->et, c->lane, ACT_NACK_RETRYABLE, s->cls);
+        log_debug("consumer", "event NAKed for retry", LF_S("message_id", s->msg_id), LF_S("error", s->err));
+        break;
+    case OUT_DLQ: {
+        bool is_json = s->cls != ERR_UNMARSHAL;
+        metrics_event_failed(c->et, c->lane);
+        if (publish_dlq(c, s, s->data ? s->data : "", (size_t)(s->len > 0 ? s->len : 0), is_json, s->err, s->cls,
+                        s->retryable, -1) != 0) {
+            nak(c, s);
+            metrics_event_action(c->et, c->lane, ACT_NAK_DLQ_PUBLISH_FAIL, s->cls);
+            break;
+        }
+        natsMsg_Ack(s->msg, NULL);
+        metrics_event_action(c->et, c->lane, ACT_DLQ_PUBLISHED_ACK_SUCCESS, s->cls);
+        break;
+    }
+    case OUT_LEAVE:
+        break;
+    }
+    metrics_processing_duration(c->et, c->lane, clock_mono_s() - s->t_recv);
+done:
+    jsMsgMetaData_Destroy(s->md);
+    natsMsg_Destroy(s->msg);
+    s->md = NULL;
+    s->msg = NULL;
+}
+
+static void process_batch(consumer_t *c, natsMsg **msgs, size_t n)
+{
+    char processed_at[40];
+    size_t nitems = 0;
+    double t = clock_mono_s();
+    clock_rfc3339_now(processed_at, sizeof processed_at);
+    arena_reset(c->pctx.arena);
+    for (size_t i = 0; i < n; i++) {
+        slot_t *s = &c->slots[i];
+        memset(s, 0, sizeof *s);
+        s->msg = msgs[i];
+        s->t_recv = t;
+        prepare(c, s, processed_at, &nitems);
+    }
+    metrics_batch_size(c->lane, (int)n);
+    if (n && c->slots[n - 1].md)
+        metrics_consumer_pending_set(c->et, c->slots[n - 1].md->NumPending);
+
+    db_error_t err;
+    int rc = commit_range(c, 0, n, n, &err);
+    if (rc == 1) {
+        /* Isolate: one bad event must not fail its neighbours; apply the batch message by message. */
+        log_warn("consumer", "batch failed; applying its events one by one", LF_S("durable", c->durable),
+                 LF_S("error", err.message), LF_I("batch", (long long)n));
+        for (size_t i = 0; i < n && rc != -1; i++) {
+            if (c->slots[i].out != OUT_ACK || c->slots[i].n_items == 0)
+                continue;
+            rc = commit_range(c, i, i + 1, n, &err);
+            if (rc == 0)
+                committed_slot(c, &c->slots[i]);
+            else if (rc == 1)
+                fail_slot(c, &c->slots[i], &err);
+        }
+    } else if (rc == 0) {
+        for (size_t i = 0; i < n; i++)
+            if (c->slots[i].out == OUT_ACK)
+                committed_slot(c, &c->slots[i]);
+    }
+    if (rc == -1) { /* stopping while the database is down: nothing was committed; leave for redelivery */
+        for (size_t i = 0; i < n; i++)
+            if (c->slots[i].out == OUT_ACK && c->slots[i].n_items > 0)
+                c->slots[i].out = OUT_LEAVE;
+    }
+    for (size_t i = 0; i < n; i++)
+        finish(c, &c->slots[i]);
+}
+
+/* ---- the lane thread ---------------------------------------------------------------------------------------- */
+
+static void *run(void *arg)
+{
+    consumer_t *c = arg;
+    int64_t backoff = 100;
+    while (!atomic_load(c->stop)) {
+        if (!ensure_db(c, 0))
+            break;
+        natsMsgList list = {0};
+        jsFetchRequest req;
+        jsFetchRequest_Init(&req); /* Fetch writes into the request: initialise it every time */
+        req.Batch = c->lc->batch_size;
+        req.Expires = c->lc->fetch_wait_ms * 1000000LL;
+        double t0 = clock_mono_s();
+        jsErrCode jerr = 0;
+        natsStatus s = natsSubscription_FetchRequest(&list, c->sub, &req);
+        (void)jerr;
+        if (s == NATS_OK && list.Count > 0) {
+            backoff = 100;
+            process_batch(c, list.Msgs, (size_t)list.Count);
+            for (int i = 0; i < list.Count; i++)
+                list.Msgs[i] = NULL; /* each message was destroyed by its owner in finish() */
+            natsMsgList_Destroy(&list);
+            continue;
+        }
+        natsMsgList_Destroy(&list);
+        if (s == NATS_TIMEOUT || s == NATS_OK) {
+            /* nats.c 3.4.1 may return a timeout at once after a previous one: do not spin. */
+            if (clock_mono_s() - t0 < 0.005)
+                clock_sleep_ms(10);
+            continue;
+        }
+        log_warn("consumer", "fetch failed", LF_S("durable", c->durable), LF_S("error", natsStatus_GetText(s)),
+                 LF_I("retry_in_ms", backoff));
+        clock_sleep_ms(backoff);
+        backoff = backoff * 2 > 2000 ? 2000 : backoff * 2;
+    }
+    log_info("consumer", "lane stopped", LF_S("durable", c->durable));
+    return NULL;
+}
+
+int consumer_start(consumer_t *c)
+{
+    if (pthread_create(&c->thread, NULL, run, c) != 0)
+        return -1;
+    c->started = true;
+    return 0;
+}
+
+bool consumer_join(consumer_t *c, int64_t deadline_ms)
+{
+    if (!c->started)
+        return true;
+    struct timespec ts = {(time_t)(deadline_ms / 1000), (long)(deadline_ms % 1000) * 1000000L};
+    if (pthread_timedjoin_np(c->thread, NULL, &ts) != 0)
+        return false;
+    c->started = false;
+    return true;
+}

@@ -1,0 +1,82 @@
+/* maintenance.c - a thread that checks PostgreSQL for /ready and keeps monthly partitions rolling while running. */
+#include "maintenance.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "db.h"
+#include "clock.h"
+#include "log.h"
+#include "metrics.h"
+#include "store.h"
+
+struct maintenance {
+    const config_t *cfg;
+    const atomic_bool *stop;
+    atomic_bool db_up;
+    pthread_t thread;
+};
+
+static void *run(void *arg)
+{
+    maintenance_t *m = arg;
+    db_conn_t *db = NULL;
+    int64_t next_partitions = 0; /* now: the first check also covers a month that turned during startup */
+    bool was_up = true;
+    while (!atomic_load(m->stop)) {
+        db_error_t err;
+        if (!db_ok(db)) {
+            db_close(db);
+            db = db_connect(m->cfg, &err);
+        }
+        bool up = db && db_ping(db);
+        atomic_store(&m->db_up, up);
+        metrics_db_up_set(up);
+        if (up != was_up)
+            log_info("maintenance", up ? "database reachable" : "database unreachable");
+        was_up = up;
+        if (up && clock_mono_ms() >= next_partitions) {
+            if (store_ensure_partitions(db, time(NULL), &err) != 0)
+                log_warn("maintenance", "partition upkeep failed; will retry", LF_S("error", err.message));
+            else
+                next_partitions = clock_mono_ms() + m->cfg->partition_check_interval_ms;
+        }
+        for (int i = 0; i < 10 && !atomic_load(m->stop); i++) {
+            struct timespec ts = {0, 100 * 1000000L};
+            while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+            }
+        }
+    }
+    db_close(db);
+    return NULL;
+}
+
+maintenance_t *maintenance_start(const config_t *cfg, const atomic_bool *stop)
+{
+    maintenance_t *m = calloc(1, sizeof *m);
+    if (!m)
+        return NULL;
+    m->cfg = cfg;
+    m->stop = stop;
+    atomic_store(&m->db_up, true);
+    if (pthread_create(&m->thread, NULL, run, m) != 0) {
+        free(m);
+        return NULL;
+    }
+    return m;
+}
+
+bool maintenance_db_up(const maintenance_t *m)
+{
+    return m && atomic_load(&((maintenance_t *)m)->db_up);
+}
+
+void maintenance_stop(maintenance_t *m)
+{
+    if (!m)
+        return;
+    pthread_join(m->thread, NULL);
+    free(m);
+}

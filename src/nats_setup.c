@@ -1,0 +1,325 @@
+/* nats_setup.c - NATS connection with endless reconnect, streams created/extended, durable pull consumers. */
+#include "nats_setup.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "clock.h"
+#include "log.h"
+#include "metrics.h"
+
+static void on_disconnected(natsConnection *nc, void *closure)
+{
+    (void)nc;
+    (void)closure;
+    metrics_nats_connected_set(false);
+    log_warn("nats", "disconnected from NATS; reconnecting");
+}
+
+static void on_reconnected(natsConnection *nc, void *closure)
+{
+    (void)nc;
+    (void)closure;
+    metrics_nats_connected_set(true);
+    log_info("nats", "reconnected to NATS");
+}
+
+static void on_error(natsConnection *nc, natsSubscription *sub, natsStatus err, void *closure)
+{
+    (void)nc;
+    (void)sub;
+    (void)closure;
+    log_warn("nats", "asynchronous NATS error", LF_S("error", natsStatus_GetText(err)));
+}
+
+int mes_nats_connect(mes_nats_t *n, const config_t *cfg, int64_t deadline_ms, const atomic_bool *stop)
+{
+    natsOptions *opts = NULL;
+    natsStatus s;
+    char masked[512];
+    int64_t wait = 200;
+
+    memset(n, 0, sizeof *n);
+    n->cfg = cfg;
+    config_mask_secret(cfg->nats_url, masked, sizeof masked);
+    if ((s = natsOptions_Create(&opts)) != NATS_OK)
+        goto fail;
+    s = natsOptions_SetURL(opts, cfg->nats_url);
+    if (s == NATS_OK)
+        s = natsOptions_SetName(opts, "message-event-service");
+    if (s == NATS_OK)
+        s = natsOptions_SetMaxReconnect(opts, -1); /* a NATS restart must never end the service */
+    if (s == NATS_OK)
+        s = natsOptions_SetReconnectWait(opts, 250);
+    if (s == NATS_OK)
+        s = natsOptions_SetReconnectJitter(opts, 100, 1000);
+    if (s == NATS_OK)
+        s = natsOptions_SetReconnectBufSize(opts, 8 * 1024 * 1024);
+    if (s == NATS_OK)
+        s = natsOptions_SetPingInterval(opts, 5000);
+    if (s == NATS_OK)
+        s = natsOptions_SetMaxPingsOut(opts, 3);
+    if (s == NATS_OK)
+        s = natsOptions_SetTimeout(opts, 5000);
+    if (s == NATS_OK)
+        s = natsOptions_SetDisconnectedCB(opts, on_disconnected, NULL);
+    if (s == NATS_OK)
+        s = natsOptions_SetReconnectedCB(opts, on_reconnected, NULL);
+    if (s == NATS_OK)
+        s = natsOptions_SetErrorHandler(opts, on_error, NULL);
+    if (s != NATS_OK)
+        goto fail;
+
+    for (;;) {
+        s = natsConnection_Connect(&n->nc, opts);
+        if (s == NATS_OK)
+            break;
+        log_warn("nats", "cannot connect to NATS; retrying", LF_S("url", masked), LF_S("error", natsStatus_GetText(s)),
+                 LF_I("retry_in_ms", wait));
+        if (clock_mono_ms() + wait > deadline_ms || atomic_load(stop))
+            goto fail;
+        usleep((useconds_t)wait * 1000);
+        wait = wait * 2 > 5000 ? 5000 : wait * 2;
+    }
+    jsOptions jo;
+    jsOptions_Init(&jo);
+    jo.Wait = 10000;
+    if ((s = natsConnection_JetStream(&n->js, n->nc, &jo)) != NATS_OK)
+        goto fail;
+    natsOptions_Destroy(opts);
+    metrics_nats_connected_set(true);
+    log_info("nats", "connected to NATS", LF_S("url", masked));
+    return 0;
+fail:
+    log_error("nats", "NATS connection failed", LF_S("url", masked), LF_S("error", natsStatus_GetText(s)),
+              LF_S("detail", nats_GetLastError(NULL)));
+    natsOptions_Destroy(opts);
+    mes_nats_close(n);
+    return -1;
+}
+
+void mes_nats_close(mes_nats_t *n)
+{
+    if (!n)
+        return;
+    if (n->js)
+        jsCtx_Destroy(n->js);
+    n->js = NULL;
+    if (n->nc) {
+        natsConnection_Close(n->nc);
+        natsConnection_Destroy(n->nc);
+    }
+    n->nc = NULL;
+    metrics_nats_connected_set(false);
+}
+
+bool mes_nats_connected(const mes_nats_t *n)
+{
+    return n && n->nc && natsConnection_Status(n->nc) == NATS_CONN_STATUS_CONNECTED;
+}
+
+/* ---- streams ------------------------------------------------------------------------------------------- */
+
+static bool has_subject(const jsStreamConfig *sc, const char *subj)
+{
+    for (int i = 0; i < sc->SubjectsLen; i++)
+        if (strcmp(sc->Subjects[i], subj) == 0)
+            return true;
+    return false;
+}
+
+static int ensure_stream(mes_nats_t *n, const char *name, const char **subjects, int nsubj, int max_age_days)
+{
+    jsStreamInfo *si = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s = js_GetStreamInfo(&si, n->js, name, NULL, &jerr);
+    if (s == NATS_NOT_FOUND || jerr == JSStreamNotFoundErr) {
+        jsStreamConfig sc;
+        jsStreamConfig_Init(&sc);
+        sc.Name = name;
+        sc.Subjects = subjects;
+        sc.SubjectsLen = nsubj;
+        sc.Storage = js_FileStorage;
+        sc.Retention = js_LimitsPolicy; /* FIX: never interest retention (it drops events before a consumer exists) */
+        sc.MaxAge = (int64_t)max_age_days * 24 * 3600 * 1000000000LL;
+        s = js_AddStream(&si, n->js, &sc, NULL, &jerr);
+        if (s == NATS_OK) {
+            log_info("nats", "stream created", LF_S("stream", name), LF_I("max_age_days", max_age_days));
+        } else if (jerr == JSStreamNameExistErr) {
+            s = js_GetStreamInfo(&si, n->js, name, NULL, &jerr); /* a replica created it first */
+        }
+        if (s != NATS_OK) {
+            log_error("nats", "cannot create stream", LF_S("stream", name), LF_S("error", natsStatus_GetText(s)),
+                      LF_I("js_error", jerr), LF_S("detail", nats_GetLastError(NULL)));
+            return -1;
+        }
+        jsStreamInfo_Destroy(si);
+        return 0;
+    }
+    if (s != NATS_OK) {
+        log_error("nats", "cannot read stream", LF_S("stream", name), LF_S("error", natsStatus_GetText(s)),
+                  LF_I("js_error", jerr));
+        return -1;
+    }
+    /* Present: add only the subjects it lacks, keep every other setting the operator may have tuned. */
+    int missing = 0;
+    for (int i = 0; i < nsubj; i++)
+        missing += !has_subject(si->Config, subjects[i]);
+    if (missing) {
+        jsStreamConfig *sc = si->Config;
+        int total = sc->SubjectsLen + missing;
+        const char **subs = calloc((size_t)total, sizeof *subs);
+        if (!subs) {
+            jsStreamInfo_Destroy(si);
+            return -1;
+        }
+        int k = 0;
+        for (int i = 0; i < sc->SubjectsLen; i++)
+            subs[k++] = sc->Subjects[i];
+        for (int i = 0; i < nsubj; i++)
+            if (!has_subject(sc, subjects[i]))
+                subs[k++] = subjects[i];
+        const char **old = sc->Subjects;
+        int oldlen = sc->SubjectsLen;
+        sc->Subjects = subs;
+        sc->SubjectsLen = total;
+        jsStreamInfo *upd = NULL;
+        s = js_UpdateStream(&upd, n->js, sc, NULL, &jerr);
+        sc->Subjects = old;
+        sc->SubjectsLen = oldlen;
+        free(subs);
+        jsStreamInfo_Destroy(upd);
+        if (s != NATS_OK) {
+            log_error("nats", "cannot add subjects to stream", LF_S("stream", name),
+                      LF_S("error", natsStatus_GetText(s)), LF_I("js_error", jerr),
+                      LF_S("detail", nats_GetLastError(NULL)));
+            jsStreamInfo_Destroy(si);
+            return -1;
+        }
+        log_info("nats", "stream subjects added", LF_S("stream", name), LF_I("added", missing));
+    }
+    jsStreamInfo_Destroy(si);
+    return 0;
+}
+
+int mes_nats_ensure_streams(mes_nats_t *n)
+{
+    const config_t *cfg = n->cfg;
+    char rt[ET_BASE_COUNT][64], dlq[128];
+    const char *rts[ET_BASE_COUNT], *his[ET_BASE_COUNT];
+    int nrt = 0, nhi = 0;
+    for (int et = 0; et < ET_BASE_COUNT; et++) {
+        snprintf(rt[et], sizeof rt[et], "%s.*", event_type_base((event_type_t)et));
+        if (event_type_lane((event_type_t)et) == LANE_REALTIME)
+            rts[nrt++] = rt[et];
+        else
+            his[nhi++] = rt[et];
+    }
+    snprintf(dlq, sizeof dlq, "%s.>", cfg->dlq_subject);
+    const char *dlqs[1] = {dlq};
+    if (ensure_stream(n, cfg->realtime.stream, rts, nrt, cfg->realtime.max_age_days) != 0)
+        return -1;
+    if (ensure_stream(n, cfg->historical.stream, his, nhi, cfg->historical.max_age_days) != 0)
+        return -1;
+    return ensure_stream(n, cfg->dlq_stream, dlqs, 1, cfg->dlq_max_age_days);
+}
+
+/* ---- consumers ------------------------------------------------------------------------------------------ */
+
+void mes_nats_consumer_names(const config_t *cfg, event_type_t et, bool dlq, char *durable, size_t dlen, char *filter,
+                             size_t flen)
+{
+    if (dlq) {
+        snprintf(durable, dlen, "v1_dlq_worker_%s", cfg->company_id);
+        snprintf(filter, flen, "%s.%s", cfg->dlq_subject, cfg->company_id);
+        return;
+    }
+    const lane_config_t *lc = event_type_lane(et) == LANE_HISTORICAL ? &cfg->historical : &cfg->realtime;
+    snprintf(durable, dlen, "%s%s_%s", lc->consumer, cfg->company_id, event_type_durable_suffix(et));
+    snprintf(filter, flen, "%s.%s", event_type_base(et), cfg->company_id);
+}
+
+int mes_nats_subscribe(mes_nats_t *n, event_type_t et, bool dlq, natsSubscription **sub)
+{
+    const config_t *cfg = n->cfg;
+    char durable[256], filter[256];
+    const char *stream;
+    int64_t ack_wait_ms;
+    int max_deliver, max_ack_pending;
+    jsErrCode jerr = 0;
+    jsConsumerInfo *ci = NULL;
+
+    mes_nats_consumer_names(cfg, et, dlq, durable, sizeof durable, filter, sizeof filter);
+    if (dlq) {
+        stream = cfg->dlq_stream;
+        ack_wait_ms = cfg->dlq_ack_wait_ms;
+        max_deliver = cfg->dlq_max_deliver;
+        max_ack_pending = cfg->dlq_max_ack_pending;
+    } else {
+        const lane_config_t *lc = event_type_lane(et) == LANE_HISTORICAL ? &cfg->historical : &cfg->realtime;
+        stream = lc->stream;
+        ack_wait_ms = lc->ack_wait_ms;
+        max_deliver = lc->max_deliver;
+        max_ack_pending = lc->max_ack_pending;
+    }
+
+    natsStatus s = js_GetConsumerInfo(&ci, n->js, stream, durable, NULL, &jerr);
+    if (s == NATS_NOT_FOUND || jerr == JSConsumerNotFoundErr) {
+        jsConsumerConfig cc;
+        jsConsumerConfig_Init(&cc);
+        cc.Durable = durable;
+        cc.DeliverPolicy = js_DeliverAll; /* FIX: a new tenant's backlog is processed, not skipped */
+        cc.AckPolicy = js_AckExplicit;
+        cc.AckWait = ack_wait_ms * 1000000LL;
+        cc.MaxDeliver = max_deliver;
+        cc.MaxAckPending = max_ack_pending;
+        cc.FilterSubject = filter;
+        s = js_AddConsumer(&ci, n->js, stream, &cc, NULL, &jerr);
+        if (s == NATS_OK)
+            log_info("nats", "consumer created", LF_S("stream", stream), LF_S("durable", durable),
+                     LF_S("filter", filter));
+        else if (jerr == JSConsumerNameExistErr || jerr == JSConsumerExistingActiveErr)
+            s = js_GetConsumerInfo(&ci, n->js, stream, durable, NULL, &jerr);
+    } else if (s == NATS_OK) {
+        jsConsumerConfig *cc = ci->Config;
+        if (cc->FilterSubject == NULL || strcmp(cc->FilterSubject, filter) != 0) {
+            log_error("nats", "existing consumer has another filter subject; refusing to change it",
+                      LF_S("durable", durable), LF_S("filter", cc->FilterSubject ? cc->FilterSubject : ""),
+                      LF_S("expected", filter));
+            jsConsumerInfo_Destroy(ci);
+            return -1;
+        }
+        if (cc->AckWait != ack_wait_ms * 1000000LL || cc->MaxDeliver != max_deliver ||
+            cc->MaxAckPending != max_ack_pending) {
+            cc->AckWait = ack_wait_ms * 1000000LL;
+            cc->MaxDeliver = max_deliver;
+            cc->MaxAckPending = max_ack_pending;
+            jsConsumerInfo *upd = NULL;
+            s = js_UpdateConsumer(&upd, n->js, stream, cc, NULL, &jerr);
+            jsConsumerInfo_Destroy(upd);
+            if (s == NATS_OK)
+                log_info("nats", "consumer updated in place", LF_S("durable", durable));
+        }
+    }
+    jsConsumerInfo_Destroy(ci);
+    if (s != NATS_OK) {
+        log_error("nats", "cannot create or update consumer", LF_S("stream", stream), LF_S("durable", durable),
+                  LF_S("error", natsStatus_GetText(s)), LF_I("js_error", jerr), LF_S("detail", nats_GetLastError(NULL)));
+        return -1;
+    }
+
+    jsSubOptions so;
+    jsSubOptions_Init(&so);
+    so.Stream = stream;
+    so.Consumer = durable;
+    s = js_PullSubscribe(sub, n->js, filter, durable, NULL, &so, &jerr);
+    if (s != NATS_OK) {
+        log_error("nats", "cannot subscribe", LF_S("durable", durable), LF_S("error", natsStatus_GetText(s)),
+                  LF_I("js_error", jerr), LF_S("detail", nats_GetLastError(NULL)));
+        return -1;
+    }
+    return 0;
+}

@@ -1,0 +1,552 @@
+/* batch.c - one transaction per batch: items split into key-unique rounds, one multi-row statement per round. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "clock.h"
+#include "sql.h"
+#include "store.h"
+
+/* ---- row JSON writers ------------------------------------------------------------------------------------ */
+
+typedef struct {
+    buf_t *b;
+    bool first;
+} row_t;
+
+static void key(row_t *r, const char *k)
+{
+    if (!r->first)
+        buf_putc(r->b, ',');
+    r->first = false;
+    buf_putc(r->b, '"');
+    buf_puts(r->b, k);
+    buf_puts(r->b, "\":");
+}
+
+static void f_str(row_t *r, const char *k, str_t v)
+{
+    if (!v.p)
+        return;
+    key(r, k);
+    buf_put_json_str(r->b, v.p, v.len);
+}
+
+static void f_raw(row_t *r, const char *k, str_t v)
+{
+    if (!v.p)
+        return;
+    key(r, k);
+    buf_append(r->b, v.p, v.len);
+}
+
+static void f_i64(row_t *r, const char *k, opt_i64_t v)
+{
+    if (!v.set)
+        return;
+    key(r, k);
+    buf_put_i64(r->b, v.v);
+}
+
+static void f_tri(row_t *r, const char *k, tri_t v)
+{
+    if (v == TRI_UNSET)
+        return;
+    key(r, k);
+    buf_puts(r->b, v == TRI_TRUE ? "true" : "false");
+}
+
+static void row_begin(row_t *r, buf_t *b, uint32_t i)
+{
+    r->b = b;
+    r->first = true;
+    if (b->len > 1)
+        buf_putc(b, ',');
+    buf_puts(b, "{\"i\":");
+    buf_put_i64(b, i);
+    r->first = false;
+}
+
+static void row_end(row_t *r, const store_item_t *it)
+{
+    key(r, "meta");
+    buf_append(r->b, it->meta, it->meta_len);
+    buf_putc(r->b, '}');
+}
+
+static void row_chat(row_t *r, const store_item_t *it)
+{
+    const chat_upsert_t *c = &it->ev->u.chat;
+    f_str(r, "chat_id", c->chat_id);
+    f_str(r, "jid", c->jid);
+    f_str(r, "push_name", c->push_name);
+    f_tri(r, "is_group", c->is_group);
+    f_str(r, "group_name", c->group_name);
+    f_i64(r, "unread_count", c->unread_count);
+    f_raw(r, "last_message", c->last_message);
+    f_i64(r, "conversation_timestamp", c->conversation_timestamp);
+    f_tri(r, "not_spam", c->not_spam);
+    f_str(r, "agent_id", c->agent_id);
+    f_str(r, "company_id", c->company_id);
+    f_str(r, "phone_number", c->phone_number);
+    f_str(r, "custom_name", c->custom_name);
+}
+
+static void row_chat_update(row_t *r, const store_item_t *it)
+{
+    const chat_update_t *c = &it->ev->u.chat_update;
+    f_str(r, "chat_id", c->chat_id);
+    f_str(r, "agent_id", c->agent_id);
+    f_i64(r, "unread_count", c->unread_count);
+    f_i64(r, "unread_delta", c->unread_delta);
+    f_i64(r, "conversation_timestamp", c->conversation_timestamp);
+    f_raw(r, "last_message", c->last_message);
+}
+
+static void row_message(row_t *r, const store_item_t *it)
+{
+    const message_upsert_t *m = &it->ev->u.msg;
+    char date[11];
+    f_str(r, "message_id", m->message_id);
+    f_str(r, "from_phone", m->from_phone);
+    f_str(r, "to_phone", m->to_phone);
+    f_str(r, "chat_id", m->chat_id);
+    f_str(r, "jid", m->jid);
+    f_str(r, "message_text", m->message_text);
+    f_str(r, "message_url", m->message_url);
+    f_str(r, "message_type", m->message_type);
+    f_str(r, "company_id", m->company_id);
+    f_raw(r, "key", m->key);
+    f_raw(r, "message_obj", m->message_obj);
+    f_str(r, "flow", m->flow);
+    f_str(r, "agent_id", m->agent_id);
+    f_str(r, "status", m->status);
+    f_i64(r, "message_timestamp", m->message_timestamp);
+    days_to_date(m->message_date, date);
+    key(r, "message_date");
+    buf_putc(r->b, '"');
+    buf_puts(r->b, date);
+    buf_putc(r->b, '"');
+}
+
+static void row_message_update(row_t *r, const store_item_t *it)
+{
+    const message_update_t *m = &it->ev->u.msg_update;
+    f_str(r, "message_id", m->message_id);
+    f_str(r, "status", m->status);
+    f_str(r, "message_url", m->message_url);
+    f_raw(r, "edited_message_obj", m->edited_message_obj);
+    f_tri(r, "is_deleted", m->is_deleted);
+}
+
+static void row_contact(row_t *r, const store_item_t *it)
+{
+    const contact_t *c = &it->ev->u.contact;
+    f_str(r, "phone_number", c->phone_number);
+    f_str(r, "agent_id", c->agent_id);
+    f_str(r, "chat_id", c->chat_id);
+    f_str(r, "push_name", c->push_name);
+    f_str(r, "company_id", c->company_id);
+}
+
+static void row_agent(row_t *r, const store_item_t *it)
+{
+    const agent_t *a = &it->ev->u.agent;
+    f_str(r, "agent_id", a->agent_id);
+    f_str(r, "qr_code", a->qr_code);
+    f_str(r, "status", a->status);
+    f_str(r, "agent_name", a->agent_name);
+    f_str(r, "phone_number", a->phone_number);
+    f_str(r, "host_name", a->host_name);
+    f_str(r, "version", a->version);
+    f_str(r, "company_id", a->company_id);
+}
+
+/* ---- onboarding ----------------------------------------------------------------------------------------- */
+
+/* Onboarding applies to an IN message with a from_phone that has digits (SPEC 6). */
+static bool onboardable(const store_item_t *it, char phone[PAYLOAD_MAX_PHONE + 1], size_t *plen)
+{
+    const message_upsert_t *m = &it->ev->u.msg;
+    if (!it->onboard || !m->flow.p || m->flow.len != 2 || memcmp(m->flow.p, "IN", 2) != 0 || !m->from_phone.p)
+        return false;
+    size_t n = m->from_phone.len > PAYLOAD_MAX_PHONE ? PAYLOAD_MAX_PHONE : m->from_phone.len;
+    *plen = phone_normalize(m->from_phone.p, n, phone);
+    phone[*plen] = '\0';
+    return *plen > 0;
+}
+
+static void row_onboarding(row_t *r, const store_item_t *it)
+{
+    const message_upsert_t *m = &it->ev->u.msg;
+    char phone[PAYLOAD_MAX_PHONE + 1];
+    size_t plen = 0;
+    (void)onboardable(it, phone, &plen);
+    key(r, "phone");
+    buf_put_json_str(r->b, phone, plen);
+    f_str(r, "agent_id", m->agent_id);
+    f_str(r, "chat_id", m->chat_id);
+    f_str(r, "company_id", m->company_id);
+    if (m->has_campaign) {
+        f_str(r, "origin", m->campaign_origin);
+        f_str(r, "tags", m->campaign_tags);
+        f_str(r, "assigned_to", m->campaign_assigned_to);
+    }
+    f_str(r, "message_id", m->message_id);
+    f_i64(r, "message_timestamp", m->message_timestamp);
+}
+
+/* ---- keys and rounds -------------------------------------------------------------------------------------- */
+
+typedef struct {
+    str_t a, b;
+} key_t_;
+
+/* Onboarding identity is (agent_id, normalised phone): computed once per item into s->phones by plan(). */
+static key_t_ item_key(const store_scratch_t *s, const store_item_t *items, uint32_t i, bool onboarding)
+{
+    const event_t *ev = items[i].ev;
+    key_t_ k = {{NULL, 0}, {NULL, 0}};
+    if (onboarding) {
+        k.a = ev->u.msg.agent_id;
+        k.b.p = s->phones + (size_t)i * (PAYLOAD_MAX_PHONE + 1);
+        k.b.len = (uint32_t)strlen(k.b.p);
+        return k;
+    }
+    switch (ev->type) {
+    case ET_CHATS_UPSERT:
+        k.a = ev->u.chat.chat_id;
+        break;
+    case ET_CHATS_UPDATE:
+        k.a = ev->u.chat_update.chat_id;
+        break;
+    case ET_MESSAGES_UPSERT: /* conflict key is (message_id, message_date) */
+        k.a = ev->u.msg.message_id;
+        k.b.p = (const char *)&ev->u.msg.message_date;
+        k.b.len = sizeof ev->u.msg.message_date;
+        break;
+    case ET_MESSAGES_UPDATE:
+        k.a = ev->u.msg_update.message_id;
+        break;
+    case ET_CONTACTS_UPSERT:
+    case ET_CONTACTS_UPDATE:
+        k.a = ev->u.contact.agent_id;
+        k.b = ev->u.contact.phone_number;
+        break;
+    case ET_CONNECTION_UPDATE:
+        k.a = ev->u.agent.agent_id;
+        break;
+    default:
+        break;
+    }
+    return k;
+}
+
+static int str_cmp(str_t x, str_t y)
+{
+    size_t n = x.len < y.len ? x.len : y.len;
+    int c = n ? memcmp(x.p, y.p, n) : 0;
+    if (c)
+        return c;
+    return x.len < y.len ? -1 : x.len > y.len;
+}
+
+typedef struct {
+    const store_scratch_t *s;
+    const store_item_t *items;
+    bool onboarding;
+} sort_ctx_t;
+
+static int cmp_items(const void *pa, const void *pb, void *arg)
+{
+    const sort_ctx_t *ctx = arg;
+    uint32_t ia = *(const uint32_t *)pa, ib = *(const uint32_t *)pb;
+    key_t_ ka = item_key(ctx->s, ctx->items, ia, ctx->onboarding), kb = item_key(ctx->s, ctx->items, ib, ctx->onboarding);
+    int c = str_cmp(ka.a, kb.a);
+    if (!c)
+        c = str_cmp(ka.b, kb.b);
+    if (!c)
+        c = ia < ib ? -1 : ia > ib; /* stream order within a key */
+    return c;
+}
+
+void store_scratch_init(store_scratch_t *s)
+{
+    memset(s, 0, sizeof *s);
+    buf_init(&s->json);
+}
+
+void store_scratch_free(store_scratch_t *s)
+{
+    buf_free(&s->json);
+    free(s->order);
+    free(s->round);
+    free(s->phones);
+    memset(s, 0, sizeof *s);
+}
+
+static bool scratch_grow(store_scratch_t *s, size_t n)
+{
+    if (n <= s->cap)
+        return true;
+    size_t cap = s->cap ? s->cap : 256;
+    while (cap < n)
+        cap *= 2;
+    uint32_t *o = realloc(s->order, cap * sizeof *o);
+    if (!o)
+        return false;
+    s->order = o;
+    uint32_t *r = realloc(s->round, cap * sizeof *r);
+    if (!r)
+        return false;
+    s->round = r;
+    char *ph = realloc(s->phones, cap * (PAYLOAD_MAX_PHONE + 1));
+    if (!ph)
+        return false;
+    s->phones = ph;
+    s->cap = cap;
+    return true;
+}
+
+/* ---- statement execution ------------------------------------------------------------------------------------ */
+
+static PGresult *run(db_conn_t *c, const char *sql, const buf_t *json, db_op_t op, db_entity_t ent,
+                     db_error_t *err)
+{
+    const char *params[1] = {json->data};
+    double t0 = clock_mono_s();
+    PGresult *r = db_exec(c, sql, 1, params, err);
+    metrics_db_duration(op, ent, r != NULL, clock_mono_s() - t0);
+    return r;
+}
+
+typedef void (*row_fn)(row_t *r, const store_item_t *it);
+
+typedef struct {
+    event_type_t type;
+    row_fn row;
+    const char *sql;
+    const char *sql2; /* optional second statement over the same rows */
+    bool returns_found;
+    db_op_t op;
+    db_entity_t ent;
+} writer_t;
+
+static const writer_t writers[] = {
+    {ET_CHATS_UPSERT, row_chat, SQL_CHATS_UPSERT, NULL, false, DBOP_BULK_UPSERT, DBENT_CHAT},
+    {ET_CHATS_UPDATE, row_chat_update, SQL_CHATS_UPDATE, NULL, true, DBOP_UPDATE, DBENT_CHAT},
+    {ET_MESSAGES_UPSERT, row_message, SQL_MESSAGES_UPSERT, NULL, false, DBOP_BULK_UPSERT, DBENT_MESSAGE},
+    {ET_MESSAGES_UPDATE, row_message_update, SQL_MESSAGES_UPDATE, NULL, true, DBOP_UPDATE, DBENT_MESSAGE},
+    {ET_CONTACTS_UPSERT, row_contact, SQL_CONTACTS_UPSERT, NULL, false, DBOP_BULK_UPSERT, DBENT_CONTACT},
+    {ET_CONTACTS_UPDATE, row_contact, SQL_CONTACTS_UPDATE, NULL, true, DBOP_UPDATE, DBENT_CONTACT},
+    {ET_CONNECTION_UPDATE, row_agent, SQL_AGENTS_INSERT, SQL_AGENTS_UPDATE, false, DBOP_UPSERT, DBENT_AGENT},
+};
+
+/* Builds the JSON rows of one round of `order[0..n)`. */
+static void build_rows(buf_t *b, const store_item_t *items, const uint32_t *idx, size_t n, row_fn fn)
+{
+    buf_reset(b);
+    buf_putc(b, '[');
+    for (size_t k = 0; k < n; k++) {
+        row_t r;
+        row_begin(&r, b, idx[k]);
+        fn(&r, &items[idx[k]]);
+        row_end(&r, &items[idx[k]]);
+    }
+    buf_putc(b, ']');
+}
+
+/* Collects the items selected by `want` into s->order sorted by key, and assigns each its round (its rank among the
+ * items with the same key). Returns the count and the number of rounds. */
+static size_t plan(store_scratch_t *s, const store_item_t *items, size_t n, bool (*want)(const store_item_t *, const void *),
+                   const void *arg, bool onboarding, uint32_t *rounds)
+{
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!want(&items[i], arg))
+            continue;
+        if (onboarding) {
+            size_t plen = 0;
+            (void)onboardable(&items[i], s->phones + i * (PAYLOAD_MAX_PHONE + 1), &plen);
+        }
+        s->order[m++] = (uint32_t)i;
+    }
+    sort_ctx_t ctx = {s, items, onboarding};
+    qsort_r(s->order, m, sizeof *s->order, cmp_items, &ctx);
+    uint32_t maxr = 0;
+    for (size_t k = 0; k < m; k++) {
+        uint32_t r = 0;
+        if (k > 0) {
+            key_t_ a = item_key(s, items, s->order[k - 1], onboarding), b = item_key(s, items, s->order[k], onboarding);
+            if (str_cmp(a.a, b.a) == 0 && str_cmp(a.b, b.b) == 0)
+                r = s->round[k - 1] + 1;
+        }
+        s->round[k] = r;
+        if (r + 1 > maxr)
+            maxr = r + 1;
+    }
+    *rounds = maxr;
+    return m;
+}
+
+static bool want_type(const store_item_t *it, const void *arg)
+{
+    return it->ev->type == *(const event_type_t *)arg;
+}
+
+static bool want_onboarding(const store_item_t *it, const void *arg)
+{
+    (void)arg;
+    char phone[PAYLOAD_MAX_PHONE + 1];
+    size_t plen;
+    return it->ev->type == ET_MESSAGES_UPSERT && onboardable(it, phone, &plen);
+}
+
+/* Items of round r, in key order, gathered into idx. */
+static size_t round_items(const store_scratch_t *s, size_t m, uint32_t r, uint32_t *idx)
+{
+    size_t k = 0;
+    for (size_t j = 0; j < m; j++)
+        if (s->round[j] == r)
+            idx[k++] = s->order[j];
+    return k;
+}
+
+static int write_entity(db_conn_t *c, const writer_t *w, store_item_t *items, size_t n, store_scratch_t *s,
+                        uint32_t *idx, db_error_t *err)
+{
+    uint32_t rounds = 0;
+    size_t m = plan(s, items, n, want_type, &w->type, false, &rounds);
+    if (m == 0)
+        return 0;
+    for (uint32_t r = 0; r < rounds; r++) {
+        size_t k = round_items(s, m, r, idx);
+        build_rows(&s->json, items, idx, k, w->row);
+        if (s->json.oom)
+            goto oom;
+        PGresult *res = run(c, w->sql, &s->json, w->op, w->ent, err);
+        if (!res)
+            return -1;
+        if (w->returns_found) {
+            for (size_t j = 0; j < k; j++)
+                items[idx[j]].result = ERR_NOT_FOUND;
+            for (int t = 0; t < PQntuples(res); t++) {
+                long i = strtol(PQgetvalue(res, t, 0), NULL, 10);
+                if (i >= 0 && (size_t)i < n)
+                    items[i].result = ERR_NONE;
+            }
+        }
+        PQclear(res);
+        if (w->sql2) {
+            res = run(c, w->sql2, &s->json, w->op, w->ent, err);
+            if (!res)
+                return -1;
+            PQclear(res);
+        }
+    }
+    return 0;
+oom:
+    snprintf(err->message, sizeof err->message, "out of memory building a batch of %zu rows", m);
+    err->sqlstate[0] = '\0';
+    err->cls = ERR_UNKNOWN;
+    err->retryable = true;
+    err->outage = false;
+    return -1;
+}
+
+static bool same_owner(const store_item_t *it, const char *agent, int alen, const char *phone, int plen)
+{
+    char p[PAYLOAD_MAX_PHONE + 1];
+    size_t n = 0;
+    if (!onboardable(it, p, &n))
+        return false;
+    const str_t *a = &it->ev->u.msg.agent_id;
+    return a->len == (uint32_t)alen && memcmp(a->p, agent, (size_t)alen) == 0 && n == (size_t)plen &&
+           memcmp(p, phone, n) == 0;
+}
+
+static int write_onboarding(db_conn_t *c, store_item_t *items, size_t n, store_scratch_t *s, uint32_t *idx,
+                            db_error_t *err)
+{
+    uint32_t rounds = 0;
+    size_t m = plan(s, items, n, want_onboarding, NULL, true, &rounds);
+    metrics_onboarding_queue_add((long)m);
+    for (uint32_t r = 0; r < rounds; r++) {
+        size_t k = round_items(s, m, r, idx);
+        build_rows(&s->json, items, idx, k, row_onboarding);
+        if (s->json.oom)
+            goto fail;
+        for (size_t j = 0; j < k; j++)
+            items[idx[j]].onb = ONB_SUCCESS_EXISTS;
+        PGresult *res = run(c, SQL_ONB_CREATE, &s->json, DBOP_UPSERT, DBENT_CONTACT, err);
+        if (!res)
+            goto fail;
+        for (int t = 0; t < PQntuples(res); t++) {
+            const char *agent = PQgetvalue(res, t, 0), *phone = PQgetvalue(res, t, 1);
+            int alen = PQgetlength(res, t, 0), plen = PQgetlength(res, t, 1);
+            for (size_t j = 0; j < k; j++)
+                if (same_owner(&items[idx[j]], agent, alen, phone, plen)) {
+                    items[idx[j]].onb = ONB_SUCCESS_CREATED;
+                    break;
+                }
+        }
+        PQclear(res);
+        if (!(res = run(c, SQL_ONB_MERGE, &s->json, DBOP_UPDATE, DBENT_CONTACT, err)))
+            goto fail;
+        PQclear(res);
+        if (!(res = run(c, SQL_ONB_LOG, &s->json, DBOP_SAVE, DBENT_ONBOARDING_LOG, err)))
+            goto fail;
+        PQclear(res);
+    }
+    metrics_onboarding_queue_add(-(long)m);
+    return 0;
+fail:
+    metrics_onboarding_queue_add(-(long)m);
+    if (s->json.oom) {
+        snprintf(err->message, sizeof err->message, "out of memory building onboarding rows");
+        err->cls = ERR_UNKNOWN;
+        err->retryable = true;
+        err->outage = false;
+    }
+    return -1;
+}
+
+int store_commit(db_conn_t *c, store_item_t *items, size_t n, store_scratch_t *s, db_error_t *err)
+{
+    uint32_t *idx = NULL;
+    for (size_t i = 0; i < n; i++) {
+        items[i].result = ERR_NONE;
+        items[i].onb = (items[i].onboard && items[i].ev->type == ET_MESSAGES_UPSERT) ? ONB_SKIPPED_NOT_APPLICABLE
+                                                                                       : ONB_COUNT;
+    }
+    if (n == 0)
+        return 0;
+    if (!scratch_grow(s, n) || !(idx = malloc(n * sizeof *idx))) {
+        snprintf(err->message, sizeof err->message, "out of memory planning a batch of %zu", n);
+        err->sqlstate[0] = '\0';
+        err->cls = ERR_UNKNOWN;
+        err->retryable = true;
+        err->outage = false;
+        free(idx);
+        return -1;
+    }
+    if (db_command(c, "BEGIN", err) != 0)
+        goto fail;
+    for (size_t w = 0; w < sizeof writers / sizeof writers[0]; w++)
+        if (write_entity(c, &writers[w], items, n, s, idx, err) != 0)
+            goto fail;
+    if (write_onboarding(c, items, n, s, idx, err) != 0)
+        goto fail;
+    if (db_command(c, "COMMIT", err) != 0)
+        goto fail;
+    free(idx);
+    return 0;
+fail:
+    free(idx);
+    db_rollback(c);
+    for (size_t i = 0; i < n; i++)
+        if (items[i].onb != ONB_COUNT)
+            items[i].onb = ONB_ERROR_DB;
+    return -1;
+}

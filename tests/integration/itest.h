@@ -1,0 +1,98 @@
+/* itest.h - shared set-up for integration tests: one NATS, one PostgreSQL and the service for a tenant. */
+#ifndef MES_ITEST_H
+#define MES_ITEST_H
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness.h"
+#include "testlib.h"
+
+static h_nats_t N;
+static h_pg_t P;
+static h_svc_t S;
+
+/* On a failed test, show the end of the service log: CI output then says what the service saw. */
+static void it_dump_log(void)
+{
+    if (!testlib_failed() || S.pid <= 0)
+        return;
+    char *log = h_svc_log(&S);
+    if (!log)
+        return;
+    size_t n = strlen(log), lines = 0;
+    const char *p = log + n;
+    while (p > log && lines < 60)
+        if (*--p == '\n')
+            lines++;
+    fprintf(stderr, "--- last service log lines ---\n%s\n", p);
+    free(log);
+}
+
+/* Starts NATS, PostgreSQL and the service for `co`; waits for "Both consumers started successfully". */
+static inline bool it_up(const char *co, const char *const *env)
+{
+    atexit(it_dump_log);
+    if (!h_nats_start(&N) || !h_pg_start(&P))
+        return false;
+    if (!h_svc_start(&S, co, &N, &P, env))
+        return false;
+    if (!h_svc_wait_ready(&S, 60000)) {
+        char *log = h_svc_log(&S);
+        fprintf(stderr, "service did not start; log:\n%s\n", log ? log : "(none)");
+        free(log);
+        return false;
+    }
+    return true;
+}
+
+/* Publishes data on <base>.<co>. */
+static inline bool it_pub(const char *base, const char *co, const char *data, const char *msg_id)
+{
+    char subject[256];
+    snprintf(subject, sizeof subject, "%s.%s", base, co);
+    return h_publish(&N, subject, data, strlen(data), msg_id);
+}
+
+/* Number of DLQ records for tenant co. */
+static inline long long it_dlq_count(const char *co)
+{
+    char subject[128];
+    snprintf(subject, sizeof subject, "v1.dlq.%s", co);
+    return h_stream_count(&N, "dlq_stream", subject);
+}
+
+/* Waits until the DLQ holds `want` records for co (or timeout); returns the count seen. */
+static inline long long it_dlq_wait(const char *co, long long want, int timeout_ms)
+{
+    int64_t end = h_now_ms() + timeout_ms;
+    long long n = -1;
+    while (h_now_ms() < end) {
+        n = it_dlq_count(co);
+        if (n == want)
+            return n;
+        h_sleep_ms(50);
+    }
+    return n;
+}
+
+/* All DLQ records of co, joined by "\n" (malloc'd). */
+static inline char *it_dlq_text(const char *co)
+{
+    char subject[128], **v = NULL;
+    snprintf(subject, sizeof subject, "v1.dlq.%s", co);
+    int n = h_stream_read(&N, "dlq_stream", subject, 1000, &v);
+    size_t len = 1;
+    for (int i = 0; i < n; i++)
+        len += strlen(v[i]) + 1;
+    char *out = calloc(1, len);
+    for (int i = 0; i < n && out; i++) {
+        strcat(out, v[i]);
+        strcat(out, "\n");
+    }
+    h_strv_free(v, n);
+    return out;
+}
+
+#endif

@@ -1,0 +1,301 @@
+/* test_ingest.c - the ten subjects end to end against real NATS + PostgreSQL: rows, write rules, DLQ decisions. */
+#include "itest.h"
+
+#define CO "acme"
+#define SCH "daisi_acme"
+
+static const char *const NO_ENV[] = {NULL};
+
+TEST(chats_upsert_stores_exact_row_with_metadata)
+{
+    REQUIRE(it_up(CO, NO_ENV));
+    REQUIRE(it_pub("v1.chats.upsert", CO,
+                   "{\"chat_id\":\"c1\",\"jid\":\"628@s.whatsapp.net\",\"agent_id\":\"ag1\",\"phone_number\":\"+62 8\","
+                   "\"push_name\":\"Budi\",\"group_name\":\"G\",\"custom_name\":\"Cus\",\"is_group\":true,"
+                   "\"not_spam\":false,\"unread_count\":3,\"conversation_timestamp\":1700000000,"
+                   "\"last_message\":{\"text\":\"hi\",\"n\":12345678901234567890}}",
+                   "m-c1"));
+    CHECK_EQ_INT(h_pg_wait_int(&P, 1, 20000, "SELECT count(*) FROM " SCH ".chats"), 1);
+    char *row = h_pg_str(&P, "SELECT concat_ws('|', chat_id, jid, agent_id, phone_number, push_name, group_name,"
+                             " custom_name, is_group, not_spam, unread_count, conversation_timestamp, company_id,"
+                             " last_message->>'text', last_metadata->>'stream', last_metadata->>'message_id',"
+                             " last_metadata->>'message_subject', last_metadata->>'consumer')"
+                             " FROM " SCH ".chats");
+    CHECK_EQ_STR(row, "c1|628@s.whatsapp.net|ag1|+62 8|Budi|G|Cus|t|f|3|1700000000|acme|hi|wa_events_stream|m-c1|"
+                      "v1.chats.upsert.acme|wa_listener_acme_chats_upsert");
+    free(row);
+    /* Big integers inside JSON objects are stored from the original text, not through a double. */
+    CHECK_EQ_INT(h_pg_int(&P, "SELECT count(*) FROM " SCH ".chats WHERE last_message::text LIKE"
+                              " '%%12345678901234567890%%'"),
+                 1);
+    CHECK_EQ_INT(h_pg_int(&P, "SELECT count(*) FROM " SCH ".chats WHERE created_at IS NOT NULL AND updated_at IS NOT NULL"), 1);
+}
+
+TEST(chats_upsert_present_fields_overwrite_absent_keep_and_older_does_not_regress)
+{
+    REQUIRE(it_up(CO, NO_ENV));
+    it_pub("v1.chats.upsert", CO,
+           "{\"chat_id\":\"c2\",\"jid\":\"j\",\"agent_id\":\"a\",\"phone_number\":\"1\",\"push_name\":\"new\","
+           "\"unread_count\":5,\"conversation_timestamp\":2000,\"last_message\":{\"t\":\"newest\"}}",
+           NULL);
+    CHECK_EQ_INT(h_pg_wait_int(&P, 1, 20000, "SELECT count(*) FROM " SCH ".chats"), 1);
+    /* Older event: must not overwrite push_name/unread/last_message, nor move the timestamp back. */
+    it_pub("v1.chats.upsert", CO,
+           "{\"chat_id\":\"c2\",\"jid\":\"j2\",\"agent_id\":\"a2\",\"phone_number\":\"2\",\"push_name\":\"old\","
+           "\"unread_count\":1,\"conversation_timestamp\":1000,\"last_message\":{\"t\":\"old\"},\"custom_name\":\"X\"}",
+           NULL);
+    CHECK_EQ_INT(h_pg_wait_int(&P, 1, 20000, "SELECT count(*) FROM " SCH ".chats WHERE custom_name = 'X'"), 1);
+    char *row = h_pg_str(&P, "SELECT concat_ws('|', jid, agent_id, phone_number, push_name, unread_count,"
+                             " conversation_timestamp, last_message->>'t') FROM " SCH ".chats");
+    CHECK_EQ_STR(row, "j|a|1|new|5|2000|newest");
+    free(row);
+    /* Event without a timestamp is not older; absent fields keep the stored value. */
+    it_pub("v1.chats.upsert", CO, "{\"chat_id\":\"c2\",\"jid\":\"j\",\"agent_id\":\"a\",\"phone_number\":\"1\",\"group_name\":\"G2\"}",
+           NULL);
+    CHECK_EQ_INT(h_pg_wait_int(&P, 1, 20000, "SELECT count(*) FROM " SCH ".chats WHERE group_name = 'G2'"), 1);
+    row = h_pg_str(&P, "SELECT concat_ws('|', push_name, unread_count, conversation_timestamp, custom_name)"
+                       " FROM " SCH ".chats");
+    CHECK_EQ_STR(row, "new|5|2000|X");
+    free(row);
+}
+
+TEST(chats_update_sets_absolute_and_adds_delta_with_floor_zero)
+{
+    REQUIRE(it_up(CO, NO_ENV));
+    it_pub("v1.chats.upsert", CO, "{\"chat_id\":\"c3\",\"jid\":\"j\",\"agent_id\":\"a\",\"phone_number\":\"1\"}", NULL);
+    CHECK_EQ_INT(h_pg_wait_int(&P, 1, 20000, "SELECT count(*) FROM " SCH ".chats"), 1);
+    it_pub("v1.chats.update", CO, "{\"chat_id\":\"c3\",\"unread_count\":5}", NULL);
+    CHECK_EQ_INT(h_pg_wait_int(&P, 5, 20000, "SELECT unread_count FROM " SCH ".chats"), 5);
+    it_pub("v1.chats.update", CO, "{\"id\":\"c3\",\"unread_delta\":3}", NULL);
+    CHECK_EQ_INT(h_pg_wait_int(&P, 8, 20000, "SELECT unread_count FROM " SCH ".chats"), 8);
+    it_pub("v1.chats.update", CO, "{\"chat_id\":\"c3\",\"unread_delta\":-100,\"conversation_timestamp\":77}", NULL);
+    CHECK_EQ_INT(h_pg_wait_int(&P, 0, 20000, "SELECT unread_count FROM " SCH ".chats"), 0);
+    CHECK_EQ_INT(h_pg_wait_int(&P, 77, 20000, "SELECT conversation_timestamp FROM " SCH ".chats"), 77);
+    /* A burst of deltas on one chat: every one counts (atomic in SQL, stream order within a batch). */
+    for (int i = 0; i < 100; i++)
+        it_pub("v1.chats.update", CO, "{\"chat_id\":\"c3\",\"unread_delta\":1}", NULL);
+    CHECK_EQ_INT(h_pg_wait_int(&P, 100, 30000, "SELECT unread_count FROM " SCH ".chats"), 100);
+    CHECK_EQ_INT(it_dlq_count(CO), 0);
+}
+
+TEST(update_before_upsert_goes_to_dlq_as_not_found)
+{
+    REQUIRE(it_up(CO, NO_ENV));
+    it_pub("v1.chats.update", CO, "{\"chat_id\":\"ghost\",\"unread_count\":1}", "u-ghost");
+    it_pub("v1.messages.update", CO, "{\"message_id\":\"ghost-m\",\"status\":\"read\"}", NULL);
+    it_pub("v1.contacts.update", CO, "{\"phone_number\":\"999\",\"agent_id\":\"a\",\"push_name\":\"x\"}", NULL);
+    CHECK_EQ_INT(it_dlq_wait(CO, 3, 20000), 3);
+    char *t = it_dlq_text(CO);
+    CHECK_CONTAINS(t, "\"error_class\":\"not_found\"");
+    CHECK_CONTAINS(t, "chat 'ghost' not found");
+    CHECK_CONTAINS(t, "\"source_subject\":\"v1.chats.update.acme\"");
+    CHECK_CONTAINS(t, "\"original_payload_encoding\":\"json\"");
+    CHECK_CONTAINS(t, "\"original_payload\":{\"chat_id\":\"ghost\",\"unread_count\":1}");
+    CHECK_CONTAINS(t, "\"source_message_id\":\"u-ghost\"");
+    free(t);
+    CHECK_EQ_INT(h_pg_int(&P, "SELECT count(*) FROM " SCH ".chats"), 0);
+}
+
+TEST(messages_upsert_status_never_regresses_and_update_can_undelete)
+{
+    REQUIRE(it_up(CO, NO_ENV));
+    const char *m = "{\"message_id\":\"m1\",\"chat_id\":\"c\",\"jid\":\"j\",\"agent_id\":\"a\",\"flow\":\"OUT\","
+                    "\"status\":\"read\",\"message_text\":\"hello\",\"message_timestamp\":1700000000000,"
+                    "\"from\":\"111\",\"to\":\"222\",\"key\":{\"id\":\"k1\",\"fromMe\":true},"
+                    "\"message_obj\":{\"big\":98765432109876543210}}";
+    it_pub("v1.messages.upsert", CO, m, NULL);
+    CHECK_EQ_INT(h_pg_wait_int(&P, 1, 20000, "SELECT count(*) FROM " SCH ".messages"), 1);
+    char *row = h_pg_str(&P, "SELECT concat_ws('|', message_id, from_phone, to_phone, status, message_text,"
+                             " message_timestamp, message_date, key->>'id', is_deleted, company_id) FROM " SCH
+                             ".messages");
+    CHECK_EQ_STR(row, "m1|111|222|read|hello|1700000000|2023-11-14|k1|f|acme");
+    free(row);
+    CHECK_EQ_INT(h_pg_int(&P, "SELECT count(*) FROM " SCH ".messages WHERE message_obj::text LIKE '%%98765432109876543210%%'"), 1);
+    /* A lower status does not regress; failed always applies. */
+    it_pub("v1.messages.update", CO, "{\"message_id\":\"m1\",\"status\":\"delivered\",\"is_deleted\":true}", NULL);
+    CHECK_EQ_INT(h_pg_wait_int(&P, 1, 20000, "SELECT count(*) FROM " SCH ".messages WHERE is_deleted"), 1);
+    row = h_pg_str(&P, "SELECT status FROM " SCH ".messages");
+    CHECK_EQ_STR(row, "read");
+    free(row);
+    it_pub("v1.messages.update", CO, "{\"id\":\"m1\",\"is_deleted\":false,\"status\":\"played\"}", NULL);
+    CHECK_EQ_INT(h_pg_wait_int(&P, 1, 20000, "SELECT count(*) FROM " SCH ".messages WHERE NOT is_deleted AND status = 'played'"), 1);
+    it_pub("v1.messages.upsert", CO,
+           "{\"message_id\":\"m1\",\"chat_id\":\"c\",\"jid\":\"j\",\"agent_id\":\"a\",\"flow\":\"OUT\",\"status\":"
+           "\"failed\",\"message_timestamp\":1700000000}",
+           NULL);
+    CHECK_EQ_INT(h_pg_wait_int(&P, 1, 20000, "SELECT count(*) FROM " SCH ".messages WHERE status = 'failed'"), 1);
+    CHECK_EQ_INT(h_pg_int(&P, "SELECT count(*) FROM " SCH ".messages"), 1);
+    CHECK_EQ_INT(it_dlq_count(CO), 0);
+}
+
+TEST(message_without_timestamp_lands_on_epoch_date_and_redelivery_is_idempotent)
+{
+    REQUIRE(it_up(CO, NO_ENV));
+    const char *m = "{\"message_id\":\"m2\",\"chat_id\":\"c\",\"jid\":\"j\",\"agent_id\":\"a\",\"flow\":\"OUT\"}";
+    it_pub("v1.messages.upsert", CO, m, "dup-1");
+    it_pub("v1.messages.upsert", CO, m, "dup-2"); /* a second copy with another id: same row */
+    CHECK_EQ_INT(h_pg_wait_int(&P, 1, 20000, "SELECT count(*) FROM " SCH ".messages"), 1);
+    h_sleep_ms(300);
+    CHECK_EQ_INT(h_pg_int(&P, "SELECT count(*) FROM " SCH ".messages WHERE message_date = '1970-01-01'"), 1);
+    CHECK_EQ_INT(h_pg_int(&P, "SELECT count(*) FROM " SCH ".messages"), 1);
+}
+
+TEST(two_realtime_contacts_in_one_schema_and_update_applies_push_name)
+{
+    REQUIRE(it_up(CO, NO_ENV));
+    it_pub("v1.contacts.upsert", CO, "{\"phone_number\":\"+62 811-1@s.whatsapp.net\",\"agent_id\":\"a\",\"push_name\":\"One\"}", NULL);
+    it_pub("v1.contacts.upsert", CO, "{\"phone_number\":\"62822\",\"agent_id\":\"a\",\"push_name\":\"Two\"}", NULL);
+    CHECK_EQ_INT(h_pg_wait_int(&P, 2, 20000, "SELECT count(*) FROM " SCH ".contacts"), 2);
+    CHECK_EQ_INT(h_pg_int(&P, "SELECT count(DISTINCT id) FROM " SCH ".contacts WHERE id <> ''"), 2);
+    CHECK_EQ_INT(h_pg_int(&P, "SELECT count(*) FROM " SCH ".contacts WHERE phone_number = '628111'"), 1);
+    it_pub("v1.contacts.update", CO, "{\"phone_number\":\"628111\",\"agent_id\":\"a\",\"push_name\":\"Uno\"}", NULL);
+    CHECK_EQ_INT(h_pg_wait_int(&P, 1, 20000, "SELECT count(*) FROM " SCH ".contacts WHERE push_name = 'Uno'"), 1);
+    char *row = h_pg_str(&P, "SELECT concat_ws('|', gender, status) FROM " SCH ".contacts WHERE phone_number = '628111'");
+    CHECK_EQ_STR(row, "MALE|ACTIVE");
+    free(row);
+}
+
+TEST(connection_update_stores_empty_strings_not_null_and_present_empty_overwrites)
+{
+    REQUIRE(it_up(CO, NO_ENV));
+    it_pub("v1.connection.update", CO, "{\"agent_id\":\"ag\",\"status\":\"open\",\"phone_number\":\"628\"}", NULL);
+    CHECK_EQ_INT(h_pg_wait_int(&P, 1, 20000, "SELECT count(*) FROM " SCH ".agents"), 1);
+    CHECK_EQ_INT(h_pg_int(&P, "SELECT count(*) FROM " SCH ".agents WHERE qr_code = '' AND agent_name = '' AND"
+                              " host_name = '' AND version = '' AND status = 'open' AND phone_number = '628'"),
+                 1);
+    it_pub("v1.connection.update", CO, "{\"agent_id\":\"ag\",\"qr_code\":\"QR\",\"agent_name\":\"Agent\"}", NULL);
+    CHECK_EQ_INT(h_pg_wait_int(&P, 1, 20000, "SELECT count(*) FROM " SCH ".agents WHERE qr_code = 'QR'"), 1);
+    CHECK_EQ_INT(h_pg_int(&P, "SELECT count(*) FROM " SCH ".agents WHERE status = 'open' AND agent_name = 'Agent'"), 1);
+    it_pub("v1.connection.update", CO, "{\"agent_id\":\"ag\",\"qr_code\":\"\"}", NULL);
+    CHECK_EQ_INT(h_pg_wait_int(&P, 1, 20000, "SELECT count(*) FROM " SCH ".agents WHERE qr_code = ''"), 1);
+}
+
+TEST(history_batch_writes_valid_items_and_sends_each_bad_item_to_dlq)
+{
+    REQUIRE(it_up(CO, NO_ENV));
+    it_pub("v1.history.chats", CO,
+           "{\"chats\":[{\"chat_id\":\"h1\",\"jid\":\"j\",\"agent_id\":\"a\",\"phone_number\":\"1\",\"company_id\":\"acme\"},"
+           "{\"chat_id\":\"\",\"jid\":\"j\",\"agent_id\":\"a\",\"phone_number\":\"1\",\"company_id\":\"acme\"},"
+           "{\"chat_id\":\"h3\",\"jid\":\"j\",\"agent_id\":\"a\",\"phone_number\":\"1\",\"company_id\":\"acme\"}]}",
+           "hist-1");
+    it_pub("v1.history.messages", CO,
+           "{\"agent_id\":\"a\",\"is_last_batch\":true,\"messages\":[{\"message_id\":\"hm1\",\"chat_id\":\"c\",\"jid\":\"j\","
+           "\"flow\":\"IN\",\"from_phone\":\"628\",\"company_id\":\"acme\",\"message_timestamp\":1700000000}]}",
+           NULL);
+    it_pub("v1.history.contacts", CO,
+           "{\"contacts\":[{\"phone_number\":\"1\",\"agent_id\":\"a\",\"company_id\":\"acme\"},"
+           "{\"phone_number\":\"2\",\"agent_id\":\"a\",\"company_id\":\"acme\"}]}",
+           NULL);
+    CHECK_EQ_INT(h_pg_wait_int(&P, 2, 20000, "SELECT count(*) FROM " SCH ".chats"), 2);
+    CHECK_EQ_INT(h_pg_wait_int(&P, 1, 20000, "SELECT count(*) FROM " SCH ".messages"), 1);
+    CHECK_EQ_INT(h_pg_wait_int(&P, 2, 20000, "SELECT count(*) FROM " SCH ".contacts"), 2);
+    CHECK_EQ_INT(it_dlq_wait(CO, 1, 20000), 1);
+    char *t = it_dlq_text(CO);
+    CHECK_CONTAINS(t, "\"item_index\":1");
+    CHECK_CONTAINS(t, "chat_id");
+    CHECK_CONTAINS(t, "\"source_subject\":\"v1.history.chats.acme\"");
+    free(t);
+    /* History messages do not onboard. */
+    CHECK_EQ_INT(h_pg_int(&P, "SELECT count(*) FROM " SCH ".onboarding_log"), 0);
+}
+
+TEST(malformed_json_becomes_dlq_record_with_base64_original)
+{
+    REQUIRE(it_up(CO, NO_ENV));
+    it_pub("v1.chats.upsert", CO, "{not json", "bad-1");
+    CHECK_EQ_INT(it_dlq_wait(CO, 1, 20000), 1);
+    char *t = it_dlq_text(CO);
+    CHECK_CONTAINS(t, "\"original_payload_encoding\":\"base64\"");
+    CHECK_CONTAINS(t, "\"original_payload\":\"e25vdCBqc29u\"");
+    CHECK_CONTAINS(t, "\"error_class\":\"unmarshal\"");
+    CHECK_CONTAINS(t, "\"error_type\":\"fatal\"");
+    free(t);
+}
+
+TEST(company_mismatch_and_foreign_tenant_subjects_are_never_written)
+{
+    REQUIRE(it_up(CO, NO_ENV));
+    it_pub("v1.chats.upsert", "other", "{\"chat_id\":\"x\",\"jid\":\"j\",\"agent_id\":\"a\",\"phone_number\":\"1\"}", NULL);
+    it_pub("v1.chats.upsert", CO,
+           "{\"chat_id\":\"y\",\"jid\":\"j\",\"agent_id\":\"a\",\"phone_number\":\"1\",\"company_id\":\"other\"}", NULL);
+    it_pub("v1.chats.upsert", CO, "{\"chat_id\":\"z\",\"jid\":\"j\",\"agent_id\":\"a\",\"phone_number\":\"1\"}", NULL);
+    CHECK_EQ_INT(h_pg_wait_int(&P, 1, 20000, "SELECT count(*) FROM " SCH ".chats"), 1);
+    CHECK_EQ_INT(it_dlq_wait(CO, 1, 20000), 1);
+    char *t = it_dlq_text(CO);
+    CHECK_CONTAINS(t, "company_id mismatch");
+    free(t);
+    CHECK_EQ_INT(h_pg_int(&P, "SELECT count(*) FROM " SCH ".chats WHERE chat_id IN ('x', 'y')"), 0);
+    CHECK_EQ_INT(h_pg_int(&P, "SELECT count(*) FROM pg_namespace WHERE nspname = 'daisi_other'"), 0);
+}
+
+TEST(same_key_burst_ends_in_stream_order)
+{
+    REQUIRE(it_up(CO, NO_ENV));
+    char buf[256];
+    for (int i = 1; i <= 60; i++) {
+        snprintf(buf, sizeof buf,
+                 "{\"chat_id\":\"burst\",\"jid\":\"j\",\"agent_id\":\"a\",\"phone_number\":\"1\",\"push_name\":\"v%d\"}", i);
+        REQUIRE(it_pub("v1.chats.upsert", CO, buf, NULL));
+    }
+    char *v = NULL;
+    int64_t end = h_now_ms() + 20000;
+    while (h_now_ms() < end) {
+        free(v);
+        v = h_pg_str(&P, "SELECT push_name FROM " SCH ".chats WHERE chat_id = 'burst'");
+        if (v && strcmp(v, "v60") == 0)
+            break;
+        h_sleep_ms(50);
+    }
+    CHECK_EQ_STR(v, "v60");
+    free(v);
+    CHECK_EQ_INT(h_pg_int(&P, "SELECT count(*) FROM " SCH ".chats"), 1);
+}
+
+TEST(onboarding_creates_one_contact_and_one_log_row_per_agent_and_phone)
+{
+    REQUIRE(it_up(CO, NO_ENV));
+    char buf[512];
+    for (int i = 0; i < 3; i++) {
+        snprintf(buf, sizeof buf,
+                 "{\"message_id\":\"on%d\",\"chat_id\":\"c\",\"jid\":\"j\",\"agent_id\":\"ag\",\"flow\":\"IN\","
+                 "\"from_phone\":\"+62 877@s.whatsapp.net\",\"message_timestamp\":%d%s}",
+                 i, 1700000000 + i, i == 2 ? ",\"campaign\":{\"is_campaign\":true,\"tags\":\"promo,vip\",\"origin\":\"Ads\"}" : "");
+        REQUIRE(it_pub("v1.messages.upsert", CO, buf, NULL));
+    }
+    it_pub("v1.messages.upsert", CO,
+           "{\"message_id\":\"out1\",\"chat_id\":\"c\",\"jid\":\"j\",\"agent_id\":\"ag\",\"flow\":\"OUT\",\"from_phone\":\"555\"}",
+           NULL);
+    CHECK_EQ_INT(h_pg_wait_int(&P, 4, 20000, "SELECT count(*) FROM " SCH ".messages"), 4);
+    CHECK_EQ_INT(h_pg_wait_int(&P, 1, 20000, "SELECT count(*) FROM " SCH ".contacts WHERE tags LIKE '%%vip%%'"), 1);
+    CHECK_EQ_INT(h_pg_int(&P, "SELECT count(*) FROM " SCH ".contacts"), 1);
+    CHECK_EQ_INT(h_pg_int(&P, "SELECT count(*) FROM " SCH ".onboarding_log"), 1);
+    char *row = h_pg_str(&P, "SELECT concat_ws('|', phone_number, agent_id, origin, tags, first_message_id, status)"
+                             " FROM " SCH ".contacts");
+    CHECK_EQ_STR(row, "62877|ag|DirectChat|Onboarded,promo,vip|on0|ACTIVE");
+    free(row);
+    row = h_pg_str(&P, "SELECT concat_ws('|', message_id, phone_number, \"timestamp\") FROM " SCH ".onboarding_log");
+    CHECK_EQ_STR(row, "on0|62877|1700000000");
+    free(row);
+}
+
+TEST(metrics_counters_equal_the_events_sent_in_a_known_mix)
+{
+    REQUIRE(it_up(CO, NO_ENV));
+    for (int i = 0; i < 5; i++) {
+        char buf[256];
+        snprintf(buf, sizeof buf, "{\"chat_id\":\"k%d\",\"jid\":\"j\",\"agent_id\":\"a\",\"phone_number\":\"1\"}", i);
+        it_pub("v1.chats.upsert", CO, buf, NULL);
+    }
+    it_pub("v1.chats.upsert", CO, "[1,2]", NULL);
+    it_pub("v1.chats.update", CO, "{\"chat_id\":\"nope\"}", NULL);
+    CHECK_EQ_INT(h_pg_wait_int(&P, 5, 20000, "SELECT count(*) FROM " SCH ".chats"), 5);
+    CHECK_EQ_INT(it_dlq_wait(CO, 2, 20000), 2);
+    h_sleep_ms(300);
+    CHECK_EQ_INT(h_metric(S.http_port, "message_event_service_events_received_total{event_type=\"v1.chats.upsert\",company_id=\"acme\",consumer_type=\"realtime\"}"), 6);
+    CHECK_EQ_INT(h_metric(S.http_port, "message_event_service_events_processed_total{event_type=\"v1.chats.upsert\",company_id=\"acme\",consumer_type=\"realtime\"}"), 5);
+    CHECK_EQ_INT(h_metric(S.http_port, "message_event_service_events_failed_total{event_type=\"v1.chats.upsert\",company_id=\"acme\",consumer_type=\"realtime\"}"), 1);
+    CHECK_EQ_INT(h_metric(S.http_port, "message_event_service_events_failed_total{event_type=\"v1.chats.update\",company_id=\"acme\",consumer_type=\"realtime\"}"), 1);
+    CHECK_EQ_INT(h_metric(S.http_port, "message_event_service_event_processing_actions_total{event_type=\"v1.chats.upsert\",company_id=\"acme\",consumer_type=\"realtime\",action=\"ack_success\",error_type=\"none\"}"), 5);
+    CHECK_EQ_INT(h_metric(S.http_port, "message_event_service_event_processing_actions_total{event_type=\"v1.chats.upsert\",company_id=\"acme\",consumer_type=\"realtime\",action=\"dlq_published_ack_success\",error_type=\"unmarshal\"}"), 1);
+    CHECK_EQ_INT(h_metric(S.http_port, "message_event_service_event_processing_actions_total{event_type=\"v1.chats.update\",company_id=\"acme\",consumer_type=\"realtime\",action=\"dlq_published_ack_success\",error_type=\"not_found\"}"), 1);
+}
