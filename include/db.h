@@ -2,6 +2,7 @@
 #ifndef MES_DB_H
 #define MES_DB_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -41,6 +42,12 @@ bool db_ping(db_conn_t *c);
 PGresult *db_exec(db_conn_t *c, const char *sql, int nparams, const char *const *params, db_error_t *err);
 /* db_exec for commands without parameters or interesting results. Returns 0 or -1. */
 int db_command(db_conn_t *c, const char *sql, db_error_t *err) __attribute__((warn_unused_result));
+
+/* Makes *c a usable session: reconnects with backoff (100 ms doubling to 5 s) until it works or *stop is set.
+ * While waiting it calls keepalive(ctx) every keep_every_ms, so messages the caller holds stay alive (in-progress
+ * acks) instead of being redelivered. `who` names the caller in the log. Returns false when stopping first. */
+bool db_wait_usable(db_conn_t **c, const config_t *cfg, const atomic_bool *stop, void (*keepalive)(void *ctx),
+                    void *ctx, int64_t keep_every_ms, const char *who);
 
 /* Best-effort ROLLBACK after a failed transaction (no-op on a broken session). */
 void db_rollback(db_conn_t *c);

@@ -51,4 +51,19 @@ void store_scratch_free(store_scratch_t *s);
 int store_commit(db_conn_t *c, store_item_t *items, size_t n, store_scratch_t *s, db_error_t *err)
     __attribute__((warn_unused_result));
 
+/* One exhausted DLQ record (SPEC 5.2). Strings are NUL-terminated; original_json may be NULL (non-JSON original). */
+typedef struct {
+    const char *company_id;
+    const char *source_subject;
+    const char *last_error;
+    int retry_count;          /* source deliveries + DLQ attempts */
+    const char *event_ts;     /* RFC 3339 "ts" of the record, or NULL */
+    const char *dlq_payload;  /* the record (JSON text) */
+    const char *original_json;
+    const char *dlq_message_id; /* the record's Nats-Msg-Id: a redelivered exhaustion never writes two rows */
+} store_exhausted_t;
+
+/* Inserts the exhausted_events row; a row with the same dlq_message_id already there counts as success. */
+int store_exhausted_insert(db_conn_t *c, const store_exhausted_t *e, db_error_t *err) __attribute__((warn_unused_result));
+
 #endif

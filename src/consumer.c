@@ -155,45 +155,25 @@ int consumer_subscribe(consumer_t *c)
 /* ---- database session --------------------------------------------------------------------------------------- */
 
 /* Keeps held messages alive while we wait (ack wait must never expire on work we still own). */
-static void keep_alive(consumer_t *c, size_t n)
+typedef struct {
+    consumer_t *c;
+    size_t held;
+} hold_t;
+
+static void keep_alive(void *arg)
 {
-    for (size_t i = 0; i < n; i++)
-        if (c->slots[i].msg)
-            natsMsg_InProgress(c->slots[i].msg, NULL);
+    hold_t *h = arg;
+    for (size_t i = 0; i < h->held; i++)
+        if (h->c->slots[i].msg)
+            natsMsg_InProgress(h->c->slots[i].msg, NULL);
 }
 
 /* Returns true with a usable session; false when stopping. Holds `held` messages alive meanwhile. */
 static bool ensure_db(consumer_t *c, size_t held)
 {
-    int64_t wait = 100;
-    double last_keepalive = clock_mono_s();
-    double keep_every = (double)c->lc->ack_wait_ms / 3000.0;
-    if (keep_every > 5.0)
-        keep_every = 5.0;
-    while (!db_ok(c->db)) {
-        db_close(c->db);
-        c->db = NULL;
-        db_error_t err;
-        c->db = db_connect(c->cfg, &err);
-        if (c->db)
-            break;
-        if (atomic_load(c->stop))
-            return false;
-        log_warn("consumer", "database unavailable; lane paused", LF_S("durable", c->durable),
-                 LF_S("error", err.message), LF_I("retry_in_ms", wait));
-        /* Sleep in small steps so stop and keep-alive stay responsive. */
-        for (int64_t slept = 0; slept < wait; slept += 100) {
-            if (atomic_load(c->stop))
-                return false;
-            if (held && clock_mono_s() - last_keepalive >= keep_every) {
-                keep_alive(c, held);
-                last_keepalive = clock_mono_s();
-            }
-            clock_sleep_ms(100);
-        }
-        wait = wait * 2 > 5000 ? 5000 : wait * 2;
-    }
-    return true;
+    hold_t h = {c, held};
+    int64_t every = c->lc->ack_wait_ms / 3 < 5000 ? c->lc->ack_wait_ms / 3 : 5000;
+    return db_wait_usable(&c->db, c->cfg, c->stop, held ? keep_alive : NULL, &h, every, c->durable);
 }
 
 /* ---- per-message preparation ---------------------------------------------------------------------------------- */
@@ -402,8 +382,6 @@ static int commit_range(consumer_t *c, size_t from, size_t to, size_t held, db_e
                  LF_S("error", err->message));
         db_close(c->db);
         c->db = NULL;
-        if (atomic_load(c->stop) && !ensure_db(c, held))
-            return -1;
     }
 }
 

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "clock.h"
 #include "log.h"
 
 void db_classify(const char *sqlstate, bool conn_bad, db_error_t *err)
@@ -165,4 +166,33 @@ int db_command(db_conn_t *c, const char *sql, db_error_t *err)
     db_error_from(err, c->pg, r);
     PQclear(r);
     return -1;
+}
+
+bool db_wait_usable(db_conn_t **c, const config_t *cfg, const atomic_bool *stop, void (*keepalive)(void *ctx),
+                    void *ctx, int64_t keep_every_ms, const char *who)
+{
+    int64_t wait = 100, last_keepalive = clock_mono_ms();
+    while (!db_ok(*c)) {
+        db_error_t err;
+        db_close(*c);
+        *c = db_connect(cfg, &err);
+        if (*c)
+            break;
+        if (atomic_load(stop))
+            return false;
+        log_warn("db", "database unavailable; paused", LF_S("who", who), LF_S("error", err.message),
+                 LF_I("retry_in_ms", wait));
+        /* Sleep in small steps so stop and keep-alive stay responsive. */
+        for (int64_t slept = 0; slept < wait; slept += 100) {
+            if (atomic_load(stop))
+                return false;
+            if (keepalive && clock_mono_ms() - last_keepalive >= keep_every_ms) {
+                keepalive(ctx);
+                last_keepalive = clock_mono_ms();
+            }
+            clock_sleep_ms(100);
+        }
+        wait = wait * 2 > 5000 ? 5000 : wait * 2;
+    }
+    return true;
 }

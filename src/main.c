@@ -12,6 +12,7 @@
 #include "config.h"
 #include "consumer.h"
 #include "db.h"
+#include "dlq_worker.h"
 #include "http.h"
 #include "log.h"
 #include "maintenance.h"
@@ -28,6 +29,7 @@ typedef struct {
     mes_nats_t nats;
     consumer_t *lanes[ET_BASE_COUNT];
     int nlanes;
+    dlq_worker_t *dlq;
     maintenance_t *maint;
     http_server_t *http;
 } app_t;
@@ -60,9 +62,11 @@ static bool ready(void *ctx, char *details, size_t len)
     for (int i = 0; i < a->nlanes; i++)
         subscribed += consumer_subscribed(a->lanes[i]);
     bool consumers = a->nlanes > 0 && subscribed == a->nlanes;
-    snprintf(details, len, "\"postgres\":\"%s\",\"nats\":\"%s\",\"consumers\":\"%d/%d subscribed\"",
-             db ? "up" : "down", nats ? "up" : "down", subscribed, a->nlanes);
-    return db && nats && consumers;
+    bool dlq = dlq_worker_subscribed(a->dlq);
+    snprintf(details, len,
+             "\"postgres\":\"%s\",\"nats\":\"%s\",\"consumers\":\"%d/%d subscribed\",\"dlq_worker\":\"%s\"",
+             db ? "up" : "down", nats ? "up" : "down", subscribed, a->nlanes, dlq ? "subscribed" : "not subscribed");
+    return db && nats && consumers && dlq;
 }
 
 /* PostgreSQL with retry and backoff until the startup deadline; then the schema. */
@@ -135,6 +139,21 @@ static int start_consumers(app_t *a)
     return 0;
 }
 
+static bool db_up(void *ctx)
+{
+    return maintenance_db_up(((app_t *)ctx)->maint);
+}
+
+/* The DLQ worker pool (SPEC 5.2): its own durable, fetcher, bounded queue and workers. */
+static int start_dlq_worker(app_t *a)
+{
+    if (!(a->dlq = dlq_worker_create(&a->cfg, &a->nats, &g_stop, db_up, a)))
+        return -1;
+    if (dlq_worker_subscribe(a->dlq) != 0 || dlq_worker_start(a->dlq) != 0)
+        return -1;
+    return 0;
+}
+
 /* Stop intake, let lanes finish, commit and ack their batches, then close connections. */
 static int shutdown_all(app_t *a)
 {
@@ -150,6 +169,12 @@ static int shutdown_all(app_t *a)
             return 1; /* the thread still owns its messages; they will be redelivered */
         }
     }
+    if (!dlq_worker_join(a->dlq, deadline)) {
+        log_error("main", "shutdown timeout: DLQ workers did not finish; exiting with their records unacked");
+        return 1;
+    }
+    dlq_worker_destroy(a->dlq);
+    a->dlq = NULL;
     maintenance_stop(a->maint);
     a->maint = NULL;
     for (int i = 0; i < a->nlanes; i++)
@@ -230,6 +255,10 @@ int main(int argc, char **argv)
     }
     if (start_consumers(&app) != 0) {
         log_error("main", "startup failed: consumers");
+        goto out;
+    }
+    if (start_dlq_worker(&app) != 0) {
+        log_error("main", "startup failed: DLQ worker");
         goto out;
     }
     log_info("main", "Both consumers started successfully", LF_I("lanes", app.nlanes));

@@ -1,0 +1,690 @@
+/* dlq_worker.c - DLQ fetcher -> bounded queue -> pthread pool: re-run records, NAK with backoff, or exhaust. */
+#include "dlq_worker.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "buf.h"
+#include "clock.h"
+#include "consumer.h"
+#include "db.h"
+#include "dlq.h"
+#include "json.h"
+#include "log.h"
+#include "metrics.h"
+#include "payload.h"
+#include "store.h"
+
+/* A bounded FIFO of messages; the fetcher fills it only with what fits (FIX: the reference over-fetched and let
+ * records age past their ack wait). */
+typedef struct {
+    natsMsg **ring;
+    int cap, head, len;
+    pthread_mutex_t mu;
+    pthread_cond_t not_empty, has_room;
+} queue_t;
+
+struct dlq_worker {
+    const config_t *cfg;
+    mes_nats_t *nats;
+    const atomic_bool *stop;
+    bool (*db_up)(void *ctx);
+    void *db_up_ctx;
+    natsSubscription *sub;
+    char durable[256], filter[256];
+    atomic_bool subscribed;
+    atomic_bool fetcher_done;
+    queue_t q;
+    pthread_t fetcher;
+    pthread_t *workers;
+    int nworkers, started_workers;
+    bool fetcher_started;
+};
+
+/* One worker's private state. */
+typedef struct {
+    dlq_worker_t *w;
+    db_conn_t *db;
+    payload_ctx_t pctx;
+    store_scratch_t scratch;
+    json_doc_t doc;
+    buf_t buf;
+    natsMsg *msg; /* the record in hand, kept alive while we wait for the database */
+    int id;
+} worker_t;
+
+/* What a record's processing decided. */
+typedef enum { RES_ACK, RES_RETRY, RES_EXHAUST, RES_LEAVE } result_t;
+
+/* Fields of a DLQ record (SPEC 5.1) as spans of its text. */
+typedef struct {
+    bool valid;
+    char subject[256];
+    char company[64];
+    const char *orig;
+    size_t orig_len;
+    bool orig_base64;
+    char *orig_decoded; /* base64 originals, malloc'd */
+    int64_t retry_count;
+    int64_t item_index; /* -1 when absent */
+    const char *source_meta;
+    size_t source_meta_len;
+    char ts[64];
+    char stream[128];
+    int64_t seq;
+} record_t;
+
+int64_t dlq_worker_backoff_ms(const config_t *cfg, int k)
+{
+    return consumer_backoff_ms(cfg->dlq_base_delay_ms, cfg->dlq_max_delay_ms, k, false);
+}
+
+/* ---- queue ------------------------------------------------------------------------------------------------ */
+
+static int queue_init(queue_t *q, int cap)
+{
+    memset(q, 0, sizeof *q);
+    q->ring = calloc((size_t)cap, sizeof *q->ring);
+    if (!q->ring)
+        return -1;
+    q->cap = cap;
+    pthread_mutex_init(&q->mu, NULL);
+    pthread_cond_init(&q->not_empty, NULL);
+    pthread_cond_init(&q->has_room, NULL);
+    return 0;
+}
+
+static void queue_free(queue_t *q)
+{
+    if (!q->ring)
+        return;
+    for (int i = 0; i < q->len; i++)
+        natsMsg_Destroy(q->ring[(q->head + i) % q->cap]); /* unacked: redelivered after ack wait */
+    free(q->ring);
+    pthread_mutex_destroy(&q->mu);
+    pthread_cond_destroy(&q->not_empty);
+    pthread_cond_destroy(&q->has_room);
+    q->ring = NULL;
+}
+
+static void queue_push(queue_t *q, natsMsg *m)
+{
+    pthread_mutex_lock(&q->mu);
+    q->ring[(q->head + q->len) % q->cap] = m; /* the fetcher never asks for more than the room left */
+    q->len++;
+    metrics_dlq_queue_length_set(q->len);
+    pthread_cond_signal(&q->not_empty);
+    pthread_mutex_unlock(&q->mu);
+}
+
+/* Waits up to wait_ms for room; returns the free slots (0 on timeout). */
+static int queue_room(queue_t *q, int64_t wait_ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += wait_ms / 1000;
+    ts.tv_nsec += (wait_ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&q->mu);
+    while (q->len == q->cap && pthread_cond_timedwait(&q->has_room, &q->mu, &ts) == 0) {
+    }
+    int room = q->cap - q->len;
+    pthread_mutex_unlock(&q->mu);
+    return room;
+}
+
+/* Next message, or NULL once the fetcher is done and the queue is empty. */
+static natsMsg *queue_pop(dlq_worker_t *w)
+{
+    queue_t *q = &w->q;
+    natsMsg *m = NULL;
+    pthread_mutex_lock(&q->mu);
+    while (q->len == 0 && !atomic_load(&w->fetcher_done)) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 200 * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&q->not_empty, &q->mu, &ts);
+    }
+    if (q->len > 0) {
+        m = q->ring[q->head];
+        q->head = (q->head + 1) % q->cap;
+        q->len--;
+        metrics_dlq_queue_length_set(q->len);
+        pthread_cond_signal(&q->has_room);
+    }
+    pthread_mutex_unlock(&q->mu);
+    return m;
+}
+
+/* ---- fetcher ------------------------------------------------------------------------------------------------ */
+
+static void *fetch_loop(void *arg)
+{
+    dlq_worker_t *w = arg;
+    int64_t backoff = 100;
+    while (!atomic_load(w->stop)) {
+        if (w->db_up && !w->db_up(w->db_up_ctx)) {
+            clock_sleep_ms(200); /* an outage pauses intake: fetching now would only burn attempts */
+            continue;
+        }
+        int room = queue_room(&w->q, 200);
+        if (room <= 0)
+            continue;
+        natsMsgList list = {0};
+        jsFetchRequest req;
+        jsFetchRequest_Init(&req);
+        req.Batch = room;
+        req.Expires = 500 * 1000000LL;
+        metrics_dlq_fetch_request();
+        int64_t t0 = clock_mono_ms();
+        natsStatus s = natsSubscription_FetchRequest(&list, w->sub, &req);
+        if (s == NATS_OK) {
+            backoff = 100;
+            for (int i = 0; i < list.Count; i++) {
+                queue_push(&w->q, list.Msgs[i]); /* ownership moves to the queue */
+                metrics_dlq_task_submitted();
+                list.Msgs[i] = NULL;
+            }
+            natsMsgList_Destroy(&list);
+            continue;
+        }
+        natsMsgList_Destroy(&list);
+        if (s == NATS_TIMEOUT) {
+            if (clock_mono_ms() - t0 < 5) /* nats.c 3.4.1 early-timeout bug: do not spin */
+                clock_sleep_ms(10);
+            continue;
+        }
+        metrics_dlq_fetch_error();
+        log_warn("dlq", "DLQ fetch failed", LF_S("error", natsStatus_GetText(s)), LF_I("retry_in_ms", backoff));
+        clock_sleep_ms(backoff);
+        backoff = backoff * 2 > 2000 ? 2000 : backoff * 2;
+    }
+    atomic_store(&w->fetcher_done, true);
+    pthread_mutex_lock(&w->q.mu);
+    pthread_cond_broadcast(&w->q.not_empty);
+    pthread_mutex_unlock(&w->q.mu);
+    return NULL;
+}
+
+/* ---- record parsing ----------------------------------------------------------------------------------------- */
+
+static void copy_str(const char *src, const json_doc_t *d, int t, char *out, size_t cap)
+{
+    out[0] = '\0';
+    if (t < 0 || d->toks[t].type != JSON_STRING)
+        return;
+    size_t n = json_str_decoded_len(src, &d->toks[t]);
+    if (n + 1 > cap)
+        return;
+    json_str_decode(src, &d->toks[t], out);
+    out[n] = '\0';
+}
+
+static int64_t get_int(const char *src, const json_doc_t *d, int t, int64_t dflt)
+{
+    int64_t v;
+    if (t < 0 || d->toks[t].type != JSON_NUMBER || !json_num_to_i64(src, &d->toks[t], &v))
+        return dflt;
+    return v;
+}
+
+static int b64val(int c)
+{
+    if (c >= 'A' && c <= 'Z')
+        return c - 'A';
+    if (c >= 'a' && c <= 'z')
+        return c - 'a' + 26;
+    if (c >= '0' && c <= '9')
+        return c - '0' + 52;
+    return c == '+' ? 62 : c == '/' ? 63 : -1;
+}
+
+/* Decodes standard base64 (padding optional); returns a malloc'd buffer or NULL. */
+static char *base64_decode(const char *in, size_t n, size_t *outlen)
+{
+    char *out = malloc(n / 4 * 3 + 4);
+    if (!out)
+        return NULL;
+    uint32_t acc = 0;
+    int bits = 0;
+    size_t o = 0;
+    for (size_t i = 0; i < n && in[i] != '='; i++) {
+        int v = b64val((unsigned char)in[i]);
+        if (v < 0) {
+            free(out);
+            return NULL;
+        }
+        acc = acc << 6 | (uint32_t)v;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            out[o++] = (char)(acc >> bits & 0xFF);
+        }
+    }
+    out[o] = '\0';
+    *outlen = o;
+    return out;
+}
+
+static void parse_record(worker_t *wk, const char *data, size_t len, record_t *r)
+{
+    char err[128];
+    memset(r, 0, sizeof *r);
+    r->item_index = -1;
+    if (json_parse(&wk->doc, data, len, err, sizeof err) != JSON_OK || wk->doc.toks[0].type != JSON_OBJECT)
+        return;
+    const json_doc_t *d = &wk->doc;
+    copy_str(data, d, json_obj_get(d, data, 0, "source_subject"), r->subject, sizeof r->subject);
+    copy_str(data, d, json_obj_get(d, data, 0, "company"), r->company, sizeof r->company);
+    copy_str(data, d, json_obj_get(d, data, 0, "ts"), r->ts, sizeof r->ts);
+    copy_str(data, d, json_obj_get(d, data, 0, "source_stream"), r->stream, sizeof r->stream);
+    r->seq = get_int(data, d, json_obj_get(d, data, 0, "source_sequence"), 0);
+    r->retry_count = get_int(data, d, json_obj_get(d, data, 0, "retry_count"), 0);
+    r->item_index = get_int(data, d, json_obj_get(d, data, 0, "item_index"), -1);
+    char enc[16];
+    copy_str(data, d, json_obj_get(d, data, 0, "original_payload_encoding"), enc, sizeof enc);
+    int t = json_obj_get(d, data, 0, "original_payload");
+    int m = json_obj_get(d, data, 0, "source_metadata");
+    if (m >= 0 && d->toks[m].type == JSON_OBJECT) {
+        r->source_meta = data + d->toks[m].start;
+        r->source_meta_len = d->toks[m].len;
+    }
+    if (t < 0 || !r->subject[0])
+        return;
+    if (strcmp(enc, "base64") == 0 && d->toks[t].type == JSON_STRING) {
+        /* base64 has no escapes: the token text between the quotes is the encoding */
+        r->orig_decoded = base64_decode(data + d->toks[t].start + 1, d->toks[t].len - 2, &r->orig_len);
+        if (!r->orig_decoded)
+            return;
+        r->orig = r->orig_decoded;
+        r->orig_base64 = true;
+    } else {
+        r->orig = data + d->toks[t].start;
+        r->orig_len = d->toks[t].len;
+    }
+    r->valid = true;
+}
+
+/* ---- processing ----------------------------------------------------------------------------------------------- */
+
+static void keep_alive(void *arg)
+{
+    worker_t *wk = arg;
+    if (wk->msg)
+        natsMsg_InProgress(wk->msg, NULL);
+}
+
+static bool ensure_db(worker_t *wk)
+{
+    char who[32];
+    snprintf(who, sizeof who, "dlq-worker-%d", wk->id);
+    int64_t every = wk->w->cfg->dlq_ack_wait_ms / 3 < 5000 ? wk->w->cfg->dlq_ack_wait_ms / 3 : 5000;
+    /* While stopping we still finish the record in hand if the database is there; we never wait for it. */
+    return db_wait_usable(&wk->db, wk->w->cfg, wk->w->stop, keep_alive, wk, every, who);
+}
+
+/* last_metadata for a DLQ replay: the original message's metadata plus "dlq_attempt". */
+static const char *replay_meta(worker_t *wk, const record_t *r, int attempt, uint32_t *len)
+{
+    buf_t *b = &wk->buf;
+    buf_reset(b);
+    if (r->source_meta && r->source_meta_len >= 2) {
+        buf_append(b, r->source_meta, r->source_meta_len - 1); /* drop the closing brace */
+        if (r->source_meta_len > 2)
+            buf_putc(b, ',');
+    } else {
+        buf_puts(b, "{\"stream\":");
+        buf_put_json_str(b, r->stream, strlen(r->stream));
+        buf_printf(b, ",\"stream_sequence\":%lld,\"message_subject\":", (long long)r->seq);
+        buf_put_json_str(b, r->subject, strlen(r->subject));
+        buf_putc(b, ',');
+    }
+    buf_printf(b, "\"dlq_attempt\":%d}", attempt);
+    const char *s = arena_strndup(wk->pctx.arena, b->data ? b->data : "{}", b->len);
+    *len = s ? (uint32_t)b->len : 2;
+    return s ? s : "{}";
+}
+
+/* Re-runs the record's original through the live handlers. Returns the decision; *why explains failures. */
+static result_t apply(worker_t *wk, const record_t *r, int attempt, const char **why, bool *retryable)
+{
+    const config_t *cfg = wk->w->cfg;
+    *retryable = false;
+    const char *dot = strrchr(r->subject, '.');
+    event_type_t et = dot ? event_type_from_base(r->subject, (size_t)(dot - r->subject)) : ET_UNKNOWN;
+    if (strcmp(r->company, cfg->company_id) != 0 || !dot || strcmp(dot + 1, cfg->company_id) != 0) {
+        *why = arena_printf(wk->pctx.arena, "DLQ record of another tenant (company '%.64s', subject '%.128s') "
+                                            "rejected by %s", r->company, r->subject, cfg->company_id);
+        return RES_EXHAUST;
+    }
+    if (et == ET_UNKNOWN) {
+        *why = arena_printf(wk->pctx.arena, "unknown source subject '%.128s'", r->subject);
+        return RES_EXHAUST;
+    }
+
+    /* A history item travels alone: wrap it back into a one-item batch so it meets exactly the live validation. */
+    const char *text = r->orig;
+    size_t len = r->orig_len;
+    if (event_type_lane(et) == LANE_HISTORICAL && r->item_index >= 0) {
+        static const char *const keys[] = {"chats", "messages", "contacts"};
+        buf_t *b = &wk->buf;
+        buf_reset(b);
+        buf_printf(b, "{\"%s\":[", keys[et - ET_HISTORY_FIRST]);
+        buf_append(b, r->orig, r->orig_len);
+        buf_puts(b, "]}");
+        text = arena_strndup(wk->pctx.arena, b->data ? b->data : "", b->len);
+        len = text ? b->len : 0;
+        if (!text) {
+            *why = "out of memory";
+            *retryable = true;
+            return RES_RETRY;
+        }
+    }
+    event_t ev;
+    if (payload_parse(&wk->pctx, et, text, len, &ev) != ERR_NONE) {
+        *why = ev.errmsg ? ev.errmsg : "invalid event";
+        return RES_EXHAUST; /* unmarshal / validation: retrying cannot help */
+    }
+    uint32_t meta_len = 0;
+    const char *meta = replay_meta(wk, r, attempt, &meta_len);
+    size_t n = event_type_lane(et) == LANE_HISTORICAL ? ev.n_items : 1;
+    store_item_t *items = arena_alloc(wk->pctx.arena, (n ? n : 1) * sizeof *items);
+    if (!items) {
+        *why = "out of memory";
+        *retryable = true;
+        return RES_RETRY;
+    }
+    size_t k = 0, bad = 0;
+    if (event_type_lane(et) == LANE_HISTORICAL) {
+        for (uint32_t i = 0; i < ev.n_items; i++) {
+            if (ev.items[i].err != ERR_NONE) {
+                bad++;
+                *why = ev.items[i].errmsg;
+                continue;
+            }
+            items[k++] = (store_item_t){.ev = &ev.items[i], .meta = meta, .meta_len = meta_len};
+        }
+    } else {
+        /* Onboarding applies to live realtime messages; a DLQ replay of one is still that message. */
+        items[k++] = (store_item_t){.ev = &ev, .meta = meta, .meta_len = meta_len, .onboard = et == ET_MESSAGES_UPSERT};
+    }
+    for (;;) {
+        if (!ensure_db(wk))
+            return RES_LEAVE;
+        db_error_t err;
+        if (store_commit(wk->db, items, k, &wk->scratch, &err) == 0)
+            break;
+        if (err.outage) { /* pause, keep the record alive, try again: an outage must not burn attempts */
+            db_close(wk->db);
+            wk->db = NULL;
+            if (atomic_load(wk->w->stop))
+                return RES_LEAVE;
+            continue;
+        }
+        *why = arena_printf(wk->pctx.arena, "%s", err.message);
+        *retryable = err.retryable;
+        return err.retryable ? RES_RETRY : RES_EXHAUST;
+    }
+    for (size_t i = 0; i < k; i++) {
+        if (items[i].result == ERR_NOT_FOUND) {
+            *why = "row still not found on DLQ retry (update before its upsert)";
+            *retryable = true;
+            return RES_RETRY;
+        }
+    }
+    if (bad) /* the valid part is written; the invalid items cannot get better */
+        return RES_EXHAUST;
+    return RES_ACK;
+}
+
+static bool looks_rfc3339(const char *s)
+{
+    /* YYYY-MM-DDTHH:MM:SS...: a bad "ts" must not make the exhaustion insert fail forever */
+    return strlen(s) >= 20 && s[4] == '-' && s[7] == '-' && (s[10] == 'T' || s[10] == ' ') && s[13] == ':';
+}
+
+static result_t exhaust(worker_t *wk, const char *data, size_t len, const record_t *r, int attempt, const char *why)
+{
+    const config_t *cfg = wk->w->cfg;
+    char msgid[256];
+    const char *hid = NULL;
+    jsMsgMetaData *md = NULL;
+    if (natsMsgHeader_Get(wk->msg, "Nats-Msg-Id", &hid) != NATS_OK || !hid || !*hid) {
+        (void)natsMsg_GetMetaData(&md, wk->msg);
+        snprintf(msgid, sizeof msgid, "%s:%llu", cfg->dlq_stream,
+                 (unsigned long long)(md ? md->Sequence.Stream : 0));
+        jsMsgMetaData_Destroy(md);
+        hid = msgid;
+    }
+    /* dlq_payload is jsonb: a record that is not JSON is kept as base64 inside an object. */
+    const char *payload = data;
+    buf_t wrapped;
+    buf_init(&wrapped);
+    if (!r->valid && json_parse(&wk->doc, data, len, NULL, 0) != JSON_OK) {
+        buf_puts(&wrapped, "{\"invalid_record_base64\":\"");
+        base64_append(&wrapped, (const unsigned char *)data, len);
+        buf_puts(&wrapped, "\"}");
+        payload = wrapped.data ? wrapped.data : "{}";
+    }
+    char *orig = NULL;
+    if (r->valid && !r->orig_base64)
+        orig = strndup(r->orig, r->orig_len);
+    store_exhausted_t e = {
+        .company_id = cfg->company_id,
+        .source_subject = r->subject[0] ? r->subject : "unknown",
+        .last_error = why,
+        .retry_count = (int)r->retry_count + attempt,
+        .event_ts = looks_rfc3339(r->ts) ? r->ts : NULL,
+        .dlq_payload = payload,
+        .original_json = orig,
+        .dlq_message_id = hid,
+    };
+    result_t res = RES_EXHAUST;
+    for (;;) {
+        if (!ensure_db(wk)) {
+            res = RES_LEAVE;
+            break;
+        }
+        db_error_t err;
+        if (store_exhausted_insert(wk->db, &e, &err) == 0)
+            break;
+        if (!err.outage || atomic_load(wk->w->stop)) {
+            /* FIX: never ack a record that is not stored; try again later */
+            log_warn("dlq", "cannot store exhausted event; will retry", LF_S("error", err.message));
+            res = RES_RETRY;
+            break;
+        }
+        db_close(wk->db);
+        wk->db = NULL;
+    }
+    free(orig);
+    buf_free(&wrapped);
+    if (res == RES_EXHAUST)
+        log_warn("dlq", "DLQ record exhausted", LF_S("source_subject", e.source_subject), LF_S("error", why),
+                 LF_I("retry_count", e.retry_count), LF_S("dlq_message_id", hid));
+    return res;
+}
+
+static void settle(worker_t *wk, result_t res, int attempt)
+{
+    const config_t *cfg = wk->w->cfg;
+    natsStatus s = NATS_OK;
+    switch (res) {
+    case RES_ACK:
+        s = natsMsg_AckSync(wk->msg, NULL, NULL);
+        if (s == NATS_OK)
+            metrics_dlq_ack_success();
+        break;
+    case RES_EXHAUST:
+        s = natsMsg_AckSync(wk->msg, NULL, NULL);
+        if (s == NATS_OK)
+            metrics_dlq_task_dropped();
+        break;
+    case RES_RETRY:
+        s = natsMsg_NakWithDelay(wk->msg, dlq_worker_backoff_ms(cfg, attempt), NULL);
+        if (s == NATS_OK)
+            metrics_dlq_task_retry();
+        break;
+    case RES_LEAVE:
+        return;
+    }
+    if (s != NATS_OK) {
+        metrics_dlq_ack_failure();
+        log_warn("dlq", "DLQ ack/nak failed; the record will be redelivered", LF_S("error", natsStatus_GetText(s)));
+    }
+}
+
+static void process(worker_t *wk)
+{
+    const config_t *cfg = wk->w->cfg;
+    double t0 = clock_mono_s();
+    const char *data = natsMsg_GetData(wk->msg);
+    size_t len = (size_t)natsMsg_GetDataLength(wk->msg);
+    jsMsgMetaData *md = NULL;
+    int attempt = 1;
+    if (natsMsg_GetMetaData(&md, wk->msg) == NATS_OK && md)
+        attempt = (int)md->NumDelivered;
+    jsMsgMetaData_Destroy(md);
+    arena_reset(wk->pctx.arena);
+
+    record_t r;
+    parse_record(wk, data ? data : "", len, &r);
+    const char *why = "invalid DLQ record: not a JSON object with source_subject and original_payload";
+    bool retryable = false;
+    result_t res = r.valid ? apply(wk, &r, attempt, &why, &retryable) : RES_EXHAUST;
+    /* Retryable failures get attempts up to nats.dlqMaxRetries (FIX: counted on the DLQ message's own deliveries). */
+    if (res == RES_RETRY && attempt >= cfg->dlq_max_retries)
+        res = RES_EXHAUST;
+    if (res == RES_EXHAUST)
+        res = exhaust(wk, data ? data : "", len, &r, attempt, why);
+    settle(wk, res, attempt);
+    free(r.orig_decoded);
+    metrics_dlq_processing_duration(clock_mono_s() - t0);
+}
+
+static void *work_loop(void *arg)
+{
+    worker_t *wk = arg;
+    natsMsg *m;
+    while ((m = queue_pop(wk->w)) != NULL) {
+        metrics_dlq_workers_active_add(1);
+        wk->msg = m;
+        process(wk);
+        natsMsg_Destroy(m);
+        wk->msg = NULL;
+        metrics_dlq_workers_active_add(-1);
+    }
+    db_close(wk->db);
+    payload_ctx_free(&wk->pctx);
+    store_scratch_free(&wk->scratch);
+    json_doc_free(&wk->doc);
+    buf_free(&wk->buf);
+    free(wk);
+    return NULL;
+}
+
+/* ---- lifecycle ------------------------------------------------------------------------------------------------ */
+
+dlq_worker_t *dlq_worker_create(const config_t *cfg, mes_nats_t *nats, const atomic_bool *stop,
+                                bool (*db_up)(void *ctx), void *db_up_ctx)
+{
+    dlq_worker_t *w = calloc(1, sizeof *w);
+    if (!w)
+        return NULL;
+    w->cfg = cfg;
+    w->nats = nats;
+    w->stop = stop;
+    w->db_up = db_up;
+    w->db_up_ctx = db_up_ctx;
+    w->nworkers = cfg->dlq_workers;
+    mes_nats_consumer_names(cfg, ET_UNKNOWN, true, w->durable, sizeof w->durable, w->filter, sizeof w->filter);
+    w->workers = calloc((size_t)w->nworkers, sizeof *w->workers);
+    if (!w->workers || queue_init(&w->q, cfg->dlq_queue_size) != 0) {
+        dlq_worker_destroy(w);
+        return NULL;
+    }
+    return w;
+}
+
+int dlq_worker_subscribe(dlq_worker_t *w)
+{
+    if (mes_nats_subscribe(w->nats, ET_UNKNOWN, true, &w->sub) != 0)
+        return -1;
+    atomic_store(&w->subscribed, true);
+    log_info("dlq", "DLQ consumer subscribed", LF_S("durable", w->durable), LF_S("filter", w->filter),
+             LF_I("workers", w->nworkers), LF_I("queue_size", w->q.cap));
+    return 0;
+}
+
+bool dlq_worker_subscribed(const dlq_worker_t *w)
+{
+    return w && atomic_load(&((dlq_worker_t *)w)->subscribed);
+}
+
+int dlq_worker_start(dlq_worker_t *w)
+{
+    for (int i = 0; i < w->nworkers; i++) {
+        worker_t *wk = calloc(1, sizeof *wk);
+        if (!wk)
+            return -1;
+        wk->w = w;
+        wk->id = i;
+        store_scratch_init(&wk->scratch);
+        json_doc_init(&wk->doc);
+        buf_init(&wk->buf);
+        if (payload_ctx_init(&wk->pctx, w->cfg->company_id) != 0 ||
+            pthread_create(&w->workers[i], NULL, work_loop, wk) != 0) {
+            payload_ctx_free(&wk->pctx);
+            free(wk);
+            return -1;
+        }
+        w->started_workers++;
+    }
+    if (pthread_create(&w->fetcher, NULL, fetch_loop, w) != 0)
+        return -1;
+    w->fetcher_started = true;
+    return 0;
+}
+
+bool dlq_worker_join(dlq_worker_t *w, int64_t deadline_ms)
+{
+    if (!w)
+        return true;
+    struct timespec ts = {(time_t)(deadline_ms / 1000), (long)(deadline_ms % 1000) * 1000000L};
+    if (w->fetcher_started) {
+        if (pthread_timedjoin_np(w->fetcher, NULL, &ts) != 0)
+            return false;
+        w->fetcher_started = false;
+    } else {
+        atomic_store(&w->fetcher_done, true); /* never started: let workers see the end */
+    }
+    while (w->started_workers > 0) {
+        if (pthread_timedjoin_np(w->workers[w->started_workers - 1], NULL, &ts) != 0)
+            return false;
+        w->started_workers--;
+    }
+    return true;
+}
+
+void dlq_worker_destroy(dlq_worker_t *w)
+{
+    if (!w)
+        return;
+    if (w->sub) {
+        natsSubscription_Unsubscribe(w->sub);
+        natsSubscription_Destroy(w->sub);
+    }
+    queue_free(&w->q);
+    free(w->workers);
+    free(w);
+}
