@@ -1468,6 +1468,22 @@ int h_svc_signal(h_svc_t *s, int sig, int timeout_ms)
     return st;
 }
 
+int h_svc_wait_exit(h_svc_t *s, int timeout_ms)
+{
+    struct reg_entry *e = reg_find(REG_SVC, s->pid);
+    if (!e)
+        return -1;
+    int64_t deadline = now_ms() + timeout_ms;
+    while (!e->exited && !proc_gone(s->pid)) {
+        if (now_ms() >= deadline)
+            return -1;
+        sleep_ms(10);
+    }
+    int st = e->status;
+    reg_del(e);
+    return st;
+}
+
 char *h_svc_log(const h_svc_t *s)
 {
     char *txt = read_file(s->log_path, NULL);

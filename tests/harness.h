@@ -56,6 +56,9 @@ bool h_svc_wait_ready(h_svc_t *s, int timeout_ms);
 /* Sends sig; for SIGTERM/SIGINT waits up to timeout_ms for exit and returns the exit status (-1 on timeout, then
  * SIGKILLs). For SIGKILL returns after reaping. */
 int h_svc_signal(h_svc_t *s, int sig, int timeout_ms);
+/* Waits (without signalling) until the service exits; returns its status as h_svc_signal does, -1 on timeout
+ * (the process is left running). */
+int h_svc_wait_exit(h_svc_t *s, int timeout_ms);
 /* Runs the binary to completion with args/env (for config-error and subcommand tests); captures output into out
  * (malloc'd, caller frees). Returns the exit status, or -1 on timeout. */
 int h_run(const char *const *argv, const char *const *env, int timeout_ms, char **out);

@@ -2,6 +2,7 @@
 #ifndef MES_ITEST_H
 #define MES_ITEST_H
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -93,6 +94,42 @@ static inline char *it_dlq_text(const char *co)
     }
     h_strv_free(v, n);
     return out;
+}
+
+/* Publishes messages.upsert events <prefix><from..to) for tenant co with Nats-Msg-Id "<prefix>-<i>", in a thread or
+ * inline. Each message id is unique, so "every event committed exactly once" is count(*) == to - from. */
+typedef struct {
+    const char *co;
+    const char *prefix;
+    int from, to;
+    int failures;
+    pthread_t thread;
+} it_pubjob_t;
+
+static inline void *it_publish_range(void *arg)
+{
+    it_pubjob_t *j = arg;
+    char buf[256], id[64];
+    for (int i = j->from; i < j->to; i++) {
+        snprintf(buf, sizeof buf,
+                 "{\"message_id\":\"%s%d\",\"chat_id\":\"c%d\",\"jid\":\"j\",\"agent_id\":\"a\",\"flow\":\"OUT\","
+                 "\"message_timestamp\":%d}",
+                 j->prefix, i, i % 50, 1700000000 + i);
+        snprintf(id, sizeof id, "%s-%d", j->prefix, i);
+        if (!it_pub("v1.messages.upsert", j->co, buf, id))
+            j->failures++;
+    }
+    return NULL;
+}
+
+static inline void it_publish_start(it_pubjob_t *j)
+{
+    pthread_create(&j->thread, NULL, it_publish_range, j);
+}
+
+static inline void it_publish_wait(it_pubjob_t *j)
+{
+    pthread_join(j->thread, NULL);
 }
 
 #endif

@@ -1,7 +1,4 @@
 /* test_resilience.c - replicas, database outages and hostile input: nothing lost, nothing doubled, no stalls. */
-#include <pthread.h>
-#include <signal.h>
-
 #include "itest.h"
 
 #define CO "acme"
@@ -9,36 +6,14 @@
 
 static const char *const NO_ENV[] = {NULL};
 
-typedef struct {
-    const char *prefix;
-    int from, to;
-    int failures;
-} pubjob_t;
-
-static void *publisher(void *arg)
-{
-    pubjob_t *j = arg;
-    char buf[256], id[64];
-    for (int i = j->from; i < j->to; i++) {
-        snprintf(buf, sizeof buf,
-                 "{\"message_id\":\"%s%d\",\"chat_id\":\"c%d\",\"jid\":\"j\",\"agent_id\":\"a\",\"flow\":\"OUT\","
-                 "\"message_timestamp\":%d}",
-                 j->prefix, i, i % 50, 1700000000 + i);
-        snprintf(id, sizeof id, "%s-%d", j->prefix, i);
-        if (!it_pub("v1.messages.upsert", CO, buf, id))
-            j->failures++;
-    }
-    return NULL;
-}
-
 TEST(two_replicas_share_the_work_and_write_nothing_twice)
 {
     REQUIRE(it_up(CO, NO_ENV));
     h_svc_t s2;
     REQUIRE(h_svc_start(&s2, CO, &N, &P, NO_ENV));
     REQUIRE(h_svc_wait_ready(&s2, 60000));
-    pubjob_t j = {"r", 0, 3000, 0};
-    publisher(&j);
+    it_pubjob_t j = {.co = CO, .prefix = "r", .from = 0, .to = 3000};
+    it_publish_range(&j);
     CHECK_EQ_INT(j.failures, 0);
     CHECK_EQ_INT(h_pg_wait_int(&P, 3000, 60000, "SELECT count(*) FROM " SCH ".messages"), 3000);
     CHECK_EQ_INT(h_pg_int(&P, "SELECT count(DISTINCT message_id) FROM " SCH ".messages"), 3000);
@@ -53,14 +28,13 @@ TEST(two_replicas_share_the_work_and_write_nothing_twice)
 TEST(postgres_stop_and_start_during_traffic_commits_everything_and_dlqs_nothing)
 {
     REQUIRE(it_up(CO, NO_ENV));
-    pubjob_t j = {"o", 0, 3000, 0};
-    pthread_t t;
-    pthread_create(&t, NULL, publisher, &j);
+    it_pubjob_t j = {.co = CO, .prefix = "o", .from = 0, .to = 3000};
+    it_publish_start(&j);
     h_pg_wait_int(&P, 300, 30000, "SELECT least(count(*), 300) FROM " SCH ".messages");
     h_pg_stop(&P);
     h_sleep_ms(4000); /* the outage itself: a few seconds with the service running against a dead database */
     REQUIRE(h_pg_restart(&P));
-    pthread_join(t, NULL);
+    it_publish_wait(&j);
     CHECK_EQ_INT(j.failures, 0);
     CHECK_EQ_INT(h_pg_wait_int(&P, 3000, 90000, "SELECT count(*) FROM " SCH ".messages"), 3000);
     CHECK_EQ_INT(it_dlq_count(CO), 0);
@@ -69,15 +43,14 @@ TEST(postgres_stop_and_start_during_traffic_commits_everything_and_dlqs_nothing)
 TEST(killed_backends_mid_traffic_lose_nothing)
 {
     REQUIRE(it_up(CO, NO_ENV));
-    pubjob_t j = {"k", 0, 2000, 0};
-    pthread_t t;
-    pthread_create(&t, NULL, publisher, &j);
+    it_pubjob_t j = {.co = CO, .prefix = "k", .from = 0, .to = 2000};
+    it_publish_start(&j);
     for (int i = 0; i < 5; i++) {
         h_sleep_ms(200);
         h_pg_exec(&P, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name ="
                       " 'message-event-service'");
     }
-    pthread_join(t, NULL);
+    it_publish_wait(&j);
     CHECK_EQ_INT(h_pg_wait_int(&P, 2000, 60000, "SELECT count(*) FROM " SCH ".messages"), 2000);
     CHECK_EQ_INT(it_dlq_count(CO), 0);
 }
