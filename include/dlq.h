@@ -45,5 +45,7 @@ int dlq_publish(jsCtx *js, const config_t *cfg, const dlq_record_t *r, buf_t *sc
 
 /* Standard base64 of in[0..n) appended to b. */
 void base64_append(buf_t *b, const unsigned char *in, size_t n);
+/* Decodes strict padded standard base64 (what base64_append writes), appending the bytes to out. */
+bool base64_decode_append(buf_t *out, const char *s, size_t n);
 
 #endif

@@ -16,7 +16,14 @@ typedef struct {
     natsConnection *nc;
     jsCtx *js;
     const config_t *cfg;
+    atomic_uint_fast64_t reconnects; /* bumped by the reconnected callback */
 } mes_nats_t;
+
+/* Per fetch loop: notices reconnects and stalls so the loop can re-create its pull subscription. */
+typedef struct {
+    uint64_t seen_reconnects;
+    int empty_fetches;
+} mes_fetch_watch_t;
 
 /* Connects (retrying with backoff until deadline_ms of CLOCK_MONOTONIC or *stop), reconnecting forever afterwards.
  * Returns 0 or -1 (logged). */
@@ -34,6 +41,16 @@ void mes_nats_consumer_names(const config_t *cfg, event_type_t et, bool dlq, cha
 /* Creates the durable if missing (deliver all), updates ack wait / max deliver / max ack pending in place when they
  * differ, and binds a pull subscription to it. */
 int mes_nats_subscribe(mes_nats_t *n, event_type_t et, bool dlq, natsSubscription **sub)
+    __attribute__((warn_unused_result));
+
+/* Call after every fetch. Returns true when the pull subscription must be re-created: after a reconnect (pull
+ * requests do not survive a server restart, and nats-server 2.9 may ignore the old inbox afterwards), or when about
+ * 20 empty fetches in a row met a consumer that the server says has messages pending (a stall, whatever its cause).
+ * For live lanes it also refreshes message_event_service_consumer_pending from the server's count. */
+bool mes_nats_fetch_watch(mes_nats_t *n, mes_fetch_watch_t *w, event_type_t et, bool dlq, bool got_messages);
+/* Unsubscribes and destroys *sub, then binds a new pull subscription to the same durable. Only call right after this
+ * thread's Fetch returned (no pull request of ours is still in flight to the old inbox). */
+int mes_nats_resubscribe(mes_nats_t *n, event_type_t et, bool dlq, natsSubscription **sub)
     __attribute__((warn_unused_result));
 
 #endif

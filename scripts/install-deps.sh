@@ -12,6 +12,7 @@ PKGS=(
   prometheus docker-compose
   clang libclang-rt-14-dev valgrind
   gnuplot-nox curl ca-certificates procps iproute2 util-linux
+  python3 python3-yaml
 )
 
 missing=()

@@ -532,13 +532,30 @@ static void process_batch(consumer_t *c, natsMsg **msgs, size_t n)
 
 /* ---- the lane thread ---------------------------------------------------------------------------------------- */
 
+/* Re-creates the pull subscription (after a reconnect or a stall); /ready says 503 until it is back. */
+static void resubscribe(consumer_t *c)
+{
+    atomic_store(&c->subscribed, false);
+    for (int64_t wait = 200; !atomic_load(c->stop); wait = wait * 2 > 5000 ? 5000 : wait * 2) {
+        if (mes_nats_resubscribe(c->nats, c->et, false, &c->sub) == 0) {
+            atomic_store(&c->subscribed, true);
+            log_info("consumer", "consumer re-subscribed", LF_S("durable", c->durable));
+            return;
+        }
+        clock_sleep_ms(wait);
+    }
+}
+
 static void *run(void *arg)
 {
     consumer_t *c = arg;
     int64_t backoff = 100;
+    mes_fetch_watch_t watch = {.seen_reconnects = atomic_load(&c->nats->reconnects)};
     while (!atomic_load(c->stop)) {
         if (!ensure_db(c, 0))
             break;
+        if (!c->sub)
+            resubscribe(c);
         natsMsgList list = {0};
         jsFetchRequest req;
         jsFetchRequest_Init(&req); /* Fetch writes into the request: initialise it every time */
@@ -548,6 +565,17 @@ static void *run(void *arg)
         jsErrCode jerr = 0;
         natsStatus s = natsSubscription_FetchRequest(&list, c->sub, &req);
         (void)jerr;
+        if (mes_nats_fetch_watch(c->nats, &watch, c->et, false, s == NATS_OK && list.Count > 0)) {
+            /* The batch in hand (if any) is still ours to finish: its acks go through the connection. */
+            if (s == NATS_OK && list.Count > 0) {
+                process_batch(c, list.Msgs, (size_t)list.Count);
+                for (int i = 0; i < list.Count; i++)
+                    list.Msgs[i] = NULL;
+            }
+            natsMsgList_Destroy(&list);
+            resubscribe(c);
+            continue;
+        }
         if (s == NATS_OK && list.Count > 0) {
             backoff = 100;
             process_batch(c, list.Msgs, (size_t)list.Count);

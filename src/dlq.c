@@ -31,6 +31,39 @@ void base64_append(buf_t *b, const unsigned char *in, size_t n)
     b->data[b->len] = '\0';
 }
 
+static int b64_value(char ch)
+{
+    if (ch >= 'A' && ch <= 'Z')
+        return ch - 'A';
+    if (ch >= 'a' && ch <= 'z')
+        return ch - 'a' + 26;
+    if (ch >= '0' && ch <= '9')
+        return ch - '0' + 52;
+    return ch == '+' ? 62 : ch == '/' ? 63 : -1;
+}
+
+/* Strict padded standard base64 (RFC 4648), the form dlq.c writes. */
+bool base64_decode_append(buf_t *out, const char *s, size_t n)
+{
+    if (n % 4 != 0 || !buf_reserve(out, n / 4 * 3))
+        return false;
+    for (size_t i = 0; i < n; i += 4) {
+        int v[4], pad = 0;
+        for (int k = 0; k < 4; k++) {
+            if (s[i + k] == '=' && i + 4 == n && k >= 2) {
+                v[k] = 0;
+                pad++;
+            } else if (pad || (v[k] = b64_value(s[i + k])) < 0) {
+                return false;
+            }
+        }
+        uint32_t w = (uint32_t)v[0] << 18 | (uint32_t)v[1] << 12 | (uint32_t)v[2] << 6 | (uint32_t)v[3];
+        const unsigned char bytes[3] = {(unsigned char)(w >> 16), (unsigned char)(w >> 8), (unsigned char)w};
+        buf_append(out, bytes, (size_t)(3 - pad));
+    }
+    return !out->oom;
+}
+
 static void kstr(buf_t *b, const char *k, const char *v)
 {
     buf_printf(b, ",\"%s\":", k);

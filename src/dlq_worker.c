@@ -168,10 +168,24 @@ static natsMsg *queue_pop(dlq_worker_t *w)
 
 /* ---- fetcher ------------------------------------------------------------------------------------------------ */
 
+static void resubscribe(dlq_worker_t *w)
+{
+    atomic_store(&w->subscribed, false);
+    for (int64_t wait = 200; !atomic_load(w->stop); wait = wait * 2 > 5000 ? 5000 : wait * 2) {
+        if (mes_nats_resubscribe(w->nats, ET_UNKNOWN, true, &w->sub) == 0) {
+            atomic_store(&w->subscribed, true);
+            log_info("dlq", "DLQ consumer re-subscribed", LF_S("durable", w->durable));
+            return;
+        }
+        clock_sleep_ms(wait);
+    }
+}
+
 static void *fetch_loop(void *arg)
 {
     dlq_worker_t *w = arg;
     int64_t backoff = 100;
+    mes_fetch_watch_t watch = {.seen_reconnects = atomic_load(&w->nats->reconnects)};
     while (!atomic_load(w->stop)) {
         if (w->db_up && !w->db_up(w->db_up_ctx)) {
             clock_sleep_ms(200); /* an outage pauses intake: fetching now would only burn attempts */
@@ -188,6 +202,7 @@ static void *fetch_loop(void *arg)
         metrics_dlq_fetch_request();
         int64_t t0 = clock_mono_ms();
         natsStatus s = natsSubscription_FetchRequest(&list, w->sub, &req);
+        bool resub = mes_nats_fetch_watch(w->nats, &watch, ET_UNKNOWN, true, s == NATS_OK && list.Count > 0);
         if (s == NATS_OK) {
             backoff = 100;
             for (int i = 0; i < list.Count; i++) {
@@ -196,9 +211,15 @@ static void *fetch_loop(void *arg)
                 list.Msgs[i] = NULL;
             }
             natsMsgList_Destroy(&list);
+            if (resub)
+                resubscribe(w);
             continue;
         }
         natsMsgList_Destroy(&list);
+        if (resub) {
+            resubscribe(w);
+            continue;
+        }
         if (s == NATS_TIMEOUT) {
             if (clock_mono_ms() - t0 < 5) /* nats.c 3.4.1 early-timeout bug: do not spin */
                 clock_sleep_ms(10);
@@ -238,44 +259,6 @@ static int64_t get_int(const char *src, const json_doc_t *d, int t, int64_t dflt
     return v;
 }
 
-static int b64val(int c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    return c == '+' ? 62 : c == '/' ? 63 : -1;
-}
-
-/* Decodes standard base64 (padding optional); returns a malloc'd buffer or NULL. */
-static char *base64_decode(const char *in, size_t n, size_t *outlen)
-{
-    char *out = malloc(n / 4 * 3 + 4);
-    if (!out)
-        return NULL;
-    uint32_t acc = 0;
-    int bits = 0;
-    size_t o = 0;
-    for (size_t i = 0; i < n && in[i] != '='; i++) {
-        int v = b64val((unsigned char)in[i]);
-        if (v < 0) {
-            free(out);
-            return NULL;
-        }
-        acc = acc << 6 | (uint32_t)v;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            out[o++] = (char)(acc >> bits & 0xFF);
-        }
-    }
-    out[o] = '\0';
-    *outlen = o;
-    return out;
-}
-
 static void parse_record(worker_t *wk, const char *data, size_t len, record_t *r)
 {
     char err[128];
@@ -303,9 +286,14 @@ static void parse_record(worker_t *wk, const char *data, size_t len, record_t *r
         return;
     if (strcmp(enc, "base64") == 0 && d->toks[t].type == JSON_STRING) {
         /* base64 has no escapes: the token text between the quotes is the encoding */
-        r->orig_decoded = base64_decode(data + d->toks[t].start + 1, d->toks[t].len - 2, &r->orig_len);
-        if (!r->orig_decoded)
+        buf_t raw;
+        buf_init(&raw);
+        if (!base64_decode_append(&raw, data + d->toks[t].start + 1, d->toks[t].len - 2)) {
+            buf_free(&raw);
             return;
+        }
+        r->orig_len = raw.len;
+        r->orig_decoded = raw.data ? raw.data : strdup(""); /* owned by the record, freed after processing */
         r->orig = r->orig_decoded;
         r->orig_base64 = true;
     } else {

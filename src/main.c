@@ -13,6 +13,7 @@
 #include "consumer.h"
 #include "db.h"
 #include "dlq_worker.h"
+#include "exhausted.h"
 #include "http.h"
 #include "log.h"
 #include "maintenance.h"
@@ -56,6 +57,10 @@ static void sleep_ms(int64_t ms)
 static bool ready(void *ctx, char *details, size_t len)
 {
     app_t *a = ctx;
+    if (atomic_load(&g_stop)) { /* set by the signal handler itself: 503 from the first moment of shutdown */
+        snprintf(details, len, "\"shutdown\":\"in progress\"");
+        return false;
+    }
     bool db = maintenance_db_up(a->maint);
     bool nats = mes_nats_connected(&a->nats);
     int subscribed = 0;
@@ -202,6 +207,12 @@ int main(int argc, char **argv)
     log_level_t lvl = LOG_INFO;
     (void)log_level_parse(app.cfg.log_level, &lvl);
     log_init(lvl, app.cfg.company_id);
+    int cmd = exhausted_argv_index(argc, argv); /* operator command (SPEC 5.3) instead of the service */
+    if (cmd > 0) {
+        int status = exhausted_cli(&app.cfg, argc - cmd, argv + cmd);
+        config_free(&app.cfg);
+        return status;
+    }
     log_info("main", "starting message-event-service", LF_S("version", MES_VERSION));
     config_log(&app.cfg);
 

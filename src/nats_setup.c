@@ -22,7 +22,8 @@ static void on_disconnected(natsConnection *nc, void *closure)
 static void on_reconnected(natsConnection *nc, void *closure)
 {
     (void)nc;
-    (void)closure;
+    mes_nats_t *n = closure;
+    atomic_fetch_add(&n->reconnects, 1);
     metrics_nats_connected_set(true);
     log_info("nats", "reconnected to NATS");
 }
@@ -67,7 +68,7 @@ int mes_nats_connect(mes_nats_t *n, const config_t *cfg, int64_t deadline_ms, co
     if (s == NATS_OK)
         s = natsOptions_SetDisconnectedCB(opts, on_disconnected, NULL);
     if (s == NATS_OK)
-        s = natsOptions_SetReconnectedCB(opts, on_reconnected, NULL);
+        s = natsOptions_SetReconnectedCB(opts, on_reconnected, n);
     if (s == NATS_OK)
         s = natsOptions_SetErrorHandler(opts, on_error, NULL);
     if (s != NATS_OK)
@@ -322,4 +323,55 @@ int mes_nats_subscribe(mes_nats_t *n, event_type_t et, bool dlq, natsSubscriptio
         return -1;
     }
     return 0;
+}
+
+/* ---- fetch loops' watchdog ---------------------------------------------------------------------------------- */
+
+#define STALL_EMPTY_FETCHES 20
+
+bool mes_nats_fetch_watch(mes_nats_t *n, mes_fetch_watch_t *w, event_type_t et, bool dlq, bool got_messages)
+{
+    uint64_t r = atomic_load(&n->reconnects);
+    if (r != w->seen_reconnects) {
+        w->seen_reconnects = r;
+        w->empty_fetches = 0;
+        return true;
+    }
+    if (got_messages) {
+        w->empty_fetches = 0;
+        return false;
+    }
+    if (++w->empty_fetches < STALL_EMPTY_FETCHES)
+        return false;
+    w->empty_fetches = 0;
+    char durable[256], filter[256];
+    mes_nats_consumer_names(n->cfg, et, dlq, durable, sizeof durable, filter, sizeof filter);
+    const char *stream = dlq ? n->cfg->dlq_stream
+                             : (event_type_lane(et) == LANE_HISTORICAL ? n->cfg->historical.stream : n->cfg->realtime.stream);
+    jsConsumerInfo *ci = NULL;
+    jsErrCode jerr = 0;
+    if (js_GetConsumerInfo(&ci, n->js, stream, durable, NULL, &jerr) != NATS_OK || !ci)
+        return false;
+    uint64_t pending = ci->NumPending;
+    int64_t ack_pending = ci->NumAckPending, max_ack = ci->Config ? ci->Config->MaxAckPending : 0;
+    jsConsumerInfo_Destroy(ci);
+    if (!dlq)
+        metrics_consumer_pending_set(et, pending);
+    /* Messages wait and we may take more, yet nothing arrives: re-create the subscription. */
+    if (pending > 0 && (max_ack <= 0 || ack_pending < max_ack)) {
+        log_warn("nats", "consumer stalled with messages pending; re-subscribing", LF_S("durable", durable),
+                 LF_I("pending", (long long)pending), LF_I("ack_pending", ack_pending));
+        return true;
+    }
+    return false;
+}
+
+int mes_nats_resubscribe(mes_nats_t *n, event_type_t et, bool dlq, natsSubscription **sub)
+{
+    if (*sub) {
+        natsSubscription_Unsubscribe(*sub);
+        natsSubscription_Destroy(*sub);
+        *sub = NULL;
+    }
+    return mes_nats_subscribe(n, et, dlq, sub);
 }

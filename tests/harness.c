@@ -2057,10 +2057,43 @@ static void close_clients(void)
     pthread_mutex_unlock(&nats_mu);
 }
 
+/* Services still running at the end of a test are stopped the way operators stop them (SIGTERM) and must exit 0:
+ * so every integration test also checks a clean shutdown, and in the sanitizer build LeakSanitizer's exit report
+ * (or any ASan/UBSan abort during shutdown) fails the test. Returns false when a service did not exit 0. */
+static bool stop_services_gracefully(void)
+{
+    bool ok = true;
+    pid_t me = getpid();
+    for (int i = 0; i < REG_MAX; i++) {
+        struct reg_entry *e = &reg[i];
+        if (!e->used || e->owner != me || e->kind != REG_SVC || e->exited || proc_gone(e->pid))
+            continue;
+        kill(e->pid, SIGTERM);
+        int64_t deadline = now_ms() + 30000;
+        while (!e->exited && !proc_gone(e->pid) && now_ms() < deadline)
+            sleep_ms(10);
+        if (!e->exited && !proc_gone(e->pid)) {
+            fprintf(stderr, "harness: service pid %d did not exit within 30 s of SIGTERM at cleanup\n", (int)e->pid);
+            ok = false;
+        } else if (e->status != 0) {
+            char log[300];
+            snprintf(log, sizeof log, "%s/service.log", e->path);
+            fprintf(stderr, "harness: service pid %d exited with status %d on SIGTERM at cleanup\n", (int)e->pid,
+                    e->status);
+            print_tail(log, 40);
+            ok = false;
+        }
+    }
+    return ok;
+}
+
 void h_cleanup(void)
 {
     if (in_signal)
         return;
     close_clients();
+    bool ok = getenv("MES_HARNESS_NO_GRACEFUL_STOP") ? true : stop_services_gracefully();
     stop_all();
+    if (!ok)
+        _exit(1);
 }

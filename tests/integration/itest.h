@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "harness.h"
 #include "testlib.h"
@@ -22,20 +23,29 @@ static void it_dump_log(void)
     char *log = h_svc_log(&S);
     if (!log)
         return;
+    /* Keep the whole log (the temp dir is removed at exit) and show its end. */
+    char keep[128];
+    snprintf(keep, sizeof keep, "/tmp/mes-failed-test-%d.log", (int)getpid());
+    FILE *f = fopen(keep, "w");
+    if (f) {
+        fputs(log, f);
+        fclose(f);
+    }
     size_t n = strlen(log), lines = 0;
     const char *p = log + n;
-    while (p > log && lines < 60)
+    while (p > log && lines < 61)
         if (*--p == '\n')
             lines++;
-    fprintf(stderr, "--- last service log lines ---\n%s\n", p);
+    fprintf(stderr, "--- last service log lines (whole log kept in %s) ---\n%s\n", keep, p);
     free(log);
 }
 
 /* Starts NATS, PostgreSQL and the service for `co`; waits for "Both consumers started successfully". */
 static inline bool it_up(const char *co, const char *const *env)
 {
-    atexit(it_dump_log);
-    if (!h_nats_start(&N) || !h_pg_start(&P))
+    bool started = h_nats_start(&N) && h_pg_start(&P);
+    atexit(it_dump_log); /* after the harness registered its cleanup: atexit runs LIFO, so the log is still there */
+    if (!started)
         return false;
     if (!h_svc_start(&S, co, &N, &P, env))
         return false;
