@@ -26,6 +26,7 @@ typedef struct {
     PGconn *pg;
     const config_t *cfg;
     char schema_ident[80]; /* quoted identifier, e.g. "daisi_acme" */
+    bool store_prepared;   /* the store's statements are prepared on this session */
 } db_conn_t;
 
 /* Connects, sets statement_timeout, lock_timeout and search_path to the tenant schema (which need not exist yet).

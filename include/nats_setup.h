@@ -22,7 +22,9 @@ typedef struct {
 /* Per fetch loop: notices reconnects and stalls so the loop can re-create its pull subscription. */
 typedef struct {
     uint64_t seen_reconnects;
-    int empty_fetches;
+    int64_t last_msg_ms;   /* last fetch that returned messages (or the start) */
+    int64_t last_check_ms; /* last time the server was asked about pending messages */
+    bool suspect;          /* the previous check already saw messages pending while nothing arrived */
 } mes_fetch_watch_t;
 
 /* Connects (retrying with backoff until deadline_ms of CLOCK_MONOTONIC or *stop), reconnecting forever afterwards.
@@ -44,9 +46,11 @@ int mes_nats_subscribe(mes_nats_t *n, event_type_t et, bool dlq, natsSubscriptio
     __attribute__((warn_unused_result));
 
 /* Call after every fetch. Returns true when the pull subscription must be re-created: after a reconnect (pull
- * requests do not survive a server restart, and nats-server 2.9 may ignore the old inbox afterwards), or when about
- * 20 empty fetches in a row met a consumer that the server says has messages pending (a stall, whatever its cause).
- * For live lanes it also refreshes message_event_service_consumer_pending from the server's count. */
+ * requests do not survive a server restart, and nats-server 2.9 may ignore the old inbox afterwards), or when the
+ * server reported messages pending at two checks 5 s apart while no fetch returned anything for 10 s (a stall,
+ * whatever its cause; one check alone would also catch a message published a moment ago). A delivery already on its
+ * way to the old inbox is not lost: it is redelivered after the ack wait. Every 5 s of silence it also refreshes
+ * message_event_service_consumer_pending for live lanes from the server's count. */
 bool mes_nats_fetch_watch(mes_nats_t *n, mes_fetch_watch_t *w, event_type_t et, bool dlq, bool got_messages);
 /* Unsubscribes and destroys *sub, then binds a new pull subscription to the same durable. Only call right after this
  * thread's Fetch returned (no pull request of ours is still in flight to the old inbox). */

@@ -30,9 +30,16 @@ typedef struct {
     onboarding_status_t onb;   /* when onboard: the onboarding outcome */
 } store_item_t;
 
+typedef struct store_op store_op_t;
+
 /* Per-thread scratch space for building statements; reused across batches. */
 typedef struct {
     buf_t json;
+    store_op_t *ops; /* statements queued in the pipeline, read back in order */
+    size_t nops, ops_cap;
+    uint32_t *opidx; /* the items of each queued statement */
+    size_t nopidx, opidx_cap;
+    size_t onboarding; /* onboarding items of the batch in flight (for the queue gauge) */
     uint32_t *order; /* index scratch */
     uint32_t *round;
     char *phones; /* cap slots of PAYLOAD_MAX_PHONE + 1: normalised onboarding phones */
@@ -43,7 +50,8 @@ void store_scratch_init(store_scratch_t *s);
 void store_scratch_free(store_scratch_t *s);
 
 /*
- * Writes all items in ONE transaction (BEGIN ... COMMIT) with one multi-row statement per entity and "round": items
+ * Writes all items in ONE transaction with one multi-row prepared statement per entity and "round", all sent in one
+ * libpq pipeline (one round trip; the implicit transaction commits at the sync): items
  * naming the same key are split into successive rounds in stream (array) order, so the result equals applying them
  * one by one. Returns 0 when committed (items[i].result tells not_found), -1 when the transaction failed and was rolled
  * back (err says why; no item was written).

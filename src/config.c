@@ -125,15 +125,17 @@ static const cfkey_t keys[] = {
 /* Pairs that must hold lo <= hi after every key is applied (values read from the fields, so effective ones). */
 static const struct {
     const char *lo, *hi;
+    int factor; /* lo * factor <= hi; 0 means 1 */
 } ordered[] = {
     {"nats.realtime.nakBaseDelay", "nats.realtime.nakMaxDelay"},
     {"nats.historical.nakBaseDelay", "nats.historical.nakMaxDelay"},
     {"nats.dlqBaseDelayMinutes", "nats.dlqMaxDelayMinutes"},
     /* A retry count the DLQ consumer can never reach would make exhaustion unreachable. */
     {"nats.dlqMaxRetries", "nats.dlqMaxDeliver"},
-    /* A fetch larger than max ack pending can never be filled. */
-    {"nats.realtime.batchSize", "nats.realtime.maxAckPending"},
-    {"nats.historical.batchSize", "nats.historical.maxAckPending"},
+    /* A lane holds up to two batches (the one committing and the prefetched next one): both must fit in max ack
+     * pending, or the prefetch waits out its whole expiry. Replicas share the budget too (see README). */
+    {"nats.realtime.batchSize", "nats.realtime.maxAckPending", 2},
+    {"nats.historical.batchSize", "nats.historical.maxAckPending", 2},
 };
 
 /* Workers of the reference's in-memory onboarding pool; onboarding now runs inside the message transaction. */
@@ -552,10 +554,14 @@ static int check_ordered(load_t *ld, const config_t *cfg)
     for (size_t p = 0; p < sizeof ordered / sizeof ordered[0]; p++) {
         size_t lo = effective(ld, (size_t)key_index(ordered[p].lo));
         size_t hi = effective(ld, (size_t)key_index(ordered[p].hi));
-        if (numeric(cfg, &keys[lo]) <= numeric(cfg, &keys[hi]))
+        int factor = ordered[p].factor ? ordered[p].factor : 1;
+        if (numeric(cfg, &keys[lo]) * factor <= numeric(cfg, &keys[hi]))
             continue;
         show(&keys[hi], ld->raw[hi].text, shown, sizeof shown);
-        snprintf(why, sizeof why, "must not be greater than %s (\"%s\")", keys[hi].name, shown);
+        if (factor == 1)
+            snprintf(why, sizeof why, "must not be greater than %s (\"%s\")", keys[hi].name, shown);
+        else
+            snprintf(why, sizeof why, "times %d must not be greater than %s (\"%s\")", factor, keys[hi].name, shown);
         return bad_value(ld, lo, why);
     }
     return 0;

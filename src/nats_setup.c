@@ -327,23 +327,29 @@ int mes_nats_subscribe(mes_nats_t *n, event_type_t et, bool dlq, natsSubscriptio
 
 /* ---- fetch loops' watchdog ---------------------------------------------------------------------------------- */
 
-#define STALL_EMPTY_FETCHES 20
+#define STALL_SILENCE_MS 10000
+#define STALL_CHECK_EVERY_MS 5000
 
 bool mes_nats_fetch_watch(mes_nats_t *n, mes_fetch_watch_t *w, event_type_t et, bool dlq, bool got_messages)
 {
+    int64_t now = clock_mono_ms();
     uint64_t r = atomic_load(&n->reconnects);
+    if (!w->last_msg_ms)
+        w->last_msg_ms = w->last_check_ms = now;
     if (r != w->seen_reconnects) {
         w->seen_reconnects = r;
-        w->empty_fetches = 0;
+        w->last_msg_ms = now;
+        w->suspect = false;
         return true;
     }
     if (got_messages) {
-        w->empty_fetches = 0;
+        w->last_msg_ms = now;
+        w->suspect = false;
         return false;
     }
-    if (++w->empty_fetches < STALL_EMPTY_FETCHES)
+    if (now - w->last_check_ms < STALL_CHECK_EVERY_MS)
         return false;
-    w->empty_fetches = 0;
+    w->last_check_ms = now;
     char durable[256], filter[256];
     mes_nats_consumer_names(n->cfg, et, dlq, durable, sizeof durable, filter, sizeof filter);
     const char *stream = dlq ? n->cfg->dlq_stream
@@ -357,12 +363,15 @@ bool mes_nats_fetch_watch(mes_nats_t *n, mes_fetch_watch_t *w, event_type_t et, 
     jsConsumerInfo_Destroy(ci);
     if (!dlq)
         metrics_consumer_pending_set(et, pending);
-    /* Messages wait and we may take more, yet nothing arrives: re-create the subscription. */
-    if (pending > 0 && (max_ack <= 0 || ack_pending < max_ack)) {
+    bool stalled = pending > 0 && (max_ack <= 0 || ack_pending < max_ack) && now - w->last_msg_ms >= STALL_SILENCE_MS;
+    if (stalled && w->suspect) {
+        w->suspect = false;
+        w->last_msg_ms = now;
         log_warn("nats", "consumer stalled with messages pending; re-subscribing", LF_S("durable", durable),
                  LF_I("pending", (long long)pending), LF_I("ack_pending", ack_pending));
         return true;
     }
+    w->suspect = stalled;
     return false;
 }
 

@@ -282,6 +282,8 @@ void store_scratch_free(store_scratch_t *s)
     buf_free(&s->json);
     free(s->order);
     free(s->round);
+    free(s->ops);
+    free(s->opidx);
     free(s->phones);
     memset(s, 0, sizeof *s);
 }
@@ -309,16 +311,49 @@ static bool scratch_grow(store_scratch_t *s, size_t n)
     return true;
 }
 
-/* ---- statement execution ------------------------------------------------------------------------------------ */
+/* ---- statements: prepared once per session, sent pipelined ----------------------------------------------------- */
 
-static PGresult *run(db_conn_t *c, const char *sql, const buf_t *json, db_op_t op, db_entity_t ent,
-                     db_error_t *err)
+/* Every statement the writers use; prepared on a session's first batch, so a batch costs no parse or plan. */
+typedef enum {
+    ST_CHATS_UPSERT,
+    ST_CHATS_UPDATE,
+    ST_MESSAGES_UPSERT,
+    ST_MESSAGES_UPDATE,
+    ST_CONTACTS_UPSERT,
+    ST_CONTACTS_UPDATE,
+    ST_AGENTS_INSERT,
+    ST_AGENTS_UPDATE,
+    ST_ONB_CREATE,
+    ST_ONB_MERGE,
+    ST_ONB_LOG,
+    ST_COUNT
+} stmt_t;
+
+static const char *const stmt_sql[ST_COUNT] = {
+    SQL_CHATS_UPSERT,  SQL_CHATS_UPDATE,  SQL_MESSAGES_UPSERT, SQL_MESSAGES_UPDATE, SQL_CONTACTS_UPSERT, SQL_CONTACTS_UPDATE,
+    SQL_AGENTS_INSERT, SQL_AGENTS_UPDATE, SQL_ONB_CREATE,      SQL_ONB_MERGE,       SQL_ONB_LOG,
+};
+
+static void stmt_name(stmt_t st, char out[16])
 {
-    const char *params[1] = {json->data};
-    double t0 = clock_mono_s();
-    PGresult *r = db_exec(c, sql, 1, params, err);
-    metrics_db_duration(op, ent, r != NULL, clock_mono_s() - t0);
-    return r;
+    snprintf(out, 16, "mes_st_%d", (int)st);
+}
+
+static int prepare_all(db_conn_t *c, db_error_t *err)
+{
+    for (int st = 0; st < ST_COUNT; st++) {
+        char name[16];
+        stmt_name((stmt_t)st, name);
+        PGresult *r = PQprepare(c->pg, name, stmt_sql[st], 1, NULL);
+        if (!r || PQresultStatus(r) != PGRES_COMMAND_OK) {
+            db_error_from(err, c->pg, r);
+            PQclear(r);
+            return -1;
+        }
+        PQclear(r);
+    }
+    c->store_prepared = true;
+    return 0;
 }
 
 typedef void (*row_fn)(row_t *r, const store_item_t *it);
@@ -326,22 +361,93 @@ typedef void (*row_fn)(row_t *r, const store_item_t *it);
 typedef struct {
     event_type_t type;
     row_fn row;
-    const char *sql;
-    const char *sql2; /* optional second statement over the same rows */
+    stmt_t st;
+    int st2; /* second statement over the same rows, or -1 */
     bool returns_found;
     db_op_t op;
     db_entity_t ent;
 } writer_t;
 
 static const writer_t writers[] = {
-    {ET_CHATS_UPSERT, row_chat, SQL_CHATS_UPSERT, NULL, false, DBOP_BULK_UPSERT, DBENT_CHAT},
-    {ET_CHATS_UPDATE, row_chat_update, SQL_CHATS_UPDATE, NULL, true, DBOP_UPDATE, DBENT_CHAT},
-    {ET_MESSAGES_UPSERT, row_message, SQL_MESSAGES_UPSERT, NULL, false, DBOP_BULK_UPSERT, DBENT_MESSAGE},
-    {ET_MESSAGES_UPDATE, row_message_update, SQL_MESSAGES_UPDATE, NULL, true, DBOP_UPDATE, DBENT_MESSAGE},
-    {ET_CONTACTS_UPSERT, row_contact, SQL_CONTACTS_UPSERT, NULL, false, DBOP_BULK_UPSERT, DBENT_CONTACT},
-    {ET_CONTACTS_UPDATE, row_contact, SQL_CONTACTS_UPDATE, NULL, true, DBOP_UPDATE, DBENT_CONTACT},
-    {ET_CONNECTION_UPDATE, row_agent, SQL_AGENTS_INSERT, SQL_AGENTS_UPDATE, false, DBOP_UPSERT, DBENT_AGENT},
+    {ET_CHATS_UPSERT, row_chat, ST_CHATS_UPSERT, -1, false, DBOP_BULK_UPSERT, DBENT_CHAT},
+    {ET_CHATS_UPDATE, row_chat_update, ST_CHATS_UPDATE, -1, true, DBOP_UPDATE, DBENT_CHAT},
+    {ET_MESSAGES_UPSERT, row_message, ST_MESSAGES_UPSERT, -1, false, DBOP_BULK_UPSERT, DBENT_MESSAGE},
+    {ET_MESSAGES_UPDATE, row_message_update, ST_MESSAGES_UPDATE, -1, true, DBOP_UPDATE, DBENT_MESSAGE},
+    {ET_CONTACTS_UPSERT, row_contact, ST_CONTACTS_UPSERT, -1, false, DBOP_BULK_UPSERT, DBENT_CONTACT},
+    {ET_CONTACTS_UPDATE, row_contact, ST_CONTACTS_UPDATE, -1, true, DBOP_UPDATE, DBENT_CONTACT},
+    {ET_CONNECTION_UPDATE, row_agent, ST_AGENTS_INSERT, ST_AGENTS_UPDATE, false, DBOP_UPSERT, DBENT_AGENT},
 };
+
+/* What to do with a statement's result once it arrives. OP_CTL: BEGIN / COMMIT / ROLLBACK (no metrics). */
+typedef enum { OP_PLAIN, OP_FOUND, OP_ONB_CREATE, OP_CTL } op_kind_t;
+
+/* One statement in flight: its result is read after the sync; `first`/`count` index the round's items in s->opidx. */
+struct store_op {
+    op_kind_t kind;
+    db_op_t op;
+    db_entity_t ent;
+    uint32_t first, count;
+};
+
+static bool ops_grow(store_scratch_t *s, size_t nidx)
+{
+    if (s->nops == s->ops_cap) {
+        size_t cap = s->ops_cap ? s->ops_cap * 2 : 32;
+        store_op_t *o = realloc(s->ops, cap * sizeof *o);
+        if (!o)
+            return false;
+        s->ops = o;
+        s->ops_cap = cap;
+    }
+    if (s->nopidx + nidx > s->opidx_cap) {
+        size_t cap = s->opidx_cap ? s->opidx_cap : 256;
+        while (cap < s->nopidx + nidx)
+            cap *= 2;
+        uint32_t *x = realloc(s->opidx, cap * sizeof *x);
+        if (!x)
+            return false;
+        s->opidx = x;
+        s->opidx_cap = cap;
+    }
+    return true;
+}
+
+/* Queues a transaction-control command. */
+static int send_ctl(db_conn_t *c, store_scratch_t *s, const char *cmd, db_error_t *err)
+{
+    if (!ops_grow(s, 0) || !PQsendQueryParams(c->pg, cmd, 0, NULL, NULL, NULL, NULL, 0)) {
+        db_error_from(err, c->pg, NULL);
+        return -1;
+    }
+    s->ops[s->nops++] = (store_op_t){.kind = OP_CTL};
+    return 0;
+}
+
+/* Queues one statement over the rows in s->json; the round's items are remembered for the result. */
+static int send(db_conn_t *c, store_scratch_t *s, stmt_t st, op_kind_t kind, db_op_t op, db_entity_t ent,
+                const uint32_t *idx, size_t k, db_error_t *err)
+{
+    char name[16];
+    if (s->json.oom || !ops_grow(s, k)) {
+        snprintf(err->message, sizeof err->message, "out of memory building a batch of %zu rows", k);
+        err->sqlstate[0] = '\0';
+        err->cls = ERR_UNKNOWN;
+        err->retryable = true;
+        err->outage = false;
+        return -1;
+    }
+    stmt_name(st, name);
+    const char *params[1] = {s->json.data};
+    if (!PQsendQueryPrepared(c->pg, name, 1, params, NULL, NULL, 0)) {
+        db_error_from(err, c->pg, NULL);
+        return -1;
+    }
+    store_op_t *o = &s->ops[s->nops++];
+    *o = (store_op_t){.kind = kind, .op = op, .ent = ent, .first = (uint32_t)s->nopidx, .count = (uint32_t)k};
+    memcpy(s->opidx + s->nopidx, idx, k * sizeof *idx);
+    s->nopidx += k;
+    return 0;
+}
 
 /* Builds the JSON rows of one round of `order[0..n)`. */
 static void build_rows(buf_t *b, const store_item_t *items, const uint32_t *idx, size_t n, row_fn fn)
@@ -418,52 +524,24 @@ static int write_entity(db_conn_t *c, const writer_t *w, store_item_t *items, si
 {
     uint32_t rounds = 0;
     size_t m = plan(s, items, n, want_type, &w->type, false, &rounds);
-    if (m == 0)
-        return 0;
-    for (uint32_t r = 0; r < rounds; r++) {
+    for (uint32_t r = 0; r < rounds && m; r++) {
         size_t k = round_items(s, m, r, idx);
         build_rows(&s->json, items, idx, k, w->row);
-        if (s->json.oom)
-            goto oom;
-        PGresult *res = run(c, w->sql, &s->json, w->op, w->ent, err);
-        if (!res)
+        if (send(c, s, w->st, w->returns_found ? OP_FOUND : OP_PLAIN, w->op, w->ent, idx, k, err) != 0)
             return -1;
-        if (w->returns_found) {
-            for (size_t j = 0; j < k; j++)
-                items[idx[j]].result = ERR_NOT_FOUND;
-            for (int t = 0; t < PQntuples(res); t++) {
-                long i = strtol(PQgetvalue(res, t, 0), NULL, 10);
-                if (i >= 0 && (size_t)i < n)
-                    items[i].result = ERR_NONE;
-            }
-        }
-        PQclear(res);
-        if (w->sql2) {
-            res = run(c, w->sql2, &s->json, w->op, w->ent, err);
-            if (!res)
-                return -1;
-            PQclear(res);
-        }
+        if (w->st2 >= 0 && send(c, s, (stmt_t)w->st2, OP_PLAIN, w->op, w->ent, idx, k, err) != 0)
+            return -1;
     }
     return 0;
-oom:
-    snprintf(err->message, sizeof err->message, "out of memory building a batch of %zu rows", m);
-    err->sqlstate[0] = '\0';
-    err->cls = ERR_UNKNOWN;
-    err->retryable = true;
-    err->outage = false;
-    return -1;
 }
 
-static bool same_owner(const store_item_t *it, const char *agent, int alen, const char *phone, int plen)
+static bool same_owner(const store_scratch_t *s, uint32_t i, const store_item_t *it, const char *agent, int alen,
+                       const char *phone, int plen)
 {
-    char p[PAYLOAD_MAX_PHONE + 1];
-    size_t n = 0;
-    if (!onboardable(it, p, &n))
-        return false;
+    const char *p = s->phones + (size_t)i * (PAYLOAD_MAX_PHONE + 1);
     const str_t *a = &it->ev->u.msg.agent_id;
-    return a->len == (uint32_t)alen && memcmp(a->p, agent, (size_t)alen) == 0 && n == (size_t)plen &&
-           memcmp(p, phone, n) == 0;
+    return a->len == (uint32_t)alen && memcmp(a->p, agent, (size_t)alen) == 0 && strlen(p) == (size_t)plen &&
+           memcmp(p, phone, (size_t)plen) == 0;
 }
 
 static int write_onboarding(db_conn_t *c, store_item_t *items, size_t n, store_scratch_t *s, uint32_t *idx,
@@ -471,45 +549,83 @@ static int write_onboarding(db_conn_t *c, store_item_t *items, size_t n, store_s
 {
     uint32_t rounds = 0;
     size_t m = plan(s, items, n, want_onboarding, NULL, true, &rounds);
-    metrics_onboarding_queue_add((long)m);
+    s->onboarding = m;
     for (uint32_t r = 0; r < rounds; r++) {
         size_t k = round_items(s, m, r, idx);
         build_rows(&s->json, items, idx, k, row_onboarding);
-        if (s->json.oom)
-            goto fail;
         for (size_t j = 0; j < k; j++)
-            items[idx[j]].onb = ONB_SUCCESS_EXISTS;
-        PGresult *res = run(c, SQL_ONB_CREATE, &s->json, DBOP_UPSERT, DBENT_CONTACT, err);
-        if (!res)
-            goto fail;
+            items[idx[j]].onb = ONB_SUCCESS_EXISTS; /* until the create statement says it made the contact */
+        if (send(c, s, ST_ONB_CREATE, OP_ONB_CREATE, DBOP_UPSERT, DBENT_CONTACT, idx, k, err) != 0 ||
+            send(c, s, ST_ONB_MERGE, OP_PLAIN, DBOP_UPDATE, DBENT_CONTACT, idx, k, err) != 0 ||
+            send(c, s, ST_ONB_LOG, OP_PLAIN, DBOP_SAVE, DBENT_ONBOARDING_LOG, idx, k, err) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* Applies one statement's result to its items. */
+static void apply_result(const store_scratch_t *s, const store_op_t *o, const PGresult *res, store_item_t *items,
+                         size_t n)
+{
+    const uint32_t *idx = s->opidx + o->first;
+    if (o->kind == OP_FOUND) {
+        for (uint32_t j = 0; j < o->count; j++)
+            items[idx[j]].result = ERR_NOT_FOUND;
+        for (int t = 0; t < PQntuples(res); t++) {
+            long i = strtol(PQgetvalue(res, t, 0), NULL, 10);
+            if (i >= 0 && (size_t)i < n)
+                items[i].result = ERR_NONE;
+        }
+    } else if (o->kind == OP_ONB_CREATE) {
         for (int t = 0; t < PQntuples(res); t++) {
             const char *agent = PQgetvalue(res, t, 0), *phone = PQgetvalue(res, t, 1);
             int alen = PQgetlength(res, t, 0), plen = PQgetlength(res, t, 1);
-            for (size_t j = 0; j < k; j++)
-                if (same_owner(&items[idx[j]], agent, alen, phone, plen)) {
+            for (uint32_t j = 0; j < o->count; j++)
+                if (same_owner(s, idx[j], &items[idx[j]], agent, alen, phone, plen)) {
                     items[idx[j]].onb = ONB_SUCCESS_CREATED;
                     break;
                 }
         }
-        PQclear(res);
-        if (!(res = run(c, SQL_ONB_MERGE, &s->json, DBOP_UPDATE, DBENT_CONTACT, err)))
-            goto fail;
-        PQclear(res);
-        if (!(res = run(c, SQL_ONB_LOG, &s->json, DBOP_SAVE, DBENT_ONBOARDING_LOG, err)))
-            goto fail;
-        PQclear(res);
     }
-    metrics_onboarding_queue_add(-(long)m);
-    return 0;
-fail:
-    metrics_onboarding_queue_add(-(long)m);
-    if (s->json.oom) {
-        snprintf(err->message, sizeof err->message, "out of memory building onboarding rows");
-        err->cls = ERR_UNKNOWN;
-        err->retryable = true;
-        err->outage = false;
+}
+
+/* Reads every queued statement's result and the sync. Each statement's duration is the time since the previous
+ * result arrived, so the observations add up to the batch's wall time. Returns 0, or -1 with the first error. */
+static int collect(db_conn_t *c, store_scratch_t *s, store_item_t *items, size_t n, double t_sent, db_error_t *err)
+{
+    int rc = 0;
+    double prev = t_sent;
+    for (size_t k = 0; k < s->nops; k++) {
+        PGresult *res = PQgetResult(c->pg);
+        if (!res) {
+            db_error_from(err, c->pg, NULL);
+            return -1; /* the session is gone; the caller drops it */
+        }
+        ExecStatusType st = PQresultStatus(res);
+        double now = clock_mono_s();
+        bool ok = st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK;
+        if (s->ops[k].kind != OP_CTL) /* BEGIN/COMMIT time counts toward the next statement / the sync */
+            metrics_db_duration(s->ops[k].op, s->ops[k].ent, ok, now - prev);
+        if (s->ops[k].kind != OP_CTL || k == 0)
+            prev = now;
+        if (ok && rc == 0)
+            apply_result(s, &s->ops[k], res, items, n);
+        else if (!ok && rc == 0 && st != PGRES_PIPELINE_ABORTED) {
+            db_error_from(err, c->pg, res);
+            rc = -1;
+        }
+        PQclear(res);
+        while ((res = PQgetResult(c->pg)) != NULL) /* the NULL that ends each statement's results */
+            PQclear(res);
     }
-    return -1;
+    PGresult *sync = PQgetResult(c->pg);
+    if (!sync || PQresultStatus(sync) != PGRES_PIPELINE_SYNC) {
+        if (rc == 0)
+            db_error_from(err, c->pg, sync);
+        rc = -1;
+    }
+    PQclear(sync);
+    return rc;
 }
 
 int store_commit(db_conn_t *c, store_item_t *items, size_t n, store_scratch_t *s, db_error_t *err)
@@ -522,6 +638,10 @@ int store_commit(db_conn_t *c, store_item_t *items, size_t n, store_scratch_t *s
     }
     if (n == 0)
         return 0;
+    if (!db_ok(c)) {
+        db_error_from(err, c ? c->pg : NULL, NULL);
+        return -1;
+    }
     if (!scratch_grow(s, n) || !(idx = malloc(n * sizeof *idx))) {
         snprintf(err->message, sizeof err->message, "out of memory planning a batch of %zu", n);
         err->sqlstate[0] = '\0';
@@ -531,22 +651,55 @@ int store_commit(db_conn_t *c, store_item_t *items, size_t n, store_scratch_t *s
         free(idx);
         return -1;
     }
-    if (db_command(c, "BEGIN", err) != 0)
-        goto fail;
+    if (!c->store_prepared && prepare_all(c, err) != 0) {
+        free(idx);
+        return -1;
+    }
+    /* One round trip per batch: BEGIN, every statement, COMMIT, then one sync. */
+    s->nops = s->nopidx = 0;
+    s->onboarding = 0;
+    int rc = -1;
+    if (!PQenterPipelineMode(c->pg)) {
+        db_error_from(err, c->pg, NULL);
+        goto out;
+    }
+    if (send_ctl(c, s, "BEGIN", err) != 0)
+        goto abandon;
     for (size_t w = 0; w < sizeof writers / sizeof writers[0]; w++)
         if (write_entity(c, &writers[w], items, n, s, idx, err) != 0)
-            goto fail;
+            goto abandon;
     if (write_onboarding(c, items, n, s, idx, err) != 0)
-        goto fail;
-    if (db_command(c, "COMMIT", err) != 0)
-        goto fail;
+        goto abandon;
+    if (send_ctl(c, s, "COMMIT", err) != 0)
+        goto abandon;
+    metrics_onboarding_queue_add((long)s->onboarding);
+    if (!PQpipelineSync(c->pg)) {
+        db_error_from(err, c->pg, NULL);
+        metrics_onboarding_queue_add(-(long)s->onboarding);
+        goto leave;
+    }
+    rc = collect(c, s, items, n, clock_mono_s(), err);
+    metrics_onboarding_queue_add(-(long)s->onboarding);
+    goto leave;
+abandon:
+    /* A statement could not be queued: roll back whatever was queued, never commit part of a batch. */
+    if (send_ctl(c, s, "ROLLBACK", err) == 0 && PQpipelineSync(c->pg)) {
+        db_error_t ignored;
+        (void)collect(c, s, items, n, clock_mono_s(), &ignored);
+    }
+leave:
+    if (!PQexitPipelineMode(c->pg) && rc == 0) {
+        db_error_from(err, c->pg, NULL);
+        rc = -1;
+    }
+    /* After an error inside BEGIN the session sits in an aborted transaction until ROLLBACK. */
+    if (db_ok(c) && PQtransactionStatus(c->pg) != PQTRANS_IDLE)
+        db_rollback(c);
+out:
     free(idx);
-    return 0;
-fail:
-    free(idx);
-    db_rollback(c);
-    for (size_t i = 0; i < n; i++)
-        if (items[i].onb != ONB_COUNT)
-            items[i].onb = ONB_ERROR_DB;
-    return -1;
+    if (rc != 0)
+        for (size_t i = 0; i < n; i++)
+            if (items[i].onb != ONB_COUNT)
+                items[i].onb = ONB_ERROR_DB;
+    return rc;
 }

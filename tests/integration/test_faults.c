@@ -80,7 +80,9 @@ TEST(second_signal_exits_at_once_with_failure_status)
 
 TEST(nats_restart_under_load_loses_nothing_and_the_dlq_worker_resumes)
 {
-    REQUIRE(it_up(CO, NO_ENV));
+    /* Deliveries that were on their way when the connection dropped come back after the ack wait: keep it short. */
+    const char *env[] = {"NATS_REALTIME_ACKWAIT=5s", "NATS_DLQACKWAIT=5s", NULL};
+    REQUIRE(it_up(CO, env));
     it_pubjob_t a = {.co = CO, .prefix = "nr-", .from = 0, .to = 2000};
     it_publish_range(&a);
     h_pg_wait_int(&P, 200, 30000, "SELECT least(count(*), 200) FROM " SCH ".messages");
