@@ -18,11 +18,14 @@ cp "$ROOT"/tests/fuzz/corpus/* "$WORK/corpus/"
 
 echo "fuzzing for ${SECONDS_TO_RUN}s (crash reproducers go to $ROOT/build-fuzz-artifacts on failure)"
 status=0
+# libFuzzer's progress lines go to a log (thousands of them); the summary and any crash report are shown.
 "$BUILD/tests/fuzz/fuzz_payload" "$WORK/corpus" \
   -max_total_time="$SECONDS_TO_RUN" -max_len=70000 -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
-  -artifact_prefix="$WORK/artifacts/" || status=$?
+  -artifact_prefix="$WORK/artifacts/" >"$WORK/fuzz.log" 2>&1 || status=$?
+grep -E '^(stat::|Done|INFO: Seed)' "$WORK/fuzz.log" || true
 
 if [ "$status" -ne 0 ] || [ -n "$(ls -A "$WORK/artifacts")" ]; then
+  tail -n 60 "$WORK/fuzz.log" >&2
   mkdir -p "$ROOT/build-fuzz-artifacts"
   cp "$WORK"/artifacts/* "$ROOT/build-fuzz-artifacts/" 2>/dev/null || true
   echo "fuzz_payload FAILED (status $status); reproducers in $ROOT/build-fuzz-artifacts" >&2

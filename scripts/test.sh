@@ -4,7 +4,7 @@
 # Exits non-zero when any step fails; ends with a one-line-per-step summary.
 #
 # Knobs:
-#   MES_TEST_QUICK=1      skip the sanitizer pass
+#   MES_TEST_QUICK=1      skip the sanitizer passes (ASan+UBSan, TSan)
 #   MES_ASAN_CC=gcc       compiler for the sanitizer build (default: clang when installed, else gcc)
 #   MES_CTEST_ARGS="..."  extra ctest arguments for both passes, e.g. "-R integration -V"
 #   MES_FUZZ_SECONDS=N    length of the fuzz run (default 30)
@@ -43,7 +43,8 @@ run_pass() { # run_pass DIR LABEL [cmake args...]
   shift 2
   if step "configure ${dir}/ (${label})" cmake -S . -B "$dir" "$@" &&
      step "build ${dir}/" cmake --build "$dir" -j"$JOBS"; then
-    step "ctest ${dir}/" ctest --test-dir "$dir" --output-on-failure -j2 --timeout 300 "${CTEST_EXTRA[@]}"
+    step "ctest ${dir}/" ctest --test-dir "$dir" --output-on-failure -j2 --timeout 300 "${CTEST_EXTRA[@]}" \
+      ${PASS_CTEST_ARGS:-}
   else
     skip "ctest ${dir}/ (build failed)"
   fi
@@ -63,6 +64,12 @@ if step "install dependencies" bash scripts/install-deps.sh; then
     export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
     CC=$asan_cc run_pass build-asan "ASan+UBSan, ${asan_cc}" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMES_SANITIZE=ON
     unset ASAN_OPTIONS UBSAN_OPTIONS
+    # ThreadSanitizer over the threaded parts (lanes, prefetchers, DLQ pool, HTTP, harness): every unit and
+    # integration test except the static file checks and the serial load-test run, which add no new threading.
+    export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1 second_deadlock_stack=1}
+    CC=$asan_cc PASS_CTEST_ARGS="-E static|loadtest" run_pass build-tsan "TSan, ${asan_cc}" \
+      -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMES_TSAN=ON
+    unset TSAN_OPTIONS
   fi
 
   if [ -f scripts/fuzz.sh ]; then

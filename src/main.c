@@ -178,16 +178,17 @@ static int shutdown_all(app_t *a)
         log_error("main", "shutdown timeout: DLQ workers did not finish; exiting with their records unacked");
         return 1;
     }
-    dlq_worker_destroy(a->dlq);
-    a->dlq = NULL;
+    /* /ready reads the components: stop HTTP (it waits for requests in progress) before freeing them. */
+    http_stop(a->http);
+    a->http = NULL;
     maintenance_stop(a->maint);
     a->maint = NULL;
+    dlq_worker_destroy(a->dlq);
+    a->dlq = NULL;
     for (int i = 0; i < a->nlanes; i++)
         consumer_destroy(a->lanes[i]);
     a->nlanes = 0;
     mes_nats_close(&a->nats);
-    http_stop(a->http);
-    a->http = NULL;
     log_info("main", "shutdown complete");
     return rc;
 }

@@ -1,5 +1,6 @@
 /* test_dlq_worker.c - the DLQ worker pool against real NATS + PostgreSQL: retries, exhaustion, isolation, bounds. */
 #include <pthread.h>
+#include <stdatomic.h>
 
 #include "itest.h"
 
@@ -128,14 +129,14 @@ TEST(two_tenants_never_touch_each_others_dlq_records)
 
 typedef struct {
     int port;
-    volatile int done;
+    atomic_int done;
     double max_queue;
 } sampler_t;
 
 static void *sample_queue(void *arg)
 {
     sampler_t *s = arg;
-    while (!s->done) {
+    while (!atomic_load(&s->done)) {
         double q = h_metric(s->port, "dlq_queue_length");
         if (q > s->max_queue)
             s->max_queue = q;
@@ -157,7 +158,7 @@ TEST(queue_never_exceeds_its_capacity_and_no_record_is_processed_twice)
         REQUIRE(pub_record(CO, CO, "v1.chats.upsert.acme", "e25vcGU=", true, id));
     }
     CHECK_EQ_INT(h_pg_wait_int(&P, 200, 60000, "SELECT count(*) FROM " SCH ".exhausted_events"), 200);
-    smp.done = 1;
+    atomic_store(&smp.done, 1);
     pthread_join(t, NULL);
     fprintf(stderr, "max dlq_queue_length seen: %.0f\n", smp.max_queue);
     CHECK(smp.max_queue <= 5);

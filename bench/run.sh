@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# run.sh - THE benchmark suite (issue #7): builds, runs every benchmark and prints one table of targets vs. results.
+#
+#   bash bench/run.sh                  # default sizes, ~6-10 minutes on a 2-core machine
+#   BENCH_SCALE=0.2 bash bench/run.sh  # quick run (all event counts x0.2)
+#
+# Environment: BENCH_SCALE (default 1), BENCH_BUILD_DIR (default <repo>/build-bench), BENCH_OUT (raw results dir,
+# default $BENCH_BUILD_DIR/bench-results/<timestamp>), BENCH_LAT_SECONDS (latency run length, default 20).
+# Each benchmark starts its own nats-server and PostgreSQL (tests/harness.c) and stops them. Raw output (one JSON
+# line per measurement, plus stderr) stays in BENCH_OUT. Exit status: 0 when every benchmark ran (targets may still
+# be missed: that is a result, not an error), 1 when one could not run.
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BUILD=${BENCH_BUILD_DIR:-$ROOT/build-bench}
+SCALE=${BENCH_SCALE:-1}
+OUT=${BENCH_OUT:-$BUILD/bench-results/$(date +%Y%m%d-%H%M%S)}
+LAT_SECONDS=${BENCH_LAT_SECONDS:-20}
+
+n() { awk -v b="$1" -v s="$SCALE" -v m="${2:-1}" 'BEGIN { v = int(b * s); if (v < m) v = m; print v }'; }
+N_CHATS=$(n 200000 2000)
+N_MSGS=$(n 200000 2000)
+N_MIX=$(n 100000 2000)
+N_HIST=$(n 2000 40)    # history.messages batches of 100 items
+N_REF=$(n 20000 5000)  # one transaction per event is slow; its rate is steady long before
+# The load generator's default weights, written out because bench-drain always passes --subjects.
+MIX=v1.chats.upsert:8,v1.chats.update:10,v1.messages.upsert:40,v1.messages.update:24,v1.contacts.upsert:6
+MIX=$MIX,v1.contacts.update:4,v1.connection.update:2,v1.history.chats:2,v1.history.messages:3,v1.history.contacts:1
+
+echo "building into $BUILD ..." >&2
+if ! { cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null &&
+       cmake --build "$BUILD" -j2 --target message-event-service mes-loadgen bench-micro bench-drain bench-refbound \
+             bench-latency >/dev/null; }; then
+    echo "run.sh: build failed (run the cmake commands above to see why)" >&2
+    exit 1
+fi
+mkdir -p "$OUT"
+export MES_BUILD_DIR=$BUILD MES_SERVICE_BIN=$BUILD/message-event-service
+B=$BUILD/bench
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+T0=$(date +%s)
+failed=0
+
+# step NAME CMD...: runs a benchmark, JSON lines to $OUT/NAME.json, stderr to $OUT/NAME.err.
+step() {
+    local name=$1
+    shift
+    echo "[$(($(date +%s) - T0))s] $name ..." >&2
+    if ! "$@" --json >"$OUT/$name.json" 2>"$OUT/$name.err"; then
+        echo "  $name FAILED (see $OUT/$name.err)" >&2
+        failed=1
+    fi
+}
+
+# j FILE LABEL KEY: a field of the JSON line whose label (or type) is LABEL; empty when absent.
+j() {
+    grep -h -E "\"(label|type)\":\"$2\"" "$OUT/$1.json" 2>/dev/null | head -1 |
+        sed -n -E "s/.*\"$3\":\"?([^,\"}]*)\"?.*/\1/p"
+}
+
+step micro "$B/bench-micro"
+step refbound "$B/bench-refbound" --count "$N_CHATS" --ref-count "$N_REF"
+step drain-chats "$B/bench-drain" --label chats-only --count "$N_CHATS" --subjects v1.chats.upsert
+step drain-msgs "$B/bench-drain" --label messages-only --count "$N_MSGS" --subjects v1.messages.upsert
+step drain-mix "$B/bench-drain" --label realistic-mix --count "$N_MIX" --subjects "$MIX" --history-count 100
+step drain-hist "$B/bench-drain" --label history-messages --count "$N_HIST" --subjects v1.history.messages \
+    --history-count 100
+step drain-poison "$B/bench-drain" --label realistic-mix-poison --count "$N_MIX" --subjects "$MIX" --history-count 100 \
+    --invalid-ratio 0.01
+
+MAX=$(j drain-mix realistic-mix events_per_s)
+if [ -n "$MAX" ] && [ "${MAX%.*}" -gt 0 ] 2>/dev/null; then
+    R50=$(awk -v m="$MAX" 'BEGIN { printf "%.0f", m * 0.5 }')
+    R90=$(awk -v m="$MAX" 'BEGIN { printf "%.0f", m * 0.9 }')
+    step lat50 "$B/bench-latency" --label lat-50pct --rate "$R50" --duration "$LAT_SECONDS" --history-count 100
+    step lat90 "$B/bench-latency" --label lat-90pct --rate "$R90" --duration "$LAT_SECONDS" --history-count 100
+else
+    echo "  latency skipped: no realistic-mix rate" >&2
+    failed=1
+fi
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# ---- the table ------------------------------------------------------------------------------------------------
+# row TARGET MEASURED VERDICT
+row() { printf '%-52s %-44s %s\n' "$1" "$2" "$3"; }
+# verdict EXPR: pass/miss from an awk condition over numbers; "n/a" when any input is missing.
+verdict() {
+    local cond=$1
+    shift
+    for v in "$@"; do [ -z "$v" ] && { echo "n/a"; return; }; done
+    awk "BEGIN { exit !($cond) }" && echo pass || echo MISS
+}
+f() { [ -z "${1:-}" ] && echo "n/a" || awk -v v="$1" -v p="${2:-0}" 'BEGIN { printf "%.*f", p, v }'; }
+
+CH=$(j drain-chats chats-only events_per_s)
+REFA=$(j refbound ref-autocommit events_per_s)
+REFB=$(j refbound min-batched events_per_s)
+MSG=$(j drain-msgs messages-only events_per_s)
+HIST=$(j drain-hist history-messages rows_per_s)
+POIS=$(j drain-poison realistic-mix-poison events_per_s)
+P50_99=$(j lat50 lat-50pct p99_ms)
+P90_99=$(j lat90 lat-90pct p99_ms)
+RSS=$(for l in chats-only messages-only realistic-mix history-messages realistic-mix-poison; do
+    grep -h "\"label\":\"$l\"" "$OUT"/drain-*.json 2>/dev/null | sed -n -E 's/.*"peak_rss_mib":([0-9.]+).*/\1/p'
+done | sort -g | tail -1)
+# Realtime handler cost: the worst of the seven realtime types.
+MICRO_NS=$(grep -h '"history":false' "$OUT/micro.json" 2>/dev/null | sed -n -E 's/.*"full_ns":([0-9.]+).*/\1/p' |
+    sort -g | tail -1)
+MICRO_NS_T=$(grep -h '"history":false' "$OUT/micro.json" 2>/dev/null | awk -F'"' -v m="$MICRO_NS" \
+    'index($0, "\"full_ns\":" m ",") { print $4; exit }')
+MICRO_AL=$(grep -h '"history":false' "$OUT/micro.json" 2>/dev/null | sed -n -E 's/.*"allocs":([0-9.]+).*/\1/p' |
+    sort -g | tail -1)
+MICRO_H=$(j micro v1.history.messages full_ns)
+MICRO_HI=$(j micro v1.history.messages full_ns_per_item)
+PCT=$( [ -n "$CH" ] && [ -n "$REFB" ] && awk -v a="$CH" -v b="$REFB" 'BEGIN { printf "%.0f", 100 * a / b }')
+X=$( [ -n "$CH" ] && [ -n "$REFA" ] && awk -v a="$CH" -v b="$REFA" 'BEGIN { printf "%.1f", a / b }')
+COST=$( [ -n "$MAX" ] && [ -n "$POIS" ] && awk -v a="$POIS" -v b="$MAX" 'BEGIN { printf "%.1f", 100 * (1 - a / b) }')
+NPROC=$(nproc)
+CPU=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
+
+echo
+echo "message-event-service benchmark suite - $(date -u +%Y-%m-%dT%H:%M:%SZ) - $NPROC cores, ${CPU:-unknown CPU}," \
+     "scale $SCALE, $(($(date +%s) - T0)) s"
+echo "load average before: $LOAD_BEFORE   after: $LOAD_AFTER   raw results: $OUT"
+echo
+row "target" "measured" "verdict"
+row "------" "--------" "-------"
+row "chats-only drain >= 70% of minimal batched pipeline" "$(f "$CH") vs $(f "$REFB") ev/s = $(f "$PCT")%" \
+    "$(verdict "$PCT >= 70" "$PCT")"
+row "chats-only drain >= 8x one-transaction-per-event" "$(f "$CH") vs $(f "$REFA") ev/s = $(f "$X" 1)x" \
+    "$(verdict "$X >= 8" "$X")"
+row "realistic mix (history 100 items) >= 15k events/s" "$(f "$MAX") events/s" "$(verdict "$MAX >= 15000" "$MAX")"
+row "history items >= 30k items/s" "$(f "$HIST") items/s" "$(verdict "$HIST >= 30000" "$HIST")"
+row "handler <= 2 us per realtime event (worst type)" "$(f "$MICRO_NS") ns (${MICRO_NS_T:-n/a})" \
+    "$(verdict "$MICRO_NS <= 2000" "$MICRO_NS")"
+row "handler <= 5 allocations per realtime event" "$(f "$MICRO_AL" 2) allocs (worst type)" \
+    "$(verdict "$MICRO_AL <= 5" "$MICRO_AL")"
+row "p99 publish->commit <= 100 ms at 50% of max rate" "$(f "$P50_99" 1) ms at $(f "${R50:-}") ev/s" \
+    "$(verdict "$P50_99 <= 100" "$P50_99")"
+row "1% poison costs <= 10% throughput" "$(f "$POIS") vs $(f "$MAX") ev/s = $(f "$COST" 1)% cost" \
+    "$(verdict "$COST <= 10" "$COST")"
+row "peak RSS <= 64 MiB under load (max of the drains)" "$(f "$RSS" 1) MiB" "$(verdict "$RSS <= 64" "$RSS")"
+row "(info) messages-only drain" "$(f "$MSG") events/s" ""
+row "(info) one transaction per event (reference)" "$(f "$REFA") events/s" ""
+row "(info) minimal batched pipeline (ceiling)" "$(f "$REFB") events/s" ""
+row "(info) latency at 50% p50 / p95 / p99" \
+    "$(f "$(j lat50 lat-50pct p50_ms)" 1) / $(f "$(j lat50 lat-50pct p95_ms)" 1) / $(f "$P50_99" 1) ms" ""
+row "(info) latency at 90% p50 / p95 / p99" \
+    "$(f "$(j lat90 lat-90pct p50_ms)" 1) / $(f "$(j lat90 lat-90pct p95_ms)" 1) / $(f "$P90_99" 1) ms" \
+    "at $(f "${R90:-}") ev/s"
+row "(info) history handler per batch of 100 / per item" "$(f "$MICRO_H") ns / $(f "$MICRO_HI") ns" ""
+if awk -v l="${LOAD_BEFORE%% *}" -v m="${LOAD_AFTER%% *}" -v c="$NPROC" 'BEGIN { exit !(l > c / 2 || m > c / 2) }'; then
+    echo
+    echo "NOTE: the machine was busy (load average above half the cores): absolute numbers are noisy; the ratios" \
+         "(measured in the same run) hold better."
+fi
+exit $failed
