@@ -384,6 +384,7 @@ static int commit_range(consumer_t *c, size_t from, size_t to, size_t held, db_e
             last = c->slots[i].first_item + c->slots[i].n_items;
     if (last == first)
         return 0;
+    int conflicts = 0;
     for (;;) {
         if (!ensure_db(c, held))
             return -1;
@@ -397,6 +398,15 @@ static int commit_range(consumer_t *c, size_t from, size_t to, size_t held, db_e
             metrics_onboarding_duration(dt);
         if (rc == 0)
             return 0;
+        /* A deadlock or serialization failure with another lane or replica says nothing about the events: run the
+         * same batch again (after a short, jittered pause) instead of isolating it event by event. */
+        if ((strcmp(err->sqlstate, "40P01") == 0 || strcmp(err->sqlstate, "40001") == 0) && conflicts < 3) {
+            conflicts++;
+            log_info("consumer", "transaction conflict; retrying the batch", LF_S("durable", c->durable),
+                     LF_S("sqlstate", err->sqlstate), LF_I("attempt", conflicts));
+            clock_sleep_ms((int64_t)(rng_next(&c->rng) % 50) + 10);
+            continue;
+        }
         if (!err->outage)
             return 1;
         log_warn("consumer", "database outage during a batch; will retry it", LF_S("durable", c->durable),
@@ -596,6 +606,48 @@ static void hand_off(consumer_t *c, natsMsgList *list, double fetch_s)
     memset(list, 0, sizeof *list);
 }
 
+/* Pulls one batch without a latency floor. A plain Fetch of N waits until N messages arrived or the request expired,
+ * so a quiet lane would hold its first event up to fetch_wait. Instead: take what is there now (no-wait); if nothing
+ * is, wait for ONE message (returns the moment it arrives), then top up the batch with what is there now. Under load
+ * the first no-wait request already returns full batches. */
+static natsStatus fetch_batch(consumer_t *c, natsMsgList *out)
+{
+    jsFetchRequest req;
+    jsFetchRequest_Init(&req); /* Fetch writes into the request: initialise it every time */
+    req.Batch = c->lc->batch_size;
+    req.NoWait = true;
+    natsStatus s = natsSubscription_FetchRequest(out, c->sub, &req);
+    if (s == NATS_OK && out->Count > 0)
+        return NATS_OK;
+    natsMsgList_Destroy(out);
+    if (s != NATS_OK && s != NATS_NOT_FOUND && s != NATS_TIMEOUT)
+        return s;
+    jsFetchRequest_Init(&req);
+    req.Batch = 1;
+    req.Expires = c->lc->fetch_wait_ms * 1000000LL;
+    s = natsSubscription_FetchRequest(out, c->sub, &req);
+    if (s != NATS_OK || out->Count == 0 || c->lc->batch_size == 1)
+        return s;
+    natsMsgList more = {0};
+    jsFetchRequest_Init(&req);
+    req.Batch = c->lc->batch_size - 1;
+    req.NoWait = true;
+    if (natsSubscription_FetchRequest(&more, c->sub, &req) == NATS_OK && more.Count > 0) {
+        natsMsg **all = malloc((size_t)(out->Count + more.Count) * sizeof *all);
+        if (all) { /* both arrays come from nats.c's allocator, which is malloc/free */
+            memcpy(all, out->Msgs, (size_t)out->Count * sizeof *all);
+            memcpy(all + out->Count, more.Msgs, (size_t)more.Count * sizeof *all);
+            free(out->Msgs);
+            free(more.Msgs);
+            out->Msgs = all;
+            out->Count += more.Count;
+            return NATS_OK;
+        }
+    }
+    natsMsgList_Destroy(&more); /* out of memory: these come back after the ack wait */
+    return NATS_OK;
+}
+
 /* The fetcher: pulls the next batch whenever the handoff slot is empty. Owns the subscription. */
 static void *fetch_run(void *arg)
 {
@@ -612,12 +664,8 @@ static void *fetch_run(void *arg)
         if (!c->sub)
             resubscribe(c);
         natsMsgList list = {0};
-        jsFetchRequest req;
-        jsFetchRequest_Init(&req); /* Fetch writes into the request: initialise it every time */
-        req.Batch = c->lc->batch_size;
-        req.Expires = c->lc->fetch_wait_ms * 1000000LL;
         double t0 = clock_mono_s();
-        natsStatus s = natsSubscription_FetchRequest(&list, c->sub, &req);
+        natsStatus s = fetch_batch(c, &list);
         bool got = s == NATS_OK && list.Count > 0;
         bool resub = mes_nats_fetch_watch(c->nats, &watch, c->et, false, got);
         if (got) {
@@ -632,7 +680,7 @@ static void *fetch_run(void *arg)
             resubscribe(c);
             continue;
         }
-        if (s == NATS_TIMEOUT || s == NATS_OK) {
+        if (s == NATS_TIMEOUT || s == NATS_OK || s == NATS_NOT_FOUND) {
             /* nats.c 3.4.1 may return a timeout at once after a previous one: do not spin. */
             if (clock_mono_s() - t0 < 0.005)
                 clock_sleep_ms(10);

@@ -177,22 +177,49 @@ static bool onboardable(const store_item_t *it, char phone[PAYLOAD_MAX_PHONE + 1
     return *plen > 0;
 }
 
-static void row_onboarding(row_t *r, const store_item_t *it)
+/* One onboarding row for the messages order[from..to) of one (agent, phone), in stream order. The first message is
+ * the one that would create the contact: it gives the identity, origin, assigned_to and first_message_*; the tags
+ * are every campaign's tags in stream order (mes_merge_tags dedupes), which is what applying the messages one by
+ * one ends with. */
+static void row_onboarding(row_t *r, const store_scratch_t *s, const store_item_t *items, size_t from, size_t to)
 {
-    const message_upsert_t *m = &it->ev->u.msg;
-    char phone[PAYLOAD_MAX_PHONE + 1];
-    size_t plen = 0;
-    (void)onboardable(it, phone, &plen);
+    uint32_t i = s->order[from];
+    const message_upsert_t *m = &items[i].ev->u.msg;
+    const char *phone = s->phones + (size_t)i * (PAYLOAD_MAX_PHONE + 1);
     key(r, "phone");
-    buf_put_json_str(r->b, phone, plen);
+    buf_put_json_str(r->b, phone, strlen(phone));
     f_str(r, "agent_id", m->agent_id);
     f_str(r, "chat_id", m->chat_id);
     f_str(r, "company_id", m->company_id);
     if (m->has_campaign) {
         f_str(r, "origin", m->campaign_origin);
-        f_str(r, "tags", m->campaign_tags);
         f_str(r, "assigned_to", m->campaign_assigned_to);
+        f_str(r, "first_tags", m->campaign_tags);
     }
+    bool any = false;
+    for (size_t k = from; k < to; k++) {
+        const message_upsert_t *mk = &items[s->order[k]].ev->u.msg;
+        if (!mk->has_campaign || !mk->campaign_tags.p)
+            continue;
+        if (!any)
+            key(r, "tags");
+        /* JSON-escaped pieces joined with commas inside one string literal */
+        buf_t *b = r->b;
+        if (!any)
+            buf_putc(b, '"');
+        else
+            buf_putc(b, ',');
+        size_t before = b->len;
+        buf_put_json_str(b, mk->campaign_tags.p, mk->campaign_tags.len);
+        if (!b->oom && b->len >= before + 2) { /* drop the quotes buf_put_json_str added */
+            memmove(b->data + before, b->data + before + 1, b->len - before - 2);
+            b->len -= 2;
+            b->data[b->len] = '\0';
+        }
+        any = true;
+    }
+    if (any)
+        buf_putc(r->b, '"');
     f_str(r, "message_id", m->message_id);
     f_i64(r, "message_timestamp", m->message_timestamp);
 }
@@ -544,22 +571,42 @@ static bool same_owner(const store_scratch_t *s, uint32_t i, const store_item_t 
            memcmp(p, phone, (size_t)plen) == 0;
 }
 
+static bool same_key(const store_scratch_t *s, const store_item_t *items, uint32_t a, uint32_t b)
+{
+    key_t_ ka = item_key(s, items, a, true), kb = item_key(s, items, b, true);
+    return str_cmp(ka.a, kb.a) == 0 && str_cmp(ka.b, kb.b) == 0;
+}
+
+/* One row (and so one round) per (agent, phone) in the batch, however many of its messages the batch holds. */
 static int write_onboarding(db_conn_t *c, store_item_t *items, size_t n, store_scratch_t *s, uint32_t *idx,
                             db_error_t *err)
 {
     uint32_t rounds = 0;
     size_t m = plan(s, items, n, want_onboarding, NULL, true, &rounds);
     s->onboarding = m;
-    for (uint32_t r = 0; r < rounds; r++) {
-        size_t k = round_items(s, m, r, idx);
-        build_rows(&s->json, items, idx, k, row_onboarding);
-        for (size_t j = 0; j < k; j++)
-            items[idx[j]].onb = ONB_SUCCESS_EXISTS; /* until the create statement says it made the contact */
-        if (send(c, s, ST_ONB_CREATE, OP_ONB_CREATE, DBOP_UPSERT, DBENT_CONTACT, idx, k, err) != 0 ||
-            send(c, s, ST_ONB_MERGE, OP_PLAIN, DBOP_UPDATE, DBENT_CONTACT, idx, k, err) != 0 ||
-            send(c, s, ST_ONB_LOG, OP_PLAIN, DBOP_SAVE, DBENT_ONBOARDING_LOG, idx, k, err) != 0)
-            return -1;
+    if (m == 0)
+        return 0;
+    buf_reset(&s->json);
+    buf_putc(&s->json, '[');
+    size_t k = 0;
+    for (size_t from = 0; from < m;) {
+        size_t to = from + 1;
+        while (to < m && same_key(s, items, s->order[from], s->order[to]))
+            to++;
+        for (size_t j = from; j < to; j++)
+            items[s->order[j]].onb = ONB_SUCCESS_EXISTS; /* until the create statement says it made the contact */
+        row_t r;
+        row_begin(&r, &s->json, s->order[from]);
+        row_onboarding(&r, s, items, from, to);
+        row_end(&r, &items[s->order[from]]);
+        idx[k++] = s->order[from];
+        from = to;
     }
+    buf_putc(&s->json, ']');
+    if (send(c, s, ST_ONB_CREATE, OP_ONB_CREATE, DBOP_UPSERT, DBENT_CONTACT, idx, k, err) != 0 ||
+        send(c, s, ST_ONB_MERGE, OP_PLAIN, DBOP_UPDATE, DBENT_CONTACT, idx, k, err) != 0 ||
+        send(c, s, ST_ONB_LOG, OP_PLAIN, DBOP_SAVE, DBENT_ONBOARDING_LOG, idx, k, err) != 0)
+        return -1;
     return 0;
 }
 

@@ -34,10 +34,18 @@
     " is_group = COALESCE(c.is_group, EXCLUDED.is_group),"                                                        \
     " last_metadata = EXCLUDED.last_metadata, updated_at = now()"
 
+/* The UPDATE ... FROM statements first lock their rows in key order (bytewise, COLLATE "C", the order the C side
+ * sorts a batch in and so the order the upserts insert in): a join may otherwise visit rows in any order and
+ * deadlock with another lane or replica writing the same rows. */
+
 /* chats.update: the chat must exist (RETURNING tells which did). unread_count sets, unread_delta adds (floor 0,
  * computed in bigint and capped to int4 so a hostile delta cannot overflow). */
 #define SQL_CHATS_UPDATE                                                                                          \
-    "UPDATE chats AS c SET"                                                                                       \
+    "WITH r AS MATERIALIZED (SELECT * FROM jsonb_to_recordset($1::jsonb) AS r(i integer, chat_id text,"            \
+    " agent_id text, unread_count integer, unread_delta integer, conversation_timestamp bigint, last_message jsonb," \
+    " meta jsonb)), l AS MATERIALIZED (SELECT k.chat_id FROM chats k WHERE k.chat_id IN (SELECT chat_id FROM r)"     \
+    " ORDER BY k.chat_id COLLATE \"C\" FOR UPDATE)"                                                             \
+    " UPDATE chats AS c SET"                                                                                      \
     " unread_count = CASE WHEN r.unread_count IS NULL AND r.unread_delta IS NULL THEN c.unread_count"            \
     "   ELSE LEAST(2147483647, GREATEST(0, COALESCE(r.unread_count, c.unread_count, 0)::bigint"                    \
     "   + COALESCE(r.unread_delta, 0)))::integer END,"                                                            \
@@ -45,9 +53,7 @@
     " last_message = COALESCE(r.last_message, c.last_message),"                                                   \
     " agent_id = COALESCE(c.agent_id, r.agent_id),"                                                               \
     " last_metadata = r.meta, updated_at = now()"                                                                 \
-    " FROM jsonb_to_recordset($1::jsonb) AS r(i integer, chat_id text, agent_id text, unread_count integer,"      \
-    " unread_delta integer, conversation_timestamp bigint, last_message jsonb, meta jsonb)"                       \
-    " WHERE c.chat_id = r.chat_id RETURNING r.i"
+    " FROM r WHERE c.chat_id = r.chat_id AND c.chat_id IN (SELECT chat_id FROM l) RETURNING r.i"
 
 /* messages.upsert and history messages: status never regresses along the ladder; identity columns stay. */
 #define SQL_MESSAGES_UPSERT                                                                                       \
@@ -79,7 +85,11 @@
 
 /* messages.update: by message_id in any partition; present fields apply, including is_deleted = false. */
 #define SQL_MESSAGES_UPDATE                                                                                       \
-    "UPDATE messages AS m SET"                                                                                    \
+    "WITH r AS MATERIALIZED (SELECT * FROM jsonb_to_recordset($1::jsonb) AS r(i integer, message_id text,"         \
+    " status text, message_url text, edited_message_obj jsonb, is_deleted boolean, meta jsonb)),"                 \
+    " l AS MATERIALIZED (SELECT k.message_id FROM messages k WHERE k.message_id IN (SELECT message_id FROM r)"     \
+    " ORDER BY k.message_id COLLATE \"C\", k.message_date FOR UPDATE)"                                          \
+    " UPDATE messages AS m SET"                                                                                   \
     " status = CASE WHEN r.status IS NULL THEN m.status"                                                          \
     "   WHEN mes_status_rank(r.status) > 0 AND mes_status_rank(r.status) < mes_status_rank(m.status)"              \
     "   THEN m.status ELSE r.status END,"                                                                         \
@@ -87,9 +97,7 @@
     " edited_message_obj = COALESCE(r.edited_message_obj, m.edited_message_obj),"                                 \
     " is_deleted = COALESCE(r.is_deleted, m.is_deleted),"                                                         \
     " last_metadata = r.meta, updated_at = now()"                                                                 \
-    " FROM jsonb_to_recordset($1::jsonb) AS r(i integer, message_id text, status text, message_url text,"         \
-    " edited_message_obj jsonb, is_deleted boolean, meta jsonb)"                                                  \
-    " WHERE m.message_id = r.message_id RETURNING r.i"
+    " FROM r WHERE m.message_id = r.message_id AND m.message_id IN (SELECT message_id FROM l) RETURNING r.i"
 
 /* contacts.upsert and history contacts: identity (agent_id, normalised phone); a fresh UUID on insert. */
 #define SQL_CONTACTS_UPSERT                                                                                       \
@@ -105,12 +113,16 @@
     " last_metadata = EXCLUDED.last_metadata, updated_at = now()"
 
 #define SQL_CONTACTS_UPDATE                                                                                       \
-    "UPDATE contacts AS c SET"                                                                                    \
+    "WITH r AS MATERIALIZED (SELECT * FROM jsonb_to_recordset($1::jsonb) AS r(i integer, phone_number text,"      \
+    " agent_id text, chat_id text, push_name text, meta jsonb)),"                                                 \
+    " l AS MATERIALIZED (SELECT k.id FROM contacts k JOIN r ON k.agent_id = r.agent_id"                           \
+    " AND k.phone_number = r.phone_number ORDER BY k.agent_id COLLATE \"C\", k.phone_number COLLATE \"C\""     \
+    " FOR UPDATE OF k)"                                                                                           \
+    " UPDATE contacts AS c SET"                                                                                   \
     " chat_id = COALESCE(r.chat_id, c.chat_id), push_name = COALESCE(r.push_name, c.push_name),"                  \
     " last_metadata = r.meta, updated_at = now()"                                                                 \
-    " FROM jsonb_to_recordset($1::jsonb) AS r(i integer, phone_number text, agent_id text, chat_id text,"         \
-    " push_name text, meta jsonb)"                                                                                \
-    " WHERE c.agent_id = r.agent_id AND c.phone_number = r.phone_number RETURNING r.i"
+    " FROM r WHERE c.agent_id = r.agent_id AND c.phone_number = r.phone_number AND c.id IN (SELECT id FROM l)"    \
+    " RETURNING r.i"
 
 /* connection.update, step 1: new agents, absent optional strings stored as '' (never NULL). Step 2 then applies
  * present fields to every agent of the batch. Two statements (not one upsert) because an upsert cannot tell an
@@ -127,27 +139,33 @@
     " ON CONFLICT (agent_id) DO NOTHING"
 
 #define SQL_AGENTS_UPDATE                                                                                         \
-    "UPDATE agents AS a SET"                                                                                      \
+    "WITH r AS MATERIALIZED (SELECT * FROM jsonb_to_recordset($1::jsonb) AS r(agent_id text, qr_code text,"       \
+    " status text, agent_name text, phone_number text, host_name text, version text, company_id text, meta jsonb)),"\
+    " l AS MATERIALIZED (SELECT k.agent_id FROM agents k WHERE k.agent_id IN (SELECT agent_id FROM r)"             \
+    " ORDER BY k.agent_id COLLATE \"C\" FOR UPDATE)"                                                            \
+    " UPDATE agents AS a SET"                                                                                     \
     " qr_code = COALESCE(r.qr_code, a.qr_code), status = COALESCE(r.status, a.status),"                           \
     " agent_name = COALESCE(r.agent_name, a.agent_name), phone_number = COALESCE(r.phone_number, a.phone_number)," \
     " host_name = COALESCE(r.host_name, a.host_name), version = COALESCE(r.version, a.version),"                  \
     " company_id = COALESCE(a.company_id, r.company_id), last_metadata = r.meta, updated_at = now()"              \
-    " FROM jsonb_to_recordset($1::jsonb) AS r(agent_id text, qr_code text, status text, agent_name text,"         \
-    " phone_number text, host_name text, version text, company_id text, meta jsonb)"                              \
-    " WHERE a.agent_id = r.agent_id"
+    " FROM r WHERE a.agent_id = r.agent_id AND a.agent_id IN (SELECT agent_id FROM l)"
 
-/* Onboarding (SPEC 6), same transaction as the messages. Step 1 creates missing contacts and says which; step 2
+/* Onboarding (SPEC 6), same transaction as the messages, one row per (agent, phone) of the batch: first_tags are the
+ * campaign tags of its first message (what creating the contact uses), tags those of all its messages in stream
+ * order (what later messages merge in). Step 1 creates missing contacts and says which; step 2
  * merges campaign tags and fills empty origin/first_message_* of existing ones (no write when nothing changes);
  * step 3 logs the first message per (agent, phone). */
 #define SQL_ONB_RECORDSET                                                                                         \
     " FROM jsonb_to_recordset($1::jsonb) AS r(phone text, agent_id text, chat_id text, company_id text,"          \
-    " origin text, tags text, assigned_to text, message_id text, message_timestamp bigint, meta jsonb)"
+    " origin text, first_tags text, tags text, assigned_to text, message_id text, message_timestamp bigint,"      \
+    " meta jsonb)"
 
 #define SQL_ONB_CREATE                                                                                            \
     "INSERT INTO contacts (id, phone_number, agent_id, chat_id, company_id, origin, tags, assigned_to,"           \
     " first_message_id, first_message_timestamp, status, last_metadata, created_at, updated_at)"                 \
     " SELECT gen_random_uuid()::text, r.phone, r.agent_id, r.chat_id, r.company_id,"                              \
-    " COALESCE(NULLIF(r.origin, ''), 'DirectChat'), COALESCE(mes_merge_tags(NULL, r.tags), 'Onboarded'),"         \
+    " COALESCE(NULLIF(r.origin, ''), 'DirectChat'),"                                                              \
+    " mes_merge_tags(COALESCE(mes_merge_tags(NULL, r.first_tags), 'Onboarded'), r.tags),"                         \
     " r.assigned_to, r.message_id, r.message_timestamp, 'ACTIVE', r.meta, now(), now()" SQL_ONB_RECORDSET         \
     " ON CONFLICT (agent_id, phone_number) DO NOTHING RETURNING agent_id, phone_number"
 

@@ -299,3 +299,31 @@ TEST(metrics_counters_equal_the_events_sent_in_a_known_mix)
     CHECK_EQ_INT(h_metric(S.http_port, "message_event_service_event_processing_actions_total{event_type=\"v1.chats.upsert\",company_id=\"acme\",consumer_type=\"realtime\",action=\"dlq_published_ack_success\",error_type=\"unmarshal\"}"), 1);
     CHECK_EQ_INT(h_metric(S.http_port, "message_event_service_event_processing_actions_total{event_type=\"v1.chats.update\",company_id=\"acme\",consumer_type=\"realtime\",action=\"dlq_published_ack_success\",error_type=\"not_found\"}"), 1);
 }
+
+TEST(onboarding_burst_in_one_batch_ends_like_one_by_one)
+{
+    /* Publish before the service starts so all of it lands in one batch. */
+    REQUIRE(h_nats_start(&N) && h_pg_start(&P) && h_streams_create(&N));
+    char buf[512];
+    for (int i = 0; i < 5; i++) {
+        snprintf(buf, sizeof buf,
+                 "{\"message_id\":\"b%d\",\"chat_id\":\"c\",\"jid\":\"j\",\"agent_id\":\"ag\",\"flow\":\"IN\","
+                 "\"from_phone\":\"62888\",\"message_timestamp\":%d%s}",
+                 i, 1700000100 + i,
+                 i == 2   ? ",\"campaign\":{\"tags\":\"promo, vip\",\"origin\":\"Ads\",\"assigned_to\":\"x\"}"
+                 : i == 4 ? ",\"campaign\":{\"tags\":\"vip,late\"}"
+                          : "");
+        REQUIRE(it_pub("v1.messages.upsert", CO, buf, NULL));
+    }
+    REQUIRE(h_svc_start(&S, CO, &N, &P, NO_ENV));
+    REQUIRE(h_svc_wait_ready(&S, 60000));
+    CHECK_EQ_INT(h_pg_wait_int(&P, 5, 20000, "SELECT count(*) FROM " SCH ".messages"), 5);
+    char *row = h_pg_str(&P, "SELECT concat_ws('|', count(*) OVER (), origin, tags, coalesce(assigned_to, '-'), first_message_id,"
+                             " first_message_timestamp) FROM " SCH ".contacts");
+    /* One by one: b0 creates (no campaign), b2 and b4 merge their tags; origin was already set by b0. */
+    CHECK_EQ_STR(row, "1|DirectChat|Onboarded,promo,vip,late|-|b0|1700000100");
+    free(row);
+    CHECK_EQ_INT(h_pg_int(&P, "SELECT count(*) FROM " SCH ".onboarding_log WHERE message_id = 'b0'"), 1);
+    CHECK_EQ_INT(h_metric(S.http_port, "onboarding_tasks_processed_total{company_id=\"acme\",status=\"success_created\"}"), 1);
+    CHECK_EQ_INT(h_metric(S.http_port, "onboarding_tasks_processed_total{company_id=\"acme\",status=\"success_exists\"}"), 4);
+}
