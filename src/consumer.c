@@ -13,6 +13,9 @@
 #include "log.h"
 #include "metrics.h"
 
+/* Rows per transaction at most (a single message with more items still goes in one transaction of its own). */
+#define MAX_TX_ITEMS 1024
+
 /* What happens to one message once its batch has been decided. */
 typedef enum { OUT_ACK = 0, OUT_DLQ, OUT_RETRY, OUT_LEAVE } outcome_t;
 
@@ -29,6 +32,7 @@ typedef struct {
     double t_recv;
     uint32_t first_item; /* its store items: [first_item, first_item + n_items) */
     uint32_t n_items;
+    bool committed; /* its items are in a committed transaction */
     outcome_t out;
     error_class_t cls;
     bool retryable;
@@ -514,6 +518,42 @@ done:
     s->msg = NULL;
 }
 
+/* Commits the items of slots [from, to) in one transaction; on failure applies them message by message so one bad
+ * event does not fail its neighbours. Returns -1 when stopping with the database down, else 0. */
+static int commit_chunk(consumer_t *c, size_t from, size_t to, size_t held)
+{
+    db_error_t err;
+    int rc = commit_range(c, from, to, held, &err);
+    if (rc == 0) {
+        for (size_t i = from; i < to; i++)
+            if (c->slots[i].out == OUT_ACK) {
+                c->slots[i].committed = true;
+                committed_slot(c, &c->slots[i]);
+            }
+        return 0;
+    }
+    if (rc == -1)
+        return -1;
+    if (to - from > 1)
+        log_warn("consumer", "batch failed; applying its events one by one", LF_S("durable", c->durable),
+                 LF_S("error", err.message), LF_I("batch", (long long)(to - from)));
+    for (size_t i = from; i < to; i++) {
+        slot_t *s = &c->slots[i];
+        if (s->out != OUT_ACK || s->n_items == 0)
+            continue;
+        rc = to - from > 1 ? commit_range(c, i, i + 1, held, &err) : 1;
+        if (rc == -1)
+            return -1;
+        if (rc == 0) {
+            s->committed = true;
+            committed_slot(c, s);
+        } else {
+            fail_slot(c, s, &err);
+        }
+    }
+    return 0;
+}
+
 static void process_batch(consumer_t *c, natsMsg **msgs, size_t n, double fetch_s)
 {
     char processed_at[40];
@@ -533,32 +573,22 @@ static void process_batch(consumer_t *c, natsMsg **msgs, size_t n, double fetch_
         metrics_consumer_pending_set(c->et, c->slots[n - 1].md->NumPending);
 
     double t_prepared = clock_mono_s();
-    db_error_t err;
-    int rc = commit_range(c, 0, n, n, &err);
-    double t_committed = clock_mono_s();
-    if (rc == 1) {
-        /* Isolate: one bad event must not fail its neighbours; apply the batch message by message. */
-        log_warn("consumer", "batch failed; applying its events one by one", LF_S("durable", c->durable),
-                 LF_S("error", err.message), LF_I("batch", (long long)n));
-        for (size_t i = 0; i < n && rc != -1; i++) {
-            if (c->slots[i].out != OUT_ACK || c->slots[i].n_items == 0)
-                continue;
-            rc = commit_range(c, i, i + 1, n, &err);
-            if (rc == 0)
-                committed_slot(c, &c->slots[i]);
-            else if (rc == 1)
-                fail_slot(c, &c->slots[i], &err);
-        }
-    } else if (rc == 0) {
-        for (size_t i = 0; i < n; i++)
-            if (c->slots[i].out == OUT_ACK)
-                committed_slot(c, &c->slots[i]);
+    /* Commit in chunks of at most MAX_TX_ITEMS rows: a fetched history batch can hold thousands of items, and one
+     * huge transaction would hold its row locks long enough to stall every other lane writing the same rows. */
+    int rc = 0;
+    for (size_t from = 0; from < n && rc != -1;) {
+        size_t to = from, rows = 0;
+        while (to < n && (to == from || rows + c->slots[to].n_items <= MAX_TX_ITEMS))
+            rows += c->slots[to++].n_items;
+        rc = commit_chunk(c, from, to, n);
+        from = to;
     }
-    if (rc == -1) { /* stopping while the database is down: nothing was committed; leave for redelivery */
+    if (rc == -1) { /* stopping while the database is down: what was not committed stays unacked */
         for (size_t i = 0; i < n; i++)
-            if (c->slots[i].out == OUT_ACK && c->slots[i].n_items > 0)
+            if (c->slots[i].out == OUT_ACK && c->slots[i].n_items > 0 && !c->slots[i].committed)
                 c->slots[i].out = OUT_LEAVE;
     }
+    double t_committed = clock_mono_s();
     for (size_t i = 0; i < n; i++)
         finish(c, &c->slots[i]);
     /* Where a batch's time goes (for tuning; debug level costs nothing otherwise). */
