@@ -11,9 +11,8 @@
  * it). Allocations are counted by interposing malloc & co. (glibc __libc_* entry points), only inside the timed
  * repetitions, after a warm-up, so they are steady-state allocations per event.
  *
- * NOTE: the last_metadata builder (consumer.c build_meta) and the row builders (store/batch.c plan, build_rows,
- * row_*) are file-static in src/, so this file carries a FAITHFUL REIMPLEMENTATION of them (marked below). Replace it
- * with a call to a public store function (e.g. store_build_params) once one exists. */
+ * It calls the service's own code for all of it: consumer_build_meta and store_build_statements (the same planning
+ * and row building store_commit sends), so what is measured is what runs. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +20,7 @@
 
 #include "buf.h"
 #include "clock.h"
+#include "consumer.h"
 #include "event.h"
 #include "payload.h"
 #include "store.h"
@@ -147,403 +147,48 @@ static bool route_ok(const char *subject, event_type_t et)
     return dot && event_type_from_base(subject, (size_t)(dot - subject)) == et && strcmp(dot + 1, COMPANY) == 0;
 }
 
-/* REIMPLEMENTATION of consumer.c build_meta (static there); the stream metadata values are stand-ins. */
-static void build_meta(arena_t *arena, slot_t *s, const char *subject, uint64_t seq, const char *processed_at)
+/* last_metadata as the consumer builds it (consumer_build_meta into a reused buffer, copied into the arena). */
+static void build_meta(arena_t *arena, buf_t *b, slot_t *s, const char *subject, uint64_t seq, const char *processed_at)
 {
-    static const char stream[] = "wa_events_stream", consumer[] = "message-event-service-bench";
-    buf_t b;
-    buf_init(&b);
-    buf_puts(&b, "{\"stream\":");
-    buf_put_json_str(&b, stream, strlen(stream));
-    buf_printf(&b, ",\"stream_sequence\":%llu,\"consumer\":", (unsigned long long)seq);
-    buf_put_json_str(&b, consumer, strlen(consumer));
-    buf_printf(&b, ",\"consumer_sequence\":%llu,\"message_id\":", (unsigned long long)seq);
-    buf_put_json_str(&b, s->msg_id, strlen(s->msg_id));
-    buf_puts(&b, ",\"message_subject\":");
-    buf_put_json_str(&b, subject, strlen(subject));
-    buf_printf(&b, ",\"processed_at\":\"%s\"}", processed_at);
-    s->meta = b.oom ? "{}" : arena_strndup(arena, b.data, b.len);
+    buf_reset(b);
+    consumer_build_meta(b, "wa_events_stream", seq, "wa_listener_acme_bench", seq, s->msg_id, subject, processed_at);
+    s->meta = b->oom ? NULL : arena_strndup(arena, b->data, b->len);
     if (!s->meta)
         s->meta = "{}";
     s->meta_len = (uint32_t)strlen(s->meta);
-    buf_free(&b);
 }
 
-/* ==== BEGIN REIMPLEMENTATION of src/store/batch.c (plan, build_rows, row_*; static there). Keep in sync. ========= */
-
+/* Counts what store_build_statements emits. */
 typedef struct {
-    buf_t *b;
-    bool first;
-} row_t;
+    size_t bytes, statements;
+} emitted_t;
 
-static void key(row_t *r, const char *k)
+static void count_stmt(void *arg, const char *stmt, const char *json, size_t len)
 {
-    if (!r->first)
-        buf_putc(r->b, ',');
-    r->first = false;
-    buf_putc(r->b, '"');
-    buf_puts(r->b, k);
-    buf_puts(r->b, "\":");
+    emitted_t *e = arg;
+    (void)stmt;
+    (void)json;
+    e->bytes += len;
+    e->statements++;
 }
-
-static void f_str(row_t *r, const char *k, str_t v)
-{
-    if (!v.p)
-        return;
-    key(r, k);
-    buf_put_json_str(r->b, v.p, v.len);
-}
-
-static void f_raw(row_t *r, const char *k, str_t v)
-{
-    if (!v.p)
-        return;
-    key(r, k);
-    buf_append(r->b, v.p, v.len);
-}
-
-static void f_i64(row_t *r, const char *k, opt_i64_t v)
-{
-    if (!v.set)
-        return;
-    key(r, k);
-    buf_put_i64(r->b, v.v);
-}
-
-static void f_tri(row_t *r, const char *k, tri_t v)
-{
-    if (v == TRI_UNSET)
-        return;
-    key(r, k);
-    buf_puts(r->b, v == TRI_TRUE ? "true" : "false");
-}
-
-static void row_chat(row_t *r, const store_item_t *it)
-{
-    const chat_upsert_t *c = &it->ev->u.chat;
-    f_str(r, "chat_id", c->chat_id);
-    f_str(r, "jid", c->jid);
-    f_str(r, "push_name", c->push_name);
-    f_tri(r, "is_group", c->is_group);
-    f_str(r, "group_name", c->group_name);
-    f_i64(r, "unread_count", c->unread_count);
-    f_raw(r, "last_message", c->last_message);
-    f_i64(r, "conversation_timestamp", c->conversation_timestamp);
-    f_tri(r, "not_spam", c->not_spam);
-    f_str(r, "agent_id", c->agent_id);
-    f_str(r, "company_id", c->company_id);
-    f_str(r, "phone_number", c->phone_number);
-    f_str(r, "custom_name", c->custom_name);
-}
-
-static void row_chat_update(row_t *r, const store_item_t *it)
-{
-    const chat_update_t *c = &it->ev->u.chat_update;
-    f_str(r, "chat_id", c->chat_id);
-    f_str(r, "agent_id", c->agent_id);
-    f_i64(r, "unread_count", c->unread_count);
-    f_i64(r, "unread_delta", c->unread_delta);
-    f_i64(r, "conversation_timestamp", c->conversation_timestamp);
-    f_raw(r, "last_message", c->last_message);
-}
-
-static void row_message(row_t *r, const store_item_t *it)
-{
-    const message_upsert_t *m = &it->ev->u.msg;
-    char date[11];
-    f_str(r, "message_id", m->message_id);
-    f_str(r, "from_phone", m->from_phone);
-    f_str(r, "to_phone", m->to_phone);
-    f_str(r, "chat_id", m->chat_id);
-    f_str(r, "jid", m->jid);
-    f_str(r, "message_text", m->message_text);
-    f_str(r, "message_url", m->message_url);
-    f_str(r, "message_type", m->message_type);
-    f_str(r, "company_id", m->company_id);
-    f_raw(r, "key", m->key);
-    f_raw(r, "message_obj", m->message_obj);
-    f_str(r, "flow", m->flow);
-    f_str(r, "agent_id", m->agent_id);
-    f_str(r, "status", m->status);
-    f_i64(r, "message_timestamp", m->message_timestamp);
-    days_to_date(m->message_date, date);
-    key(r, "message_date");
-    buf_putc(r->b, '"');
-    buf_puts(r->b, date);
-    buf_putc(r->b, '"');
-}
-
-static void row_message_update(row_t *r, const store_item_t *it)
-{
-    const message_update_t *m = &it->ev->u.msg_update;
-    f_str(r, "message_id", m->message_id);
-    f_str(r, "status", m->status);
-    f_str(r, "message_url", m->message_url);
-    f_raw(r, "edited_message_obj", m->edited_message_obj);
-    f_tri(r, "is_deleted", m->is_deleted);
-}
-
-static void row_contact(row_t *r, const store_item_t *it)
-{
-    const contact_t *c = &it->ev->u.contact;
-    f_str(r, "phone_number", c->phone_number);
-    f_str(r, "agent_id", c->agent_id);
-    f_str(r, "chat_id", c->chat_id);
-    f_str(r, "push_name", c->push_name);
-    f_str(r, "company_id", c->company_id);
-}
-
-static void row_agent(row_t *r, const store_item_t *it)
-{
-    const agent_t *a = &it->ev->u.agent;
-    f_str(r, "agent_id", a->agent_id);
-    f_str(r, "qr_code", a->qr_code);
-    f_str(r, "status", a->status);
-    f_str(r, "agent_name", a->agent_name);
-    f_str(r, "phone_number", a->phone_number);
-    f_str(r, "host_name", a->host_name);
-    f_str(r, "version", a->version);
-    f_str(r, "company_id", a->company_id);
-}
-
-static bool onboardable(const store_item_t *it, char phone[PAYLOAD_MAX_PHONE + 1], size_t *plen)
-{
-    const message_upsert_t *m = &it->ev->u.msg;
-    if (!it->onboard || !m->flow.p || m->flow.len != 2 || memcmp(m->flow.p, "IN", 2) != 0 || !m->from_phone.p)
-        return false;
-    size_t n = m->from_phone.len > PAYLOAD_MAX_PHONE ? PAYLOAD_MAX_PHONE : m->from_phone.len;
-    *plen = phone_normalize(m->from_phone.p, n, phone);
-    phone[*plen] = '\0';
-    return *plen > 0;
-}
-
-static void row_onboarding(row_t *r, const store_item_t *it)
-{
-    const message_upsert_t *m = &it->ev->u.msg;
-    char phone[PAYLOAD_MAX_PHONE + 1];
-    size_t plen = 0;
-    (void)onboardable(it, phone, &plen);
-    key(r, "phone");
-    buf_put_json_str(r->b, phone, plen);
-    f_str(r, "agent_id", m->agent_id);
-    f_str(r, "chat_id", m->chat_id);
-    f_str(r, "company_id", m->company_id);
-    if (m->has_campaign) {
-        f_str(r, "origin", m->campaign_origin);
-        f_str(r, "tags", m->campaign_tags);
-        f_str(r, "assigned_to", m->campaign_assigned_to);
-    }
-    f_str(r, "message_id", m->message_id);
-    f_i64(r, "message_timestamp", m->message_timestamp);
-}
-
-typedef struct {
-    str_t a, b;
-} ikey_t;
-
-static ikey_t item_key(const store_scratch_t *s, const store_item_t *items, uint32_t i, bool onboarding)
-{
-    const event_t *ev = items[i].ev;
-    ikey_t k = {{NULL, 0}, {NULL, 0}};
-    if (onboarding) {
-        k.a = ev->u.msg.agent_id;
-        k.b.p = s->phones + (size_t)i * (PAYLOAD_MAX_PHONE + 1);
-        k.b.len = (uint32_t)strlen(k.b.p);
-        return k;
-    }
-    switch (ev->type) {
-    case ET_CHATS_UPSERT:
-        k.a = ev->u.chat.chat_id;
-        break;
-    case ET_CHATS_UPDATE:
-        k.a = ev->u.chat_update.chat_id;
-        break;
-    case ET_MESSAGES_UPSERT:
-        k.a = ev->u.msg.message_id;
-        k.b.p = (const char *)&ev->u.msg.message_date;
-        k.b.len = sizeof ev->u.msg.message_date;
-        break;
-    case ET_MESSAGES_UPDATE:
-        k.a = ev->u.msg_update.message_id;
-        break;
-    case ET_CONTACTS_UPSERT:
-    case ET_CONTACTS_UPDATE:
-        k.a = ev->u.contact.agent_id;
-        k.b = ev->u.contact.phone_number;
-        break;
-    case ET_CONNECTION_UPDATE:
-        k.a = ev->u.agent.agent_id;
-        break;
-    default:
-        break;
-    }
-    return k;
-}
-
-static int str_cmp(str_t x, str_t y)
-{
-    size_t n = x.len < y.len ? x.len : y.len;
-    int c = n ? memcmp(x.p, y.p, n) : 0;
-    if (c)
-        return c;
-    return x.len < y.len ? -1 : x.len > y.len;
-}
-
-typedef struct {
-    const store_scratch_t *s;
-    const store_item_t *items;
-    bool onboarding;
-} sort_ctx_t;
-
-static int cmp_items(const void *pa, const void *pb, void *arg)
-{
-    const sort_ctx_t *ctx = arg;
-    uint32_t ia = *(const uint32_t *)pa, ib = *(const uint32_t *)pb;
-    ikey_t ka = item_key(ctx->s, ctx->items, ia, ctx->onboarding), kb = item_key(ctx->s, ctx->items, ib, ctx->onboarding);
-    int c = str_cmp(ka.a, kb.a);
-    if (!c)
-        c = str_cmp(ka.b, kb.b);
-    if (!c)
-        c = ia < ib ? -1 : ia > ib;
-    return c;
-}
-
-static bool scratch_grow(store_scratch_t *s, size_t n)
-{
-    if (n <= s->cap)
-        return true;
-    size_t cap = s->cap ? s->cap : 256;
-    while (cap < n)
-        cap *= 2;
-    uint32_t *o = realloc(s->order, cap * sizeof *o);
-    if (!o)
-        return false;
-    s->order = o;
-    uint32_t *r = realloc(s->round, cap * sizeof *r);
-    if (!r)
-        return false;
-    s->round = r;
-    char *ph = realloc(s->phones, cap * (PAYLOAD_MAX_PHONE + 1));
-    if (!ph)
-        return false;
-    s->phones = ph;
-    s->cap = cap;
-    return true;
-}
-
-typedef void (*row_fn)(row_t *r, const store_item_t *it);
-
-static void build_rows(buf_t *b, const store_item_t *items, const uint32_t *idx, size_t n, row_fn fn)
-{
-    buf_reset(b);
-    buf_putc(b, '[');
-    for (size_t k = 0; k < n; k++) {
-        row_t r = {b, true};
-        if (b->len > 1)
-            buf_putc(b, ',');
-        buf_puts(b, "{\"i\":");
-        buf_put_i64(b, idx[k]);
-        r.first = false;
-        fn(&r, &items[idx[k]]);
-        key(&r, "meta");
-        buf_append(b, items[idx[k]].meta, items[idx[k]].meta_len);
-        buf_putc(b, '}');
-    }
-    buf_putc(b, ']');
-}
-
-static size_t plan(store_scratch_t *s, const store_item_t *items, size_t n, event_type_t type, bool onboarding,
-                   uint32_t *rounds)
-{
-    size_t m = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (onboarding) {
-            char phone[PAYLOAD_MAX_PHONE + 1];
-            size_t plen;
-            if (items[i].ev->type != ET_MESSAGES_UPSERT || !onboardable(&items[i], phone, &plen))
-                continue;
-            (void)onboardable(&items[i], s->phones + i * (PAYLOAD_MAX_PHONE + 1), &plen);
-        } else if (items[i].ev->type != type) {
-            continue;
-        }
-        s->order[m++] = (uint32_t)i;
-    }
-    sort_ctx_t ctx = {s, items, onboarding};
-    qsort_r(s->order, m, sizeof *s->order, cmp_items, &ctx);
-    uint32_t maxr = 0;
-    for (size_t k = 0; k < m; k++) {
-        uint32_t r = 0;
-        if (k > 0) {
-            ikey_t a = item_key(s, items, s->order[k - 1], onboarding), b = item_key(s, items, s->order[k], onboarding);
-            if (str_cmp(a.a, b.a) == 0 && str_cmp(a.b, b.b) == 0)
-                r = s->round[k - 1] + 1;
-        }
-        s->round[k] = r;
-        if (r + 1 > maxr)
-            maxr = r + 1;
-    }
-    *rounds = maxr;
-    return m;
-}
-
-static size_t round_items(const store_scratch_t *s, size_t m, uint32_t r, uint32_t *idx)
-{
-    size_t k = 0;
-    for (size_t j = 0; j < m; j++)
-        if (s->round[j] == r)
-            idx[k++] = s->order[j];
-    return k;
-}
-
-static const struct {
-    event_type_t type;
-    row_fn row;
-    int statements; /* statements that take the same $1 (connection.update: insert + update) */
-} writers[] = {
-    {ET_CHATS_UPSERT, row_chat, 1},    {ET_CHATS_UPDATE, row_chat_update, 1}, {ET_MESSAGES_UPSERT, row_message, 1},
-    {ET_MESSAGES_UPDATE, row_message_update, 1}, {ET_CONTACTS_UPSERT, row_contact, 1},
-    {ET_CONTACTS_UPDATE, row_contact, 1}, {ET_CONNECTION_UPDATE, row_agent, 2},
-};
 
 /* Builds every statement parameter of store_commit for items[0..n); returns the bytes built (so nothing is dead
  * code to the optimiser) and counts the statements the store would execute (BEGIN/COMMIT excluded). */
 static size_t store_params(store_item_t *items, size_t n, store_scratch_t *s, size_t *statements)
 {
-    size_t bytes = 0;
-    if (n == 0 || !scratch_grow(s, n))
+    emitted_t e = {0, 0};
+    if (store_build_statements(items, n, s, count_stmt, &e) != 0)
         return 0;
-    uint32_t *idx = malloc(n * sizeof *idx); /* as store_commit does, once per batch */
-    if (!idx)
-        return 0;
-    for (size_t w = 0; w < sizeof writers / sizeof writers[0]; w++) {
-        uint32_t rounds = 0;
-        size_t m = plan(s, items, n, writers[w].type, false, &rounds);
-        for (uint32_t r = 0; m && r < rounds; r++) {
-            size_t k = round_items(s, m, r, idx);
-            build_rows(&s->json, items, idx, k, writers[w].row);
-            bytes += s->json.len;
-            *statements += (size_t)writers[w].statements;
-        }
-    }
-    uint32_t rounds = 0;
-    size_t m = plan(s, items, n, ET_MESSAGES_UPSERT, true, &rounds);
-    for (uint32_t r = 0; r < rounds; r++) {
-        size_t k = round_items(s, m, r, idx);
-        build_rows(&s->json, items, idx, k, row_onboarding);
-        bytes += s->json.len;
-        *statements += 3; /* create, merge, log */
-    }
-    free(idx);
-    return bytes;
+    *statements += e.statements;
+    return e.bytes;
 }
-
-/* ==== END REIMPLEMENTATION ========================================================================================= */
 
 /* ---- the benchmark ---------------------------------------------------------------------------------------------- */
 
 typedef struct {
     payload_ctx_t ctx;
     store_scratch_t scratch;
+    buf_t metabuf;
     slot_t *slots;
     store_item_t *items;
     size_t items_cap;
@@ -565,7 +210,7 @@ static void run_batch(bench_t *b, const pool_t *p, size_t start, size_t n, bool 
         memset(&s->ev, 0, sizeof s->ev);
         if (full) {
             snprintf(s->msg_id, sizeof s->msg_id, "%s", p->msg_id[i]);
-            build_meta(b->ctx.arena, s, p->subject[i], start + k + 1, processed_at);
+            build_meta(b->ctx.arena, &b->metabuf, s, p->subject[i], start + k + 1, processed_at);
         }
         if (!route_ok(p->subject[i], p->et)) {
             s->ev.err = ERR_VALIDATION;
@@ -701,6 +346,7 @@ int main(int argc, char **argv)
     bench_t b;
     memset(&b, 0, sizeof b);
     store_scratch_init(&b.scratch);
+    buf_init(&b.metabuf);
     b.slots = calloc(RT_BATCH, sizeof *b.slots);
     if (!b.slots || payload_ctx_init(&b.ctx, COMPANY) != 0) {
         fprintf(stderr, "bench-micro: out of memory\n");
@@ -755,6 +401,7 @@ int main(int argc, char **argv)
     fprintf(stderr, "%s", b.sink ? "" : "bench-micro: nothing built?\n");
     payload_ctx_free(&b.ctx);
     store_scratch_free(&b.scratch);
+    buf_free(&b.metabuf);
     free(b.items);
     free(b.slots);
     return 0;

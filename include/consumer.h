@@ -8,6 +8,7 @@
 
 #include <nats/nats.h>
 
+#include "buf.h"
 #include "config.h"
 #include "db.h"
 #include "event.h"
@@ -28,6 +29,11 @@ bool consumer_subscribed(const consumer_t *c);
 bool consumer_join(consumer_t *c, int64_t deadline_ms);
 void consumer_destroy(consumer_t *c); /* NULL-safe; only after a successful join (or if never started) */
 event_type_t consumer_event_type(const consumer_t *c);
+
+/* last_metadata (SPEC 3.1) of a NATS message, appended to b: stream, sequences, consumer, message id, subject and
+ * processed_at. Allocation-free once b has grown (exposed for the handler microbenchmark). */
+void consumer_build_meta(buf_t *b, const char *stream, uint64_t stream_seq, const char *consumer, uint64_t consumer_seq,
+                         const char *msg_id, const char *subject, const char *processed_at);
 
 /* Backoff of SPEC 4: min(base * 2^(n-1), max) with +-20% jitter, n = delivery count (>= 1). */
 int64_t consumer_backoff_ms(int64_t base_ms, int64_t max_ms, int n, bool jitter);

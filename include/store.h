@@ -40,6 +40,9 @@ typedef struct {
     uint32_t *opidx; /* the items of each queued statement */
     size_t nopidx, opidx_cap;
     size_t onboarding; /* onboarding items of the batch in flight (for the queue gauge) */
+    /* When set, statements go to emit instead of PostgreSQL (store_build_statements). */
+    void (*emit)(void *arg, const char *stmt, const char *json, size_t len);
+    void *emit_arg;
     uint32_t *order; /* index scratch */
     uint32_t *round;
     char *phones; /* cap slots of PAYLOAD_MAX_PHONE + 1: normalised onboarding phones */
@@ -58,6 +61,11 @@ void store_scratch_free(store_scratch_t *s);
  */
 int store_commit(db_conn_t *c, store_item_t *items, size_t n, store_scratch_t *s, db_error_t *err)
     __attribute__((warn_unused_result));
+
+/* Plans and builds every statement store_commit would send for items (same sorting, rounds, onboarding rows and $1
+ * JSON), handing each to emit instead of a database: for the handler microbenchmark. Returns 0, -1 on OOM. */
+int store_build_statements(store_item_t *items, size_t n, store_scratch_t *s,
+                           void (*emit)(void *arg, const char *stmt, const char *json, size_t len), void *arg);
 
 /* One exhausted DLQ record (SPEC 5.2). Strings are NUL-terminated; original_json may be NULL (non-JSON original). */
 typedef struct {

@@ -66,6 +66,7 @@ struct consumer {
     payload_ctx_t pctx;
     store_scratch_t scratch;
     buf_t dlqbuf;
+    buf_t metabuf; /* last_metadata scratch, reused per message */
     slot_t *slots;
     store_item_t *items;
     size_t items_cap;
@@ -120,6 +121,7 @@ consumer_t *consumer_create(const config_t *cfg, mes_nats_t *nats, event_type_t 
     mes_nats_consumer_names(cfg, et, false, c->durable, sizeof c->durable, c->filter, sizeof c->filter);
     store_scratch_init(&c->scratch);
     buf_init(&c->dlqbuf);
+    buf_init(&c->metabuf);
     pthread_mutex_init(&c->ho_mu, NULL);
     pthread_cond_init(&c->ho_cv, NULL);
     c->slots = calloc((size_t)c->lc->batch_size, sizeof *c->slots);
@@ -142,6 +144,7 @@ void consumer_destroy(consumer_t *c)
     payload_ctx_free(&c->pctx);
     store_scratch_free(&c->scratch);
     buf_free(&c->dlqbuf);
+    buf_free(&c->metabuf);
     free(c->slots);
     free(c->items);
     if (c->ho_full) { /* never processed: unacked, redelivered after ack wait */
@@ -203,28 +206,37 @@ static bool ensure_db(consumer_t *c, size_t held)
 
 /* ---- per-message preparation ---------------------------------------------------------------------------------- */
 
+void consumer_build_meta(buf_t *b, const char *stream, uint64_t stream_seq, const char *consumer, uint64_t consumer_seq,
+                         const char *msg_id, const char *subject, const char *processed_at)
+{
+    buf_puts(b, "{\"stream\":");
+    buf_put_json_str(b, stream, strlen(stream));
+    buf_puts(b, ",\"stream_sequence\":");
+    buf_put_i64(b, (int64_t)stream_seq);
+    buf_puts(b, ",\"consumer\":");
+    buf_put_json_str(b, consumer, strlen(consumer));
+    buf_puts(b, ",\"consumer_sequence\":");
+    buf_put_i64(b, (int64_t)consumer_seq);
+    buf_puts(b, ",\"message_id\":");
+    buf_put_json_str(b, msg_id, strlen(msg_id));
+    buf_puts(b, ",\"message_subject\":");
+    buf_put_json_str(b, subject, strlen(subject));
+    buf_puts(b, ",\"processed_at\":\"");
+    buf_puts(b, processed_at);
+    buf_puts(b, "\"}");
+}
+
+/* last_metadata of one message, into the batch arena (no malloc at steady state: c->metabuf is reused). */
 static void build_meta(consumer_t *c, slot_t *s, const char *processed_at)
 {
-    buf_t b;
-    buf_init(&b);
-    buf_puts(&b, "{\"stream\":");
-    const char *stream = s->md && s->md->Stream ? s->md->Stream : c->lc->stream;
-    buf_put_json_str(&b, stream, strlen(stream));
-    buf_printf(&b, ",\"stream_sequence\":%llu,\"consumer\":",
-               (unsigned long long)(s->md ? s->md->Sequence.Stream : 0));
-    const char *cons = s->md && s->md->Consumer ? s->md->Consumer : c->durable;
-    buf_put_json_str(&b, cons, strlen(cons));
-    buf_printf(&b, ",\"consumer_sequence\":%llu,\"message_id\":",
-               (unsigned long long)(s->md ? s->md->Sequence.Consumer : 0));
-    buf_put_json_str(&b, s->msg_id, strlen(s->msg_id));
-    buf_puts(&b, ",\"message_subject\":");
-    buf_put_json_str(&b, s->subject, strlen(s->subject));
-    buf_printf(&b, ",\"processed_at\":\"%s\"}", processed_at);
-    s->meta = b.oom ? "{}" : arena_strndup(c->pctx.arena, b.data, b.len);
+    buf_reset(&c->metabuf);
+    consumer_build_meta(&c->metabuf, s->md && s->md->Stream ? s->md->Stream : c->lc->stream,
+                        s->md ? s->md->Sequence.Stream : 0, s->md && s->md->Consumer ? s->md->Consumer : c->durable,
+                        s->md ? s->md->Sequence.Consumer : 0, s->msg_id, s->subject, processed_at);
+    s->meta = c->metabuf.oom ? NULL : arena_strndup(c->pctx.arena, c->metabuf.data, c->metabuf.len);
     if (!s->meta)
         s->meta = "{}";
     s->meta_len = (uint32_t)strlen(s->meta);
-    buf_free(&b);
 }
 
 /* The subject must be exactly <base>.<co> for this lane's base (SPEC 1.1). */

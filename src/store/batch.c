@@ -465,7 +465,9 @@ static int send(db_conn_t *c, store_scratch_t *s, stmt_t st, op_kind_t kind, db_
     }
     stmt_name(st, name);
     const char *params[1] = {s->json.data};
-    if (!PQsendQueryPrepared(c->pg, name, 1, params, NULL, NULL, 0)) {
+    if (s->emit)
+        s->emit(s->emit_arg, name, s->json.data, s->json.len);
+    else if (!PQsendQueryPrepared(c->pg, name, 1, params, NULL, NULL, 0)) {
         db_error_from(err, c->pg, NULL);
         return -1;
     }
@@ -748,5 +750,30 @@ out:
         for (size_t i = 0; i < n; i++)
             if (items[i].onb != ONB_COUNT)
                 items[i].onb = ONB_ERROR_DB;
+    return rc;
+}
+
+int store_build_statements(store_item_t *items, size_t n, store_scratch_t *s,
+                           void (*emit)(void *arg, const char *stmt, const char *json, size_t len), void *arg)
+{
+    db_error_t err;
+    int rc = -1;
+    uint32_t *idx = NULL;
+    if (n == 0)
+        return 0;
+    if (!scratch_grow(s, n) || !(idx = malloc(n * sizeof *idx)))
+        goto out;
+    s->emit = emit;
+    s->emit_arg = arg;
+    s->nops = s->nopidx = 0;
+    for (size_t w = 0; w < sizeof writers / sizeof writers[0]; w++)
+        if (write_entity(NULL, &writers[w], items, n, s, idx, &err) != 0)
+            goto out;
+    if (write_onboarding(NULL, items, n, s, idx, &err) != 0)
+        goto out;
+    rc = 0;
+out:
+    s->emit = NULL;
+    free(idx);
     return rc;
 }
