@@ -31,6 +31,8 @@ PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
 READY_DEADLINE_S=120
 
 log() { printf '[loadtest %(%H:%M:%S)T] %s\n' -1 "$*"; }
+# shellcheck source=../scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
 die() { printf '[loadtest] ERROR: %s\n' "$*" >&2; exit 1; }
 
 case $DURATION in
@@ -57,33 +59,8 @@ fi
 [ -x "$LOADGEN_BIN" ] || die "$LOADGEN_BIN was not built"
 
 as_postgres() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
 
-# A port below the kernel's ephemeral range with nothing bound to it (same approach as scripts/demo.sh).
-USED_PORTS=" "
-free_port() {
-  local lo p
-  lo=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
-  for _ in $(seq 1 200); do
-    p=$((lo - 12000 + RANDOM % 11000))
-    if [[ $USED_PORTS != *" $p "* ]] && ! ss -Htan "( sport = :$p )" 2>/dev/null | grep -q .; then
-      USED_PORTS+="$p "
-      echo "$p"
-      return 0
-    fi
-  done
-  return 1
-}
 
-# wait_for DEADLINE_S DESCRIPTION CMD...: polls CMD every 200 ms until it succeeds or the deadline passes.
-wait_for() {
-  local deadline=$((SECONDS + $1)) what=$2
-  shift 2
-  until "$@"; do
-    [ "$SECONDS" -lt "$deadline" ] || { log "timed out waiting for $what"; return 1; }
-    sleep 0.2
-  done
-}
 
 WORK=$(mktemp -d /tmp/mes-loadtest.XXXXXX)
 chmod 755 "$WORK" # PostgreSQL runs as user postgres and must enter it

@@ -20,40 +20,16 @@ NATS_PID="" PG_DATA="" PG_PID="" SVC_PID=""
 NATS_PORT="" PG_PORT="" HTTP_PORT=""
 
 log() { printf '[demo] %s\n' "$*"; }
+# shellcheck source=lib.sh
+. "$ROOT/scripts/lib.sh"
 die() { printf '[demo] ERROR: %s\n' "$*" >&2; exit 1; }
 
 as_postgres() { # PostgreSQL refuses to run as root
   if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 
-# A port below the kernel's ephemeral range with nothing bound to it (ephemeral ports can be taken at any time
-# by outgoing connections).
-USED_PORTS=" "
-free_port() {
-  local lo p
-  lo=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
-  for _ in $(seq 1 200); do
-    p=$((lo - 12000 + RANDOM % 11000))
-    if [[ $USED_PORTS != *" $p "* ]] && ! ss -Htan "( sport = :$p )" 2>/dev/null | grep -q .; then
-      USED_PORTS+="$p "
-      echo "$p"
-      return 0
-    fi
-  done
-  return 1
-}
 
-# wait_for DEADLINE_S DESCRIPTION CMD...: polls CMD every 100 ms until it succeeds or the deadline passes.
-wait_for() {
-  local deadline=$((SECONDS + $1)) what=$2
-  shift 2
-  until "$@"; do
-    [ "$SECONDS" -lt "$deadline" ] || { log "timed out waiting for ${what}"; return 1; }
-    sleep 0.1
-  done
-}
 
-alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
 
 # Kills a PID recorded by an earlier run, but only if it still is the process we started.
 kill_if_ours() {

@@ -10,6 +10,7 @@
 
 #include "clock.h"
 #include "dlq.h"
+#include "json.h"
 #include "log.h"
 #include "metrics.h"
 
@@ -507,7 +508,9 @@ static void finish(consumer_t *c, slot_t *s)
         log_debug("consumer", "event NAKed for retry", LF_S("message_id", s->msg_id), LF_S("error", s->err));
         break;
     case OUT_DLQ: {
-        bool is_json = s->cls != ERR_UNMARSHAL;
+        /* Embed the original as JSON only when it is JSON: a subject or size error is raised before parsing. */
+        bool is_json = s->data && s->len > 0 &&
+                       json_parse(&c->pctx.doc, s->data, (size_t)s->len, NULL, 0) == JSON_OK;
         metrics_event_failed(c->et, c->lane);
         if (publish_dlq(c, s, s->data ? s->data : "", (size_t)(s->len > 0 ? s->len : 0), is_json, s->err, s->cls,
                         s->retryable, -1) != 0) {

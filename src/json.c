@@ -85,7 +85,7 @@ static inline int hexval(unsigned char c)
     return -1;
 }
 
-/* Code unit of "\uXXXX" at s[p] (p at the backslash): -1 when malformed, -2 when the input ends inside it. */
+/* Code unit of a "\u" escape plus four hex digits at s[p] (p at the backslash): -1 when malformed, -2 when the input ends inside it. */
 static long hex4(const unsigned char *s, size_t len, size_t p)
 {
     if (len - p < 2)
