@@ -149,16 +149,22 @@ static int ensure_stream(mes_nats_t *n, const char *name, const char **subjects,
         s = js_AddStream(&si, n->js, &sc, NULL, &jerr);
         if (s == NATS_OK) {
             log_info("nats", "stream created", LF_S("stream", name), LF_I("max_age_days", max_age_days));
-        } else if (jerr == JSStreamNameExistErr) {
-            s = js_GetStreamInfo(&si, n->js, name, NULL, &jerr); /* a replica created it first */
+            jsStreamInfo_Destroy(si);
+            return 0;
         }
-        if (s != NATS_OK) {
+        /* Replicas start together: another one may have created it between our lookup and our create (the server
+         * then answers "name in use" or "subjects overlap"). If it exists now, go on as for an existing stream. */
+        jsErrCode create_err = jerr;
+        char detail[256];
+        snprintf(detail, sizeof detail, "%s", nats_GetLastError(NULL) ? nats_GetLastError(NULL) : "");
+        si = NULL;
+        if (js_GetStreamInfo(&si, n->js, name, NULL, &jerr) != NATS_OK || !si) {
             log_error("nats", "cannot create stream", LF_S("stream", name), LF_S("error", natsStatus_GetText(s)),
-                      LF_I("js_error", jerr), LF_S("detail", nats_GetLastError(NULL)));
+                      LF_I("js_error", create_err), LF_S("detail", detail));
+            jsStreamInfo_Destroy(si);
             return -1;
         }
-        jsStreamInfo_Destroy(si);
-        return 0;
+        s = NATS_OK;
     }
     if (s != NATS_OK) {
         log_error("nats", "cannot read stream", LF_S("stream", name), LF_S("error", natsStatus_GetText(s)),

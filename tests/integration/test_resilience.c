@@ -1,4 +1,6 @@
 /* test_resilience.c - replicas, database outages and hostile input: nothing lost, nothing doubled, no stalls. */
+#include <signal.h>
+
 #include "itest.h"
 
 #define CO "acme"
@@ -105,4 +107,21 @@ TEST(hostile_input_on_every_subject_becomes_dlq_records_and_lanes_keep_flowing)
     char *body = NULL;
     CHECK_EQ_INT(h_http(S.http_port, "GET", "/health", &body), 200);
     free(body);
+}
+
+TEST(replicas_starting_at_once_on_a_fresh_server_both_become_ready)
+{
+    REQUIRE(h_pg_start(&P));
+    for (int round = 0; round < 3; round++) {
+        h_nats_t n;
+        h_svc_t a, b;
+        REQUIRE(h_nats_start(&n)); /* fresh: no streams, no consumers, so both replicas race to create them */
+        REQUIRE(h_svc_start(&a, CO, &n, &P, NO_ENV));
+        REQUIRE(h_svc_start(&b, CO, &n, &P, NO_ENV));
+        CHECK(h_svc_wait_ready(&a, 60000));
+        CHECK(h_svc_wait_ready(&b, 60000));
+        CHECK_EQ_INT(h_svc_signal(&a, SIGTERM, 20000), 0);
+        CHECK_EQ_INT(h_svc_signal(&b, SIGTERM, 20000), 0);
+        h_nats_stop(&n);
+    }
 }
