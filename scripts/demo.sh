@@ -150,6 +150,15 @@ feed_traffic() {
     sleep 0.1
   done
   log "the service acted on ${published%.*} of $want events"
+  # The DLQ worker exhausts the records that cannot get better (malformed, invalid) at once; not_found records are
+  # retried with backoff (nats.dlqBaseDelay, 1 minute by default) and may still resolve.
+  local dropped=0
+  for _ in $(seq 1 100); do
+    dropped=$(curl -fsS --max-time 2 "http://127.0.0.1:$HTTP_PORT/metrics" 2>/dev/null |
+      awk '/^dlq_tasks_dropped_total\{/ {s += $2} END {print s + 0}')
+    [ "${dropped%.*}" -ge 4 ] && break
+    sleep 0.1
+  done
 }
 feed_traffic
 
@@ -191,6 +200,9 @@ fi
 echo "  why events went to the DLQ (from the service log):"
 grep '"event sent to DLQ"' "$SVC_LOG" |
   sed -E 's/.*"subject":"([^"]*)".*"error_class":"([^"]*)","error":"(([^"\\]|\\.)*)".*/    \1  [\2] \3/' || true
+echo "  exhausted events (message-event-service exhausted list):"
+env COMPANY_ID="$COMPANY" POSTGRES_DSN="$DSN" NATS_URL="nats://127.0.0.1:$NATS_PORT" "$BIN" exhausted list 2>/dev/null |
+  sed 's/^/    /' || echo "    (none yet)"
 echo "  metrics: http://127.0.0.1:$HTTP_PORT/metrics (non-zero event counters):"
 metrics=$(curl -fsS --max-time 5 "http://127.0.0.1:$HTTP_PORT/metrics" 2>/dev/null || echo "")
 if [ -n "$metrics" ]; then

@@ -383,6 +383,14 @@ static result_t apply(worker_t *wk, const record_t *r, int attempt, const char *
         *why = ev.errmsg ? ev.errmsg : "invalid event";
         return RES_EXHAUST; /* unmarshal / validation: retrying cannot help */
     }
+    /* The wrapped item is item 0 of its one-item batch: report it under its index in the original batch. */
+    if (event_type_lane(et) == LANE_HISTORICAL && r->item_index >= 0 && ev.n_items == 1 && ev.items[0].errmsg &&
+        strncmp(ev.items[0].errmsg, "item 0: ", 8) == 0) {
+        const char *fixed = arena_printf(wk->pctx.arena, "item %lld: %s", (long long)r->item_index,
+                                         ev.items[0].errmsg + 8);
+        if (fixed)
+            ev.items[0].errmsg = fixed;
+    }
     uint32_t meta_len = 0;
     const char *meta = replay_meta(wk, r, attempt, &meta_len);
     size_t n = event_type_lane(et) == LANE_HISTORICAL ? ev.n_items : 1;

@@ -168,3 +168,17 @@ TEST(queue_never_exceeds_its_capacity_and_no_record_is_processed_twice)
     CHECK_EQ_INT(metric("dlq_queue_length"), 0);
     CHECK_EQ_INT(metric("dlq_workers_active"), 0);
 }
+
+TEST(invalid_history_item_is_exhausted_under_its_original_index)
+{
+    REQUIRE(it_up(CO, FAST));
+    REQUIRE(it_pub("v1.history.contacts", CO,
+                   "{\"contacts\":[{\"phone_number\":\"1\",\"agent_id\":\"a\",\"company_id\":\"acme\"},"
+                   "{\"phone_number\":\"none\",\"agent_id\":\"a\",\"company_id\":\"acme\"}]}",
+                   NULL));
+    CHECK_EQ_INT(h_pg_wait_int(&P, 1, 20000, "SELECT count(*) FROM " SCH ".exhausted_events"), 1);
+    char *err = h_pg_str(&P, "SELECT last_error || '|' || (dlq_payload->>'item_index') FROM " SCH ".exhausted_events");
+    CHECK_EQ_STR(err, "item 1: phone_number has no digits|1");
+    free(err);
+    CHECK_EQ_INT(h_pg_int(&P, "SELECT count(*) FROM " SCH ".contacts"), 1);
+}
