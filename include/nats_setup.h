@@ -52,6 +52,8 @@ int mes_nats_subscribe(mes_nats_t *n, event_type_t et, bool dlq, natsSubscriptio
  * way to the old inbox is not lost: it is redelivered after the ack wait. Every 5 s of silence it also refreshes
  * message_event_service_consumer_pending for live lanes from the server's count. */
 bool mes_nats_fetch_watch(mes_nats_t *n, mes_fetch_watch_t *w, event_type_t et, bool dlq, bool got_messages);
+/* Unsubscribes and destroys *sub (NULL-safe) and sets it to NULL. */
+void mes_nats_unsubscribe(natsSubscription **sub);
 /* Unsubscribes and destroys *sub, then binds a new pull subscription to the same durable. Only call right after this
  * thread's Fetch returned (no pull request of ours is still in flight to the old inbox). */
 int mes_nats_resubscribe(mes_nats_t *n, event_type_t et, bool dlq, natsSubscription **sub)

@@ -137,10 +137,7 @@ void consumer_destroy(consumer_t *c)
 {
     if (!c)
         return;
-    if (c->sub) {
-        natsSubscription_Unsubscribe(c->sub);
-        natsSubscription_Destroy(c->sub);
-    }
+    mes_nats_unsubscribe(&c->sub);
     db_close(c->db);
     payload_ctx_free(&c->pctx);
     store_scratch_free(&c->scratch);

@@ -676,10 +676,7 @@ void dlq_worker_destroy(dlq_worker_t *w)
 {
     if (!w)
         return;
-    if (w->sub) {
-        natsSubscription_Unsubscribe(w->sub);
-        natsSubscription_Destroy(w->sub);
-    }
+    mes_nats_unsubscribe(&w->sub);
     queue_free(&w->q);
     free(w->workers);
     free(w);

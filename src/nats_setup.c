@@ -381,12 +381,17 @@ bool mes_nats_fetch_watch(mes_nats_t *n, mes_fetch_watch_t *w, event_type_t et, 
     return false;
 }
 
+void mes_nats_unsubscribe(natsSubscription **sub)
+{
+    if (!*sub)
+        return;
+    natsSubscription_Unsubscribe(*sub);
+    natsSubscription_Destroy(*sub);
+    *sub = NULL;
+}
+
 int mes_nats_resubscribe(mes_nats_t *n, event_type_t et, bool dlq, natsSubscription **sub)
 {
-    if (*sub) {
-        natsSubscription_Unsubscribe(*sub);
-        natsSubscription_Destroy(*sub);
-        *sub = NULL;
-    }
+    mes_nats_unsubscribe(sub);
     return mes_nats_subscribe(n, et, dlq, sub);
 }
