@@ -66,7 +66,7 @@ if step "install dependencies" bash scripts/install-deps.sh; then
     unset ASAN_OPTIONS UBSAN_OPTIONS
     # ThreadSanitizer over the threaded parts (lanes, prefetchers, DLQ pool, HTTP, harness): every unit and
     # integration test except the static file checks and the serial load-test run, which add no new threading.
-    export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1 second_deadlock_stack=1}
+    export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1 second_deadlock_stack=1 suppressions=$PWD/tests/tsan.supp}
     CC=$asan_cc PASS_CTEST_ARGS="-E static|loadtest" run_pass build-tsan "TSan, ${asan_cc}" \
       -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMES_TSAN=ON
     unset TSAN_OPTIONS

@@ -322,7 +322,10 @@ int mes_nats_subscribe(mes_nats_t *n, event_type_t et, bool dlq, natsSubscriptio
     jsSubOptions_Init(&so);
     so.Stream = stream;
     so.Consumer = durable;
-    s = js_PullSubscribe(sub, n->js, filter, durable, NULL, &so, &jerr);
+    natsSubscription *fresh = NULL; /* adopted only on success: a failed call must not leave us a pointer */
+    s = js_PullSubscribe(&fresh, n->js, filter, durable, NULL, &so, &jerr);
+    if (s == NATS_OK)
+        *sub = fresh;
     if (s != NATS_OK) {
         log_error("nats", "cannot subscribe", LF_S("durable", durable), LF_S("error", natsStatus_GetText(s)),
                   LF_I("js_error", jerr), LF_S("detail", nats_GetLastError(NULL)));
