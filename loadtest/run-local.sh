@@ -27,7 +27,6 @@ SVC_BIN=${MES_SERVICE_BIN:-$BUILD/message-event-service}
 LOADGEN_BIN=${MES_LOADGEN_BIN:-$BUILD/loadtest/mes-loadgen}
 REPORTS=${MES_LOADTEST_REPORTS:-$ROOT/loadtest/reports}
 SCRAPE_S=2
-PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
 READY_DEADLINE_S=120
 
 log() { printf '[loadtest %(%H:%M:%S)T] %s\n' -1 "$*"; }
@@ -58,7 +57,6 @@ fi
 [ -x "$SVC_BIN" ] || die "$SVC_BIN was not built"
 [ -x "$LOADGEN_BIN" ] || die "$LOADGEN_BIN was not built"
 
-as_postgres() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 
 
 
@@ -118,17 +116,8 @@ wait_for 20 "nats-server" curl -fs -o /dev/null "http://127.0.0.1:$NATS_MON/heal
 log "nats-server pid $NATS_PID on 127.0.0.1:$NATS_PORT (monitoring :$NATS_MON)"
 
 # --- PostgreSQL (runs as postgres; durability off: this measures the service, not the disk) --------------------
-PG_DATA=$WORK/pg
-mkdir -p "$PG_DATA"
-[ "$(id -u)" -eq 0 ] && chown postgres: "$PG_DATA"
-(cd "$WORK" && as_postgres "$PG_BIN/initdb" -D "$PG_DATA" -A trust -U postgres --no-sync -E UTF8 --locale=C \
-  >"$WORK/initdb.log" 2>&1) || { tail -n 20 "$WORK/initdb.log"; die "initdb failed"; }
 # 4 replicas x (10 lanes + DLQ pool + maintenance) need more than the default 100 connections.
-(cd "$WORK" && as_postgres "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$PG_DATA/server.log" -w -t 60 start -o \
-  "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $PG_DATA -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" \
-  >/dev/null) || { tail -n 20 "$PG_DATA/server.log"; die "PostgreSQL did not start"; }
-PG_PID=$(head -n 1 "$PG_DATA/postmaster.pid")
-DSN="host=127.0.0.1 port=$PG_PORT user=postgres dbname=postgres"
+pg_start "$WORK/pg" "$PG_PORT" 300 || die "PostgreSQL did not start"
 log "PostgreSQL pid $PG_PID on 127.0.0.1:$PG_PORT"
 
 # --- two tenants x two replicas ---------------------------------------------------------------------------------

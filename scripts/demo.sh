@@ -14,7 +14,6 @@ SCHEMA=daisi_demo
 BUILD=$ROOT/build
 BIN=$BUILD/message-event-service
 READY_LINE="Both consumers started successfully"
-PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
 
 NATS_PID="" PG_DATA="" PG_PID="" SVC_PID=""
 NATS_PORT="" PG_PORT="" HTTP_PORT=""
@@ -23,10 +22,6 @@ log() { printf '[demo] %s\n' "$*"; }
 # shellcheck source=lib.sh
 . "$ROOT/scripts/lib.sh"
 die() { printf '[demo] ERROR: %s\n' "$*" >&2; exit 1; }
-
-as_postgres() { # PostgreSQL refuses to run as root
-  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
-}
 
 
 
@@ -107,16 +102,8 @@ else
   PG_HOME=$DEMO/pg
   mkdir -p "$PG_HOME"
 fi
-PG_DATA=$PG_HOME/data
-[ "$(id -u)" -eq 0 ] && chown postgres: "$PG_HOME"
-(cd "$PG_HOME" && as_postgres "$PG_BIN/initdb" -D "$PG_DATA" -A trust -U postgres --no-sync -E UTF8 --locale=C \
-  >"$PG_HOME/initdb.log" 2>&1) || { tail -n 20 "$PG_HOME/initdb.log"; die "initdb failed"; }
-(cd "$PG_HOME" && as_postgres "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$PG_HOME/pg.log" -w -t 60 start -o \
-  "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $PG_DATA -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" \
-  >/dev/null) || { tail -n 20 "$PG_HOME/pg.log"; die "PostgreSQL did not start"; }
-PG_PID=$(head -n 1 "$PG_DATA/postmaster.pid")
+pg_start "$PG_HOME" "$PG_PORT" 200 || die "PostgreSQL did not start"
 echo "postgres $PG_PID $PG_DATA" >>"$DEMO/pids"
-DSN="host=127.0.0.1 port=$PG_PORT user=postgres dbname=postgres"
 psql_q() { psql "$DSN" -XAtq -v ON_ERROR_STOP=1 -c "$1"; }
 wait_for 20 "PostgreSQL" psql_q "SELECT 1" >/dev/null
 log "PostgreSQL pid $PG_PID on 127.0.0.1:$PG_PORT (data .demo/pg/data)"

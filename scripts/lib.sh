@@ -28,3 +28,26 @@ wait_for() {
 }
 
 alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
+
+PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+
+as_postgres() { # PostgreSQL refuses to run as root
+  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+# pg_start HOME PORT MAX_CONNECTIONS: a throwaway cluster in HOME/data on 127.0.0.1:PORT, durability off (it serves
+# demos and load tests, not data). HOME must be enterable by the postgres user. Sets PG_DATA, PG_PID and DSN; on
+# failure prints the relevant log and returns 1.
+pg_start() {
+  local home=$1 port=$2 maxconn=$3
+  PG_DATA=$home/data
+  mkdir -p "$home"
+  [ "$(id -u)" -eq 0 ] && chown postgres: "$home"
+  (cd "$home" && as_postgres "$PG_BIN/initdb" -D "$PG_DATA" -A trust -U postgres --no-sync -E UTF8 --locale=C \
+    >"$home/initdb.log" 2>&1) || { tail -n 20 "$home/initdb.log"; return 1; }
+  (cd "$home" && as_postgres "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$home/pg.log" -w -t 60 start -o \
+    "-c listen_addresses=127.0.0.1 -p $port -k $PG_DATA -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=$maxconn" \
+    >/dev/null) || { tail -n 20 "$home/pg.log"; return 1; }
+  PG_PID=$(head -n 1 "$PG_DATA/postmaster.pid")
+  DSN="host=127.0.0.1 port=$port user=postgres dbname=postgres"
+}
