@@ -499,13 +499,13 @@ static size_t plan(store_scratch_t *s, const store_item_t *items, size_t n, bool
 {
     size_t m = 0;
     for (size_t i = 0; i < n; i++) {
-        if (!want(&items[i], arg))
-            continue;
-        if (onboarding) {
-            size_t plen = 0;
-            (void)onboardable(&items[i], s->phones + i * (PAYLOAD_MAX_PHONE + 1), &plen);
-        }
-        s->order[m++] = (uint32_t)i;
+        size_t plen = 0;
+        /* Onboarding: the normalised phone (its identity) is computed once, straight into s->phones. */
+        bool keep = onboarding ? items[i].ev->type == ET_MESSAGES_UPSERT &&
+                                     onboardable(&items[i], s->phones + i * (PAYLOAD_MAX_PHONE + 1), &plen)
+                               : want(&items[i], arg);
+        if (keep)
+            s->order[m++] = (uint32_t)i;
     }
     sort_ctx_t ctx = {s, items, onboarding};
     qsort_r(s->order, m, sizeof *s->order, cmp_items, &ctx);
@@ -528,14 +528,6 @@ static size_t plan(store_scratch_t *s, const store_item_t *items, size_t n, bool
 static bool want_type(const store_item_t *it, const void *arg)
 {
     return it->ev->type == *(const event_type_t *)arg;
-}
-
-static bool want_onboarding(const store_item_t *it, const void *arg)
-{
-    (void)arg;
-    char phone[PAYLOAD_MAX_PHONE + 1];
-    size_t plen;
-    return it->ev->type == ET_MESSAGES_UPSERT && onboardable(it, phone, &plen);
 }
 
 /* Items of round r, in key order, gathered into idx. */
@@ -584,7 +576,7 @@ static int write_onboarding(db_conn_t *c, store_item_t *items, size_t n, store_s
                             db_error_t *err)
 {
     uint32_t rounds = 0;
-    size_t m = plan(s, items, n, want_onboarding, NULL, true, &rounds);
+    size_t m = plan(s, items, n, NULL, NULL, true, &rounds);
     s->onboarding = m;
     if (m == 0)
         return 0;
