@@ -1199,14 +1199,16 @@ static bool pg_answers(const char *dsn, char *err, size_t errlen)
 
 static bool pg_ctl_start(h_pg_t *p, bool quiet)
 {
-    char ctl[300], logf[300], opts[512], pidfile[300];
+    char ctl[300], logf[300], opts[1024], pidfile[300];
     snprintf(ctl, sizeof ctl, "%s/pg_ctl", pg_bin());
     snprintf(logf, sizeof logf, "%s/pg.log", p->dir);
     snprintf(pidfile, sizeof pidfile, "%s/postmaster.pid", p->dir);
+    /* MES_HARNESS_PG_OPTS adds server options, e.g. auto_explain for profiling a benchmark's statements. */
+    const char *extra = getenv("MES_HARNESS_PG_OPTS");
     snprintf(opts, sizeof opts,
              "-c listen_addresses=127.0.0.1 -p %d -k %s -c fsync=off -c synchronous_commit=off "
-             "-c full_page_writes=off -c max_connections=200",
-             p->port, p->dir);
+             "-c full_page_writes=off -c max_connections=200 %s",
+             p->port, p->dir, extra ? extra : "");
     snprintf(p->dsn, sizeof p->dsn, "host=127.0.0.1 port=%d user=postgres dbname=postgres", p->port);
     const char *argv[] = {ctl, "-D", p->dir, "-l", logf, "-o", opts, "-w", "-t", "60", "start", NULL};
     char *out = NULL;

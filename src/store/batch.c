@@ -368,6 +368,11 @@ static void stmt_name(stmt_t st, char out[16])
 
 static int prepare_all(db_conn_t *c, db_error_t *err)
 {
+    /* Every writer statement finds its rows by key through a unique index. The planner guesses 100 rows for the
+     * JSON array and would switch to sequential scans once a table has some thousands of rows (see sql.h), making
+     * each batch cost O(table); on the writer sessions a sequential scan is never the right plan. */
+    if (db_command(c, "SET enable_seqscan = off", err) != 0)
+        return -1;
     for (int st = 0; st < ST_COUNT; st++) {
         char name[16];
         stmt_name((stmt_t)st, name);
