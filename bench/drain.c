@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "harness.h"
+#include "keep.h"
 
 static double metric_sum(int port, const char *prefix)
 {
@@ -86,6 +87,7 @@ int main(int argc, char **argv)
 
     /* 2. Start the service and watch its counters. */
     int64_t t_start = h_now_ms();
+    bench_keep_prepare(&p);
     if (!h_svc_start(&s, "bench", &n, &p, env) || !h_svc_wait_ready(&s, 60000))
         return 1;
     int64_t t_ready = h_now_ms(), t_first = 0, t_last = 0;
@@ -119,15 +121,6 @@ int main(int argc, char **argv)
     else
         printf("%-22s events %8ld  drain %7.2f s  %9.0f events/s  rows %9lld (%9.0f rows/s)  peak RSS %6.1f MiB%s\n",
                label, count, secs, rate, rows, rows_rate, peak / 1048576, t_last ? "" : "  NOT DRAINED");
-    const char *keep = getenv("BENCH_KEEP_LOG"); /* e.g. with --env LOG_LEVEL=debug for per-batch timings */
-    if (keep) {
-        char *log = h_svc_log(&s);
-        FILE *f = fopen(keep, "w");
-        if (f && log)
-            fputs(log, f);
-        if (f)
-            fclose(f);
-        free(log);
-    }
+    bench_keep(&s, &p);
     return t_last ? 0 : 1;
 }

@@ -20,6 +20,7 @@
 #include <time.h>
 
 #include "harness.h"
+#include "keep.h"
 
 #define COMPANY "bench"
 
@@ -164,6 +165,7 @@ int main(int argc, char **argv)
     char dir[256];
     if (!h_nats_start(&n) || !h_pg_start(&p) || !h_streams_create(&n) || !h_tmpdir(dir, sizeof dir))
         return 1;
+    bench_keep_prepare(&p);
     if (!h_svc_start(&s, COMPANY, &n, &p, env) || !h_svc_wait_ready(&s, 60000))
         return 1;
 
@@ -275,6 +277,7 @@ int main(int argc, char **argv)
                "max %7.1f ms%s\n",
                label, rate, achieved, counted, p50, p95, p99, mx, complete ? "" : "  INCOMPLETE");
     fflush(stdout); /* the harness's cleanup may _exit(1): keep the result */
+    bench_keep(&s, &p);
     jsCtx_Destroy(js);
     natsConnection_Destroy(nc);
     return complete ? 0 : 1;
