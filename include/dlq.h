@@ -1,4 +1,4 @@
-/* dlq.h - DLQ records (SPEC 5.1): build the JSON body and publish it with JetStream de-duplication. */
+/* dlq.h - DLQ records (SPEC 5.1): build the JSON body and publish a batch of them with JetStream de-duplication. */
 #ifndef MES_DLQ_H
 #define MES_DLQ_H
 
@@ -39,9 +39,23 @@ typedef struct {
 void dlq_record_build(buf_t *b, const char *company, const dlq_record_t *r);
 /* "dlq:<stream>:<seq>" or "dlq:<stream>:<seq>:<item>". */
 void dlq_record_msg_id(const dlq_record_t *r, char *out, size_t len);
-/* Publishes to <nats.dlqSubject>.<co> and waits for the PubAck. Returns 0, or -1 with err filled. */
-int dlq_publish(jsCtx *js, const config_t *cfg, const dlq_record_t *r, buf_t *scratch, char *err, size_t errlen)
-    __attribute__((warn_unused_result));
+
+/* A batch's DLQ records published together: each goes out as a JetStream publish with its own reply subject on the
+ * publisher's private inbox, and the PubAcks are then collected in one wait, so N records cost one round trip
+ * instead of N. A record counts as stored only when its PubAck came back (de-duplication by Nats-Msg-Id makes a
+ * re-publish after a lost PubAck harmless). Not thread-safe: one publisher per thread. */
+typedef struct dlq_batch dlq_batch_t;
+
+dlq_batch_t *dlq_batch_create(natsConnection *nc, const config_t *cfg);
+void dlq_batch_destroy(dlq_batch_t *b);
+/* Starts a new batch: replies to earlier batches are ignored from now on. */
+void dlq_batch_begin(dlq_batch_t *b);
+/* Sends one record. Returns its index in the batch, or -1 (err filled) when it could not even be sent. */
+int dlq_batch_add(dlq_batch_t *b, const dlq_record_t *r, char *err, size_t errlen);
+/* Waits up to max_wait_ms for the PubAcks of everything sent since dlq_batch_begin. */
+void dlq_batch_wait(dlq_batch_t *b, int64_t max_wait_ms);
+/* After dlq_batch_wait: whether record k is stored; if not, why in err. */
+bool dlq_batch_ok(const dlq_batch_t *b, int k, char *err, size_t errlen);
 
 /* Standard base64 of in[0..n) appended to b. */
 void base64_append(buf_t *b, const unsigned char *in, size_t n);

@@ -16,6 +16,9 @@
 
 /* Rows per transaction at most (a single message with more items still goes in one transaction of its own). */
 #define MAX_TX_ITEMS 1024
+#define DLQ_PUBACK_WAIT_MS 5000 /* how long a batch waits for its DLQ records' PubAcks */
+#define FETCH_TOPUPS 4 /* no-wait requests after the first that may fill a partial batch */
+#define UPSERT_WAIT_MS 5000 /* at most this long an update batch waits for its entity's upsert lane */
 
 /* What happens to one message once its batch has been decided. */
 typedef enum { OUT_ACK = 0, OUT_DLQ, OUT_RETRY, OUT_LEAVE } outcome_t;
@@ -38,6 +41,9 @@ typedef struct {
     error_class_t cls;
     bool retryable;
     const char *err;
+    int dlq_first, dlq_n; /* its DLQ records in the batch publisher: [dlq_first, dlq_first + dlq_n) */
+    bool dlq_unsent;      /* a record could not even be sent (dlq_err says why) */
+    char dlq_err[200];
 } slot_t;
 
 struct consumer {
@@ -62,11 +68,19 @@ struct consumer {
     natsMsgList ho_list;
     double ho_fetch_s;
     bool ho_full, ho_fetcher_done;
+    bool lane_busy; /* the lane holds a batch it has not finished (under ho_mu) */
+
+    /* Cross-lane order (consumer_link_updates): an update lane waits for `upsert`, the lane of its entity's upserts.
+     * done_seq is the highest stream sequence this lane has finished; idle_since_ms is when its fetcher last found
+     * nothing to fetch (0 while it holds messages). */
+    consumer_t *upsert;
+    _Atomic uint64_t done_seq;
+    _Atomic int64_t idle_since_ms;
 
     db_conn_t *db;
     payload_ctx_t pctx;
     store_scratch_t scratch;
-    buf_t dlqbuf;
+    dlq_batch_t *dlqb; /* publishes a batch's DLQ records together */
     buf_t metabuf; /* last_metadata scratch, reused per message */
     slot_t *slots;
     store_item_t *items;
@@ -121,7 +135,6 @@ consumer_t *consumer_create(const config_t *cfg, mes_nats_t *nats, event_type_t 
     c->rng = (uint64_t)et * 7919 + (uint64_t)time(NULL);
     mes_nats_consumer_names(cfg, et, false, c->durable, sizeof c->durable, c->filter, sizeof c->filter);
     store_scratch_init(&c->scratch);
-    buf_init(&c->dlqbuf);
     buf_init(&c->metabuf);
     pthread_mutex_init(&c->ho_mu, NULL);
     pthread_cond_init(&c->ho_cv, NULL);
@@ -141,7 +154,7 @@ void consumer_destroy(consumer_t *c)
     db_close(c->db);
     payload_ctx_free(&c->pctx);
     store_scratch_free(&c->scratch);
-    buf_free(&c->dlqbuf);
+    dlq_batch_destroy(c->dlqb);
     buf_free(&c->metabuf);
     free(c->slots);
     free(c->items);
@@ -432,10 +445,12 @@ static int commit_range(consumer_t *c, size_t from, size_t to, size_t held, db_e
 
 /* ---- acting --------------------------------------------------------------------------------------------- */
 
-static int publish_dlq(consumer_t *c, slot_t *s, const char *payload, size_t len, bool is_json, const char *error,
-                       error_class_t cls, bool retryable, int item)
+/* Sends one DLQ record of slot s through the batch publisher (its PubAck is collected with the batch's). */
+static void send_dlq(consumer_t *c, slot_t *s, const char *payload, size_t len, bool is_json, const char *error,
+                     error_class_t cls, bool retryable, int item)
 {
-    char perr[256];
+    if (s->dlq_unsent)
+        return;
     dlq_record_t r = {
         .source_subject = s->subject,
         .payload = payload,
@@ -453,15 +468,62 @@ static int publish_dlq(consumer_t *c, slot_t *s, const char *payload, size_t len
         .source_metadata = s->meta,
         .source_metadata_len = s->meta_len,
     };
-    if (dlq_publish(c->nats->js, c->cfg, &r, &c->dlqbuf, perr, sizeof perr) != 0) {
-        log_warn("consumer", "DLQ publish failed; the event will be redelivered", LF_S("subject", s->subject),
-                 LF_S("message_id", s->msg_id), LF_S("error", perr));
-        return -1;
+    int k = c->dlqb ? dlq_batch_add(c->dlqb, &r, s->dlq_err, sizeof s->dlq_err) : -1;
+    if (!c->dlqb)
+        snprintf(s->dlq_err, sizeof s->dlq_err, "DLQ publisher unavailable");
+    if (k < 0) {
+        s->dlq_unsent = true;
+        return;
     }
+    if (s->dlq_n++ == 0)
+        s->dlq_first = k;
+}
+
+/* Which DLQ records a slot needs: the message itself, or the invalid items of a history batch whose valid rest is
+ * committed already. */
+static void queue_dlq(consumer_t *c, slot_t *s)
+{
+    s->dlq_first = -1;
+    s->dlq_n = 0;
+    s->dlq_unsent = false;
+    if (s->out == OUT_DLQ) {
+        /* Embed the original as JSON only when it is JSON: a subject or size error is raised before parsing. */
+        bool is_json = s->data && s->len > 0 &&
+                       json_parse(&c->pctx.doc, s->data, (size_t)s->len, NULL, 0) == JSON_OK;
+        send_dlq(c, s, s->data ? s->data : "", (size_t)(s->len > 0 ? s->len : 0), is_json, s->err, s->cls,
+                 s->retryable, -1);
+    } else if (c->lane == LANE_HISTORICAL && s->ev.err == ERR_NONE && s->out == OUT_ACK) {
+        for (uint32_t i = 0; i < s->ev.n_items && !s->dlq_unsent; i++) {
+            const event_t *it = &s->ev.items[i];
+            if (it->err != ERR_NONE)
+                send_dlq(c, s, it->raw.p, it->raw.len, true, it->errmsg ? it->errmsg : "invalid item", it->err, false,
+                         (int)i);
+        }
+    }
+}
+
+/* After the batch's PubAcks: whether every DLQ record of s is stored (else why, in s->dlq_err). */
+static bool dlq_stored(consumer_t *c, slot_t *s)
+{
+    if (s->dlq_unsent)
+        return false;
+    for (int k = s->dlq_first; k >= 0 && k < s->dlq_first + s->dlq_n; k++)
+        if (!dlq_batch_ok(c->dlqb, k, s->dlq_err, sizeof s->dlq_err))
+            return false;
+    return true;
+}
+
+static void dlq_failed_log(const slot_t *s)
+{
+    log_warn("consumer", "DLQ publish failed; the event will be redelivered", LF_S("subject", s->subject),
+             LF_S("message_id", s->msg_id), LF_S("error", s->dlq_err));
+}
+
+static void dlq_sent_log(consumer_t *c, const slot_t *s, const char *error, error_class_t cls, int item)
+{
     metrics_dlq_published(c->et, c->lane, cls);
     log_info("consumer", "event sent to DLQ", LF_S("subject", s->subject), LF_S("message_id", s->msg_id),
              LF_S("error_class", error_class_name(cls)), LF_S("error", error), LF_I("item_index", item));
-    return 0;
 }
 
 static void nak(consumer_t *c, slot_t *s)
@@ -474,21 +536,22 @@ static void finish(consumer_t *c, slot_t *s)
 {
     if (s->out == OUT_LEAVE)
         goto done;
-    /* History items that failed validation go to the DLQ one by one; the valid rest is committed already. */
+    /* History items that failed validation went to the DLQ; the valid rest is committed already. */
     int bad_items = 0;
     if (c->lane == LANE_HISTORICAL && s->ev.err == ERR_NONE && s->out == OUT_ACK) {
-        for (uint32_t i = 0; i < s->ev.n_items; i++) {
+        for (uint32_t i = 0; i < s->ev.n_items; i++)
+            bad_items += s->ev.items[i].err != ERR_NONE;
+        if (bad_items && !dlq_stored(c, s)) {
+            dlq_failed_log(s);
+            metrics_event_action(c->et, c->lane, ACT_NAK_DLQ_PUBLISH_FAIL, ERR_VALIDATION);
+            metrics_event_failed(c->et, c->lane);
+            nak(c, s);
+            goto done;
+        }
+        for (uint32_t i = 0; bad_items && i < s->ev.n_items; i++) {
             const event_t *it = &s->ev.items[i];
-            if (it->err == ERR_NONE)
-                continue;
-            bad_items++;
-            if (publish_dlq(c, s, it->raw.p, it->raw.len, true, it->errmsg ? it->errmsg : "invalid item", it->err,
-                            false, (int)i) != 0) {
-                metrics_event_action(c->et, c->lane, ACT_NAK_DLQ_PUBLISH_FAIL, it->err);
-                metrics_event_failed(c->et, c->lane);
-                nak(c, s);
-                goto done;
-            }
+            if (it->err != ERR_NONE)
+                dlq_sent_log(c, s, it->errmsg ? it->errmsg : "invalid item", it->err, (int)i);
         }
     }
     switch (s->out) {
@@ -504,21 +567,18 @@ static void finish(consumer_t *c, slot_t *s)
         metrics_event_action(c->et, c->lane, ACT_NACK_RETRYABLE, s->cls);
         log_debug("consumer", "event NAKed for retry", LF_S("message_id", s->msg_id), LF_S("error", s->err));
         break;
-    case OUT_DLQ: {
-        /* Embed the original as JSON only when it is JSON: a subject or size error is raised before parsing. */
-        bool is_json = s->data && s->len > 0 &&
-                       json_parse(&c->pctx.doc, s->data, (size_t)s->len, NULL, 0) == JSON_OK;
+    case OUT_DLQ:
         metrics_event_failed(c->et, c->lane);
-        if (publish_dlq(c, s, s->data ? s->data : "", (size_t)(s->len > 0 ? s->len : 0), is_json, s->err, s->cls,
-                        s->retryable, -1) != 0) {
+        if (!dlq_stored(c, s)) {
+            dlq_failed_log(s);
             nak(c, s);
             metrics_event_action(c->et, c->lane, ACT_NAK_DLQ_PUBLISH_FAIL, s->cls);
             break;
         }
+        dlq_sent_log(c, s, s->err, s->cls, -1);
         natsMsg_Ack(s->msg, NULL);
         metrics_event_action(c->et, c->lane, ACT_DLQ_PUBLISHED_ACK_SUCCESS, s->cls);
         break;
-    }
     case OUT_LEAVE:
         break;
     }
@@ -566,6 +626,48 @@ static int commit_chunk(consumer_t *c, size_t from, size_t to, size_t held)
     return 0;
 }
 
+/* An update published after the upsert that creates its row must not find the row missing just because the upsert
+ * lane is behind (in a backlog the update lanes drain faster and would send most updates to the DLQ as not_found,
+ * each retried by the DLQ worker later). So before committing, an update batch whose newest stream sequence is
+ * max_seq waits until the upsert lane has finished a message at or past max_seq, or has found nothing left to fetch
+ * since this batch arrived (t_recv_ms) and holds nothing: then every upsert published before the batch is
+ * committed. The wait is bounded (another replica may own those upserts, or that lane may be stalled); after it,
+ * what is still missing takes the usual not_found path. Subjects share one stream, so sequences order them. */
+static void wait_for_upserts(consumer_t *c, uint64_t max_seq, int64_t t_recv_ms)
+{
+    consumer_t *u = c->upsert;
+    if (!u || !max_seq)
+        return;
+    int64_t deadline = clock_mono_ms() + UPSERT_WAIT_MS;
+    for (;;) {
+        if (atomic_load(&u->done_seq) >= max_seq)
+            return;
+        if (atomic_load(&u->idle_since_ms) > t_recv_ms) {
+            pthread_mutex_lock(&u->ho_mu);
+            bool quiet = !u->ho_full && !u->lane_busy;
+            pthread_mutex_unlock(&u->ho_mu);
+            if (quiet && atomic_load(&u->idle_since_ms) > t_recv_ms)
+                return;
+        }
+        if (atomic_load(c->stop) || clock_mono_ms() >= deadline)
+            return;
+        clock_sleep_ms(2);
+    }
+}
+
+void consumer_link_updates(consumer_t **lanes, int n)
+{
+    static const event_type_t pairs[][2] = {{ET_CHATS_UPDATE, ET_CHATS_UPSERT},
+                                            {ET_MESSAGES_UPDATE, ET_MESSAGES_UPSERT},
+                                            {ET_CONTACTS_UPDATE, ET_CONTACTS_UPSERT}};
+    for (int i = 0; i < n; i++)
+        for (size_t p = 0; p < sizeof pairs / sizeof pairs[0]; p++)
+            if (lanes[i]->et == pairs[p][0])
+                for (int j = 0; j < n; j++)
+                    if (lanes[j]->et == pairs[p][1])
+                        lanes[i]->upsert = lanes[j];
+}
+
 static void process_batch(consumer_t *c, natsMsg **msgs, size_t n, double fetch_s)
 {
     char processed_at[40];
@@ -584,6 +686,12 @@ static void process_batch(consumer_t *c, natsMsg **msgs, size_t n, double fetch_
     if (n && c->slots[n - 1].md)
         metrics_consumer_pending_set(c->et, c->slots[n - 1].md->NumPending);
 
+    uint64_t max_seq = 0;
+    for (size_t i = 0; i < n; i++)
+        if (c->slots[i].md && c->slots[i].md->Sequence.Stream > max_seq)
+            max_seq = c->slots[i].md->Sequence.Stream;
+    if (c->upsert && nitems > 0)
+        wait_for_upserts(c, max_seq, (int64_t)(t * 1000));
     double t_prepared = clock_mono_s();
     /* Commit in chunks of at most MAX_TX_ITEMS rows: a fetched history batch can hold thousands of items, and one
      * huge transaction would hold its row locks long enough to stall every other lane writing the same rows. */
@@ -601,8 +709,22 @@ static void process_batch(consumer_t *c, natsMsg **msgs, size_t n, double fetch_
                 c->slots[i].out = OUT_LEAVE;
     }
     double t_committed = clock_mono_s();
+    /* DLQ records of the whole batch go out together; their PubAcks are awaited once, before any ack. */
+    bool any_dlq = false;
+    if (!c->dlqb)
+        c->dlqb = dlq_batch_create(c->nats->nc, c->cfg);
+    if (c->dlqb)
+        dlq_batch_begin(c->dlqb);
+    for (size_t i = 0; i < n; i++) {
+        queue_dlq(c, &c->slots[i]);
+        any_dlq |= c->slots[i].dlq_n > 0;
+    }
+    if (any_dlq)
+        dlq_batch_wait(c->dlqb, DLQ_PUBACK_WAIT_MS);
     for (size_t i = 0; i < n; i++)
         finish(c, &c->slots[i]);
+    if (max_seq > atomic_load(&c->done_seq))
+        atomic_store(&c->done_seq, max_seq); /* only this lane writes it */
     /* Where a batch's time goes (for tuning; debug level costs nothing otherwise). */
     log_debug("consumer", "batch", LF_S("durable", c->durable), LF_I("n", (long long)n), LF_I("items", (long long)nitems),
               LF_D("fetch_ms", fetch_s * 1000), LF_D("prepare_ms", (t_prepared - t) * 1000),
@@ -648,45 +770,62 @@ static void hand_off(consumer_t *c, natsMsgList *list, double fetch_s)
     memset(list, 0, sizeof *list);
 }
 
+/* Appends more's messages to out (both arrays come from nats.c's allocator, which is malloc/free). On out of
+ * memory the extra messages are dropped unacked: they come back after the ack wait. */
+static void list_append(natsMsgList *out, natsMsgList *more)
+{
+    natsMsg **all = malloc((size_t)(out->Count + more->Count) * sizeof *all);
+    if (!all) {
+        natsMsgList_Destroy(more);
+        return;
+    }
+    memcpy(all, out->Msgs, (size_t)out->Count * sizeof *all);
+    memcpy(all + out->Count, more->Msgs, (size_t)more->Count * sizeof *all);
+    free(out->Msgs);
+    free(more->Msgs);
+    out->Msgs = all;
+    out->Count += more->Count;
+    memset(more, 0, sizeof *more);
+}
+
 /* Pulls one batch without a latency floor. A plain Fetch of N waits until N messages arrived or the request expired,
  * so a quiet lane would hold its first event up to fetch_wait. Instead: take what is there now (no-wait); if nothing
- * is, wait for ONE message (returns the moment it arrives), then top up the batch with what is there now. Under load
- * the first no-wait request already returns full batches. */
+ * is, wait for ONE message (returns the moment it arrives). Then top the batch up with what is there now, again while
+ * a top-up still brings messages: nats-server answers a no-wait request with what it has ready, often part of a
+ * large backlog, so one request alone gave drains batches of about 150 of 256. */
 static natsStatus fetch_batch(consumer_t *c, natsMsgList *out)
 {
+    int batch = c->lc->batch_size;
     jsFetchRequest req;
     jsFetchRequest_Init(&req); /* Fetch writes into the request: initialise it every time */
-    req.Batch = c->lc->batch_size;
+    req.Batch = batch;
     req.NoWait = true;
     natsStatus s = natsSubscription_FetchRequest(out, c->sub, &req);
-    if (s == NATS_OK && out->Count > 0)
-        return NATS_OK;
-    natsMsgList_Destroy(out);
-    if (s != NATS_OK && s != NATS_NOT_FOUND && s != NATS_TIMEOUT)
-        return s;
-    jsFetchRequest_Init(&req);
-    req.Batch = 1;
-    req.Expires = c->lc->fetch_wait_ms * 1000000LL;
-    s = natsSubscription_FetchRequest(out, c->sub, &req);
-    if (s != NATS_OK || out->Count == 0 || c->lc->batch_size == 1)
-        return s;
-    natsMsgList more = {0};
-    jsFetchRequest_Init(&req);
-    req.Batch = c->lc->batch_size - 1;
-    req.NoWait = true;
-    if (natsSubscription_FetchRequest(&more, c->sub, &req) == NATS_OK && more.Count > 0) {
-        natsMsg **all = malloc((size_t)(out->Count + more.Count) * sizeof *all);
-        if (all) { /* both arrays come from nats.c's allocator, which is malloc/free */
-            memcpy(all, out->Msgs, (size_t)out->Count * sizeof *all);
-            memcpy(all + out->Count, more.Msgs, (size_t)more.Count * sizeof *all);
-            free(out->Msgs);
-            free(more.Msgs);
-            out->Msgs = all;
-            out->Count += more.Count;
-            return NATS_OK;
-        }
+    if (s != NATS_OK || out->Count == 0) {
+        natsMsgList_Destroy(out);
+        if (s != NATS_OK && s != NATS_NOT_FOUND && s != NATS_TIMEOUT)
+            return s;
+        /* Nothing left for this lane right now: update lanes waiting on it may go on (wait_for_upserts). */
+        atomic_store(&c->idle_since_ms, clock_mono_ms());
+        jsFetchRequest_Init(&req);
+        req.Batch = 1;
+        req.Expires = c->lc->fetch_wait_ms * 1000000LL;
+        s = natsSubscription_FetchRequest(out, c->sub, &req);
+        if (s != NATS_OK || out->Count == 0)
+            return s;
     }
-    natsMsgList_Destroy(&more); /* out of memory: these come back after the ack wait */
+    atomic_store(&c->idle_since_ms, 0);
+    for (int round = 0; round < FETCH_TOPUPS && out->Count < batch; round++) {
+        natsMsgList more = {0};
+        jsFetchRequest_Init(&req);
+        req.Batch = batch - out->Count;
+        req.NoWait = true;
+        if (natsSubscription_FetchRequest(&more, c->sub, &req) != NATS_OK || more.Count == 0) {
+            natsMsgList_Destroy(&more);
+            break;
+        }
+        list_append(out, &more);
+    }
     return NATS_OK;
 }
 
@@ -757,10 +896,14 @@ static void *run(void *arg)
         double fetch_s = c->ho_fetch_s;
         memset(&c->ho_list, 0, sizeof c->ho_list);
         c->ho_full = false;
+        c->lane_busy = true;
         pthread_cond_broadcast(&c->ho_cv);
         pthread_mutex_unlock(&c->ho_mu);
 
         process_batch(c, list.Msgs, (size_t)list.Count, fetch_s);
+        pthread_mutex_lock(&c->ho_mu);
+        c->lane_busy = false;
+        pthread_mutex_unlock(&c->ho_mu);
         for (int i = 0; i < list.Count; i++)
             list.Msgs[i] = NULL; /* each message was destroyed by its owner in finish() */
         natsMsgList_Destroy(&list);

@@ -138,6 +138,7 @@ static int start_consumers(app_t *a)
         if (consumer_subscribe(c) != 0)
             return -1;
     }
+    consumer_link_updates(a->lanes, a->nlanes);
     for (int i = 0; i < a->nlanes; i++)
         if (consumer_start(a->lanes[i]) != 0)
             return -1;

@@ -1,4 +1,6 @@
 /* test_ingest.c - the ten subjects end to end against real NATS + PostgreSQL: rows, write rules, DLQ decisions. */
+#include <nats/nats.h>
+
 #include "itest.h"
 
 #define CO "acme"
@@ -210,6 +212,74 @@ TEST(malformed_json_becomes_dlq_record_with_base64_original)
     CHECK_CONTAINS(t, "\"error_class\":\"unmarshal\"");
     CHECK_CONTAINS(t, "\"error_type\":\"fatal\"");
     free(t);
+}
+
+/* SPEC 4: a record that did not reach the DLQ means the original is NAKed, never acked; once the DLQ stream is
+ * back, the redelivery stores the record (once, whatever was retried), and a whole batch of bad events still
+ * gets one record each. */
+TEST(dlq_publish_failure_naks_the_original_and_the_record_lands_once_the_dlq_stream_returns)
+{
+    REQUIRE(it_up(CO, NO_ENV));
+    natsConnection *nc = NULL;
+    jsCtx *js = NULL;
+    REQUIRE(natsConnection_ConnectTo(&nc, N.url) == NATS_OK && natsConnection_JetStream(&js, nc, NULL) == NATS_OK);
+    REQUIRE(js_DeleteStream(js, "dlq_stream", NULL, NULL) == NATS_OK);
+    it_pub("v1.chats.upsert", CO, "{not json", "bad-nak-1");
+    CHECK(h_svc_wait_log(&S, "DLQ publish failed; the event will be redelivered", 20000));
+    char series[256];
+    snprintf(series, sizeof series,
+             "message_event_service_event_processing_actions_total{event_type=\"v1.chats.upsert\",company_id=\"%s\","
+             "consumer_type=\"realtime\",action=\"nak_dlq_publish_fail\",error_type=\"unmarshal\"}",
+             CO);
+    CHECK(h_metric(S.http_port, series) >= 1);
+    /* Not acked: nothing else may have happened to it (no ack_success / dlq_published_ack_success). */
+    snprintf(series, sizeof series,
+             "message_event_service_event_processing_actions_total{event_type=\"v1.chats.upsert\",company_id=\"%s\","
+             "consumer_type=\"realtime\",action=\"dlq_published_ack_success\",error_type=\"unmarshal\"}",
+             CO);
+    CHECK(h_metric(S.http_port, series) <= 0);
+    REQUIRE(h_streams_create(&N));
+    for (int i = 0; i < 20; i++) {
+        char id[32];
+        snprintf(id, sizeof id, "bad-nak-b%d", i);
+        it_pub("v1.chats.upsert", CO, "[1,2]", id);
+    }
+    CHECK_EQ_INT(it_dlq_wait(CO, 21, 30000), 21);
+    h_sleep_ms(1500); /* a further redelivery would add nothing: records are de-duplicated by Nats-Msg-Id */
+    CHECK_EQ_INT(it_dlq_count(CO), 21);
+    CHECK(h_metric(S.http_port, series) >= 1);
+    jsCtx_Destroy(js);
+    natsConnection_Destroy(nc);
+}
+
+/* A backlog: every update is published after the upsert that creates its row, and the service starts with all of
+ * it waiting. The update lanes would drain faster than the upsert lanes; they wait for them instead, so no update
+ * finds its row missing (no DLQ record, no retry needed) and every update is applied. */
+TEST(updates_in_a_backlog_never_overtake_the_upserts_published_before_them)
+{
+    enum { K = 1500 };
+    REQUIRE(h_nats_start(&N) && h_pg_start(&P) && h_streams_create(&N));
+    atexit(it_dump_log);
+    char buf[256];
+    for (int i = 0; i < K; i++) {
+        snprintf(buf, sizeof buf, "{\"chat_id\":\"bk%d\",\"jid\":\"j\",\"agent_id\":\"a\",\"phone_number\":\"1\"}", i);
+        REQUIRE(it_pub("v1.chats.upsert", CO, buf, NULL));
+        snprintf(buf, sizeof buf,
+                 "{\"message_id\":\"bm%d\",\"chat_id\":\"bk%d\",\"jid\":\"j\",\"agent_id\":\"a\",\"flow\":\"OUT\","
+                 "\"status\":\"sent\",\"message_timestamp\":%d}",
+                 i, i, 1700000000 + i);
+        REQUIRE(it_pub("v1.messages.upsert", CO, buf, NULL));
+    }
+    for (int i = 0; i < K; i++) {
+        snprintf(buf, sizeof buf, "{\"chat_id\":\"bk%d\",\"unread_delta\":1}", i);
+        REQUIRE(it_pub("v1.chats.update", CO, buf, NULL));
+        snprintf(buf, sizeof buf, "{\"message_id\":\"bm%d\",\"status\":\"read\"}", i);
+        REQUIRE(it_pub("v1.messages.update", CO, buf, NULL));
+    }
+    REQUIRE(h_svc_start(&S, CO, &N, &P, NO_ENV) && h_svc_wait_ready(&S, 60000));
+    CHECK_EQ_INT(h_pg_wait_int(&P, K, 60000, "SELECT count(*) FROM " SCH ".chats WHERE unread_count = 1"), K);
+    CHECK_EQ_INT(h_pg_wait_int(&P, K, 60000, "SELECT count(*) FROM " SCH ".messages WHERE status = 'read'"), K);
+    CHECK_EQ_INT(it_dlq_count(CO), 0);
 }
 
 TEST(company_mismatch_and_foreign_tenant_subjects_are_never_written)
