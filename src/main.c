@@ -54,23 +54,35 @@ static void sleep_ms(int64_t ms)
     }
 }
 
+/* /ready runs on HTTP threads from the first moment, while main still builds the components it reads: main
+ * publishes each one by raising g_stage (release) once it is complete, and ready() reads only what is published
+ * (acquire). Before this, a probe during startup could read the lane count before the lane pointer it covers. */
+enum { STAGE_NONE, STAGE_DB, STAGE_NATS, STAGE_LANES, STAGE_ALL };
+static _Atomic int g_stage = STAGE_NONE;
+
+static void publish_stage(int stage)
+{
+    atomic_store_explicit(&g_stage, stage, memory_order_release);
+}
+
 static bool ready(void *ctx, char *details, size_t len)
 {
     app_t *a = ctx;
+    int stage = atomic_load_explicit(&g_stage, memory_order_acquire);
     if (atomic_load(&g_stop)) { /* set by the signal handler itself: 503 from the first moment of shutdown */
         snprintf(details, len, "\"shutdown\":\"in progress\"");
         return false;
     }
-    bool db = maintenance_db_up(a->maint);
-    bool nats = mes_nats_connected(&a->nats);
-    int subscribed = 0;
-    for (int i = 0; i < a->nlanes; i++)
+    bool db = stage >= STAGE_DB && maintenance_db_up(a->maint);
+    bool nats = stage >= STAGE_NATS && mes_nats_connected(&a->nats);
+    int nlanes = stage >= STAGE_LANES ? a->nlanes : 0, subscribed = 0;
+    for (int i = 0; i < nlanes; i++)
         subscribed += consumer_subscribed(a->lanes[i]);
-    bool consumers = a->nlanes > 0 && subscribed == a->nlanes;
-    bool dlq = dlq_worker_subscribed(a->dlq);
+    bool consumers = nlanes > 0 && subscribed == nlanes;
+    bool dlq = stage >= STAGE_ALL && dlq_worker_subscribed(a->dlq);
     snprintf(details, len,
              "\"postgres\":\"%s\",\"nats\":\"%s\",\"consumers\":\"%d/%d subscribed\",\"dlq_worker\":\"%s\"",
-             db ? "up" : "down", nats ? "up" : "down", subscribed, a->nlanes, dlq ? "subscribed" : "not subscribed");
+             db ? "up" : "down", nats ? "up" : "down", subscribed, nlanes, dlq ? "subscribed" : "not subscribed");
     return db && nats && consumers && dlq;
 }
 
@@ -258,6 +270,7 @@ int main(int argc, char **argv)
         goto out;
     if (!(app.maint = maintenance_start(&app.cfg, &g_stop)))
         goto out;
+    publish_stage(STAGE_DB);
     if (mes_nats_connect(&app.nats, &app.cfg, deadline, &g_stop) != 0) {
         log_error("main", "startup failed: cannot connect to NATS");
         goto out;
@@ -266,14 +279,17 @@ int main(int argc, char **argv)
         log_error("main", "startup failed: streams");
         goto out;
     }
+    publish_stage(STAGE_NATS);
     if (start_consumers(&app) != 0) {
         log_error("main", "startup failed: consumers");
         goto out;
     }
+    publish_stage(STAGE_LANES);
     if (start_dlq_worker(&app) != 0) {
         log_error("main", "startup failed: DLQ worker");
         goto out;
     }
+    publish_stage(STAGE_ALL);
     log_info("main", "Both consumers started successfully", LF_I("lanes", app.nlanes));
 
     while (!atomic_load(&g_stop)) {
