@@ -18,6 +18,7 @@
 #define MAX_TX_ITEMS 1024
 #define DLQ_PUBACK_WAIT_MS 5000 /* how long a batch waits for its DLQ records' PubAcks */
 #define FETCH_TOPUPS 4 /* no-wait requests after the first that may fill a partial batch */
+#define NOWAIT_EXPIRES_MS 50 /* expiry of a no-wait request (see fetch_one) */
 #define UPSERT_WAIT_MS 5000 /* at most this long an update batch waits for its entity's upsert lane */
 
 /* What happens to one message once its batch has been decided. */
@@ -809,7 +810,12 @@ static natsStatus fetch_one(consumer_t *c, natsMsgList *out, int batch, bool no_
         req.Batch = pending < batch ? pending : batch;
         req.NoWait = true;
     }
-    req.Expires = c->lc->fetch_wait_ms * 1000000LL;
+    /* A no-wait request is answered at once (messages, or 404): its expiry only bounds a reply that never ends
+     * (seen rarely as a 500 ms stall at the default fetchWait), so it is short. */
+    int64_t wait_ms = c->lc->fetch_wait_ms;
+    if (req.NoWait && wait_ms > NOWAIT_EXPIRES_MS)
+        wait_ms = NOWAIT_EXPIRES_MS;
+    req.Expires = wait_ms * 1000000LL;
     int asked = req.Batch;
     natsStatus s = natsSubscription_FetchRequest(out, c->sub, &req);
     if (out->Count > asked) { /* the first defect struck anyway: never hand on more than was asked for */
