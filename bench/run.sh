@@ -74,15 +74,23 @@ step drain-msgs "$B/bench-drain" --label messages-only --count "$N_MSGS" --subje
 # The realistic mix: the load generator's default weights (6% of events are history batches) with 20 items per
 # batch. With 100 items, history rows alone would be 6 per event, i.e. 90k items/s at 15k events/s, three times the
 # history target: that variant is reported for information (drain-mix-h100), not held to the 15k target.
-step drain-mix "$B/bench-drain" --label realistic-mix --count "$N_MIX" --subjects "$MIX" --history-count 20
+# The realistic mix and its poisoned twin decide two targets from a few seconds each: three runs of each,
+# interleaved so that a noisy moment hits both alike, and the medians are compared.
+for k in 1 2 3; do
+    step "drain-mix-$k" "$B/bench-drain" --label realistic-mix --count "$N_MIX" --subjects "$MIX" --history-count 20
+    step "drain-poison-$k" "$B/bench-drain" --label realistic-mix-poison --count "$N_MIX" --subjects "$MIX" \
+        --history-count 20 --invalid-ratio 0.01
+done
 step drain-mix-h100 "$B/bench-drain" --label realistic-mix-h100 --count "$((N_MIX / 4))" --subjects "$MIX" \
     --history-count 100
 step drain-hist "$B/bench-drain" --label history-messages --count "$N_HIST" --subjects v1.history.messages \
     --history-count 100
-step drain-poison "$B/bench-drain" --label realistic-mix-poison --count "$N_MIX" --subjects "$MIX" --history-count 20 \
-    --invalid-ratio 0.01
 
-MAX=$(j drain-mix realistic-mix events_per_s)
+# jm NAME LABEL KEY: the median of KEY over NAME-1..3.json.
+jm() {
+    for k in 1 2 3; do j "$1-$k" "$2" "$3"; done | sort -g | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)] }'
+}
+MAX=$(jm drain-mix realistic-mix events_per_s)
 if [ -n "$MAX" ] && [ "${MAX%.*}" -gt 0 ] 2>/dev/null; then
     R50=$(awk -v m="$MAX" 'BEGIN { printf "%.0f", m * 0.5 }')
     R90=$(awk -v m="$MAX" 'BEGIN { printf "%.0f", m * 0.9 }')
@@ -111,7 +119,7 @@ REFA=$(j refbound ref-autocommit events_per_s)
 REFB=$(j refbound min-batched events_per_s)
 MSG=$(j drain-msgs messages-only events_per_s)
 HIST=$(j drain-hist history-messages rows_per_s)
-POIS=$(j drain-poison realistic-mix-poison events_per_s)
+POIS=$(jm drain-poison realistic-mix-poison events_per_s)
 P50_99=$(j lat50 lat-50pct p99_ms)
 P90_99=$(j lat90 lat-90pct p99_ms)
 RSS=$(for l in chats-only messages-only realistic-mix history-messages realistic-mix-poison; do
@@ -152,7 +160,7 @@ row "  >= 70%, on a durable PostgreSQL (fsync on)" "$(f "$CHD") vs $(f "$REFBD")
     "$(verdict "$PCTD >= 70" "$PCTD")"
 row "  >= 8x, on a durable PostgreSQL (fsync on)" "$(f "$CHD") vs $(f "$REFAD") ev/s = $(f "$XD" 1)x" \
     "$(verdict "$XD >= 8" "$XD")"
-row "realistic mix (history 20 items) >= 15k events/s" "$(f "$MAX") events/s" "$(verdict "$MAX >= 15000" "$MAX")"
+row "realistic mix (history 20 items) >= 15k events/s" "$(f "$MAX") events/s (median of 3)" "$(verdict "$MAX >= 15000" "$MAX")"
 row "history items >= 30k items/s" "$(f "$HIST") items/s" "$(verdict "$HIST >= 30000" "$HIST")"
 row "handler <= 2 us per realtime event (worst type)" "$(f "$MICRO_NS") ns (${MICRO_NS_T:-n/a})" \
     "$(verdict "$MICRO_NS <= 2000" "$MICRO_NS")"
@@ -160,7 +168,7 @@ row "handler <= 5 allocations per realtime event" "$(f "$MICRO_AL" 2) allocs (wo
     "$(verdict "$MICRO_AL <= 5" "$MICRO_AL")"
 row "p99 publish->commit <= 100 ms at 50% of max rate" "$(f "$P50_99" 1) ms at $(f "${R50:-}") ev/s" \
     "$(verdict "$P50_99 <= 100" "$P50_99")"
-row "1% poison costs <= 10% throughput" "$(f "$POIS") vs $(f "$MAX") ev/s = $(f "$COST" 1)% cost" \
+row "1% poison costs <= 10% throughput" "$(f "$POIS") vs $(f "$MAX") ev/s = $(f "$COST" 1)% (medians)" \
     "$(verdict "$COST <= 10" "$COST")"
 row "peak RSS <= 64 MiB under load (max of the drains)" "$(f "$RSS" 1) MiB" "$(verdict "$RSS <= 64" "$RSS")"
 row "(info) messages-only drain" "$(f "$MSG") events/s" ""
