@@ -52,6 +52,19 @@ int mes_nats_subscribe(mes_nats_t *n, event_type_t et, bool dlq, natsSubscriptio
  * way to the old inbox is not lost: it is redelivered after the ack wait. Every 5 s of silence it also refreshes
  * message_event_service_consumer_pending for live lanes from the server's count. */
 bool mes_nats_fetch_watch(mes_nats_t *n, mes_fetch_watch_t *w, event_type_t et, bool dlq, bool got_messages);
+/* One Fetch of at most `batch` messages from a pull subscription, shaped around two defects of nats.c 3.4.1 (the
+ * version Debian ships):
+ * - a no-wait request without an expiry returns as soon as nothing is queued locally, before the server's reply has
+ *   arrived: partial batches, with the rest of the reply left queued in the subscription;
+ * - a Fetch that starts with such leftovers counts its loop against the reduced request size: it can return more
+ *   messages than asked and write past the array it allocated (heap corruption under load; a core showed 256
+ *   messages returned for a request of 255).
+ * So every request carries an expiry (no-wait ones NOWAIT_EXPIRES_MS at most: the server answers them at once, the
+ * expiry only bounds a reply that never ends), leftovers are taken alone by a request for exactly as many, and a
+ * list longer than asked for is cut (the excess stays unacked and is redelivered). Returns what
+ * natsSubscription_FetchRequest returns; out->Count <= batch. */
+natsStatus mes_nats_fetch(natsSubscription *sub, int batch, bool no_wait, int64_t wait_ms, natsMsgList *out);
+
 /* Unsubscribes and destroys *sub (NULL-safe) and sets it to NULL. */
 void mes_nats_unsubscribe(natsSubscription **sub);
 /* Unsubscribes and destroys *sub, then binds a new pull subscription to the same durable. Only call right after this

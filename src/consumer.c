@@ -17,8 +17,6 @@
 /* Rows per transaction at most (a single message with more items still goes in one transaction of its own). */
 #define MAX_TX_ITEMS 1024
 #define DLQ_PUBACK_WAIT_MS 5000 /* how long a batch waits for its DLQ records' PubAcks */
-#define FETCH_TOPUPS 4 /* no-wait requests after the first that may fill a partial batch */
-#define NOWAIT_EXPIRES_MS 50 /* expiry of a no-wait request (see fetch_one) */
 #define UPSERT_WAIT_MS 5000 /* at most this long an update batch waits for its entity's upsert lane */
 
 /* What happens to one message once its batch has been decided. */
@@ -789,74 +787,31 @@ static void list_append(natsMsgList *out, natsMsgList *more)
     memset(more, 0, sizeof *more);
 }
 
-/* One Fetch, shaped around two defects of nats.c 3.4.1 (the version Debian ships; see README "nats.c 3.4.1 Fetch"):
- * - A Fetch that starts with messages left in the subscription by an earlier request counts its loop against the
- *   reduced request size: it can return more messages than asked and write past the array it allocated (heap
- *   corruption, seen as aborts in malloc under load; a core showed 256 messages for a request of 255). So when
- *   messages are pending in the subscription, they are taken alone: a request for at most that many, which the
- *   leftovers satisfy without a new pull request.
- * - A no-wait request without an expiry returns as soon as nothing is queued locally, before the server's reply has
- *   arrived: partial batches, with the rest of the reply left behind for the next Fetch (the first defect's
- *   trigger). With an expiry, nats.c waits for the reply's end (its messages, or the 404 that says there are no
- *   more), and still returns at once when the server has nothing. */
-static natsStatus fetch_one(consumer_t *c, natsMsgList *out, int batch, bool no_wait)
-{
-    jsFetchRequest req;
-    int pending = 0, pending_bytes = 0;
-    jsFetchRequest_Init(&req); /* Fetch writes into the request: initialise it every time */
-    req.Batch = batch;
-    req.NoWait = no_wait;
-    if (natsSubscription_GetPending(c->sub, &pending, &pending_bytes) == NATS_OK && pending > 0) {
-        req.Batch = pending < batch ? pending : batch;
-        req.NoWait = true;
-    }
-    /* A no-wait request is answered at once (messages, or 404): its expiry only bounds a reply that never ends
-     * (seen rarely as a 500 ms stall at the default fetchWait), so it is short. */
-    int64_t wait_ms = c->lc->fetch_wait_ms;
-    if (req.NoWait && wait_ms > NOWAIT_EXPIRES_MS)
-        wait_ms = NOWAIT_EXPIRES_MS;
-    req.Expires = wait_ms * 1000000LL;
-    int asked = req.Batch;
-    natsStatus s = natsSubscription_FetchRequest(out, c->sub, &req);
-    if (out->Count > asked) { /* the first defect struck anyway: never hand on more than was asked for */
-        log_error("consumer", "fetch returned more messages than requested; dropping the excess unacked",
-                  LF_S("durable", c->durable), LF_I("count", out->Count), LF_I("asked", asked));
-        for (int i = asked; i < out->Count; i++) {
-            natsMsg_Destroy(out->Msgs[i]);
-            out->Msgs[i] = NULL;
-        }
-        out->Count = asked;
-    }
-    return s;
-}
-
 /* Pulls one batch without a latency floor. A plain Fetch of N waits until N messages arrived or the request expired,
  * so a quiet lane would hold its first event up to fetch_wait. Instead: take what is there now (no-wait); if nothing
- * is, wait for ONE message (returns the moment it arrives). Then top the batch up with what is there now, again while
- * a top-up still brings messages. */
+ * is, wait for ONE message (returns the moment it arrives), then top the batch up with what is there now. */
 static natsStatus fetch_batch(consumer_t *c, natsMsgList *out)
 {
     int batch = c->lc->batch_size;
-    natsStatus s = fetch_one(c, out, batch, true);
-    if (s != NATS_OK || out->Count == 0) {
-        natsMsgList_Destroy(out);
-        if (s != NATS_OK && s != NATS_NOT_FOUND && s != NATS_TIMEOUT)
-            return s;
-        /* Nothing left for this lane right now: update lanes waiting on it may go on (wait_for_upserts). */
-        atomic_store(&c->idle_since_ms, clock_mono_ms());
-        s = fetch_one(c, out, 1, false);
-        if (s != NATS_OK || out->Count == 0)
-            return s;
+    int64_t wait_ms = c->lc->fetch_wait_ms;
+    natsStatus s = mes_nats_fetch(c->sub, batch, true, wait_ms, out);
+    if (s == NATS_OK && out->Count > 0) {
+        atomic_store(&c->idle_since_ms, 0);
+        return NATS_OK;
     }
+    natsMsgList_Destroy(out);
+    if (s != NATS_OK && s != NATS_NOT_FOUND && s != NATS_TIMEOUT)
+        return s;
+    /* Nothing left for this lane right now: update lanes waiting on it may go on (wait_for_upserts). */
+    atomic_store(&c->idle_since_ms, clock_mono_ms());
+    s = mes_nats_fetch(c->sub, 1, false, wait_ms, out);
+    if (s != NATS_OK || out->Count == 0)
+        return s;
     atomic_store(&c->idle_since_ms, 0);
-    for (int round = 0; round < FETCH_TOPUPS && out->Count < batch; round++) {
-        natsMsgList more = {0};
-        if (fetch_one(c, &more, batch - out->Count, true) != NATS_OK || more.Count == 0) {
-            natsMsgList_Destroy(&more);
-            break;
-        }
+    natsMsgList more = {0};
+    if (batch > 1 && mes_nats_fetch(c->sub, batch - 1, true, wait_ms, &more) == NATS_OK && more.Count > 0)
         list_append(out, &more);
-    }
+    natsMsgList_Destroy(&more);
     return NATS_OK;
 }
 
@@ -925,15 +880,6 @@ static void *run(void *arg)
         }
         natsMsgList list = c->ho_list;
         double fetch_s = c->ho_fetch_s;
-        if (list.Count > c->lc->batch_size) { /* never asked for: the slots hold batch_size (unacked, redelivered) */
-            log_error("consumer", "fetch returned more messages than requested; dropping the excess unacked",
-                      LF_S("durable", c->durable), LF_I("count", list.Count), LF_I("batch", c->lc->batch_size));
-            for (int i = c->lc->batch_size; i < list.Count; i++) {
-                natsMsg_Destroy(list.Msgs[i]);
-                list.Msgs[i] = NULL;
-            }
-            list.Count = c->lc->batch_size;
-        }
         memset(&c->ho_list, 0, sizeof c->ho_list);
         c->ho_full = false;
         c->lane_busy = true;

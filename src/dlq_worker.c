@@ -113,13 +113,7 @@ static void queue_free(queue_t *q)
 static void queue_push(queue_t *q, natsMsg *m)
 {
     pthread_mutex_lock(&q->mu);
-    if (q->len == q->cap) { /* the fetcher never asks for more than the room left; never overwrite a queued record */
-        pthread_mutex_unlock(&q->mu);
-        log_error("dlq", "DLQ queue full on push; the record stays unacked and comes back after the ack wait");
-        natsMsg_Destroy(m);
-        return;
-    }
-    q->ring[(q->head + q->len) % q->cap] = m;
+    q->ring[(q->head + q->len) % q->cap] = m; /* the fetcher never asks for more than the room left */
     q->len++;
     metrics_dlq_queue_length_set(q->len);
     pthread_cond_signal(&q->not_empty);
@@ -201,29 +195,9 @@ static void *fetch_loop(void *arg)
         if (room <= 0)
             continue;
         natsMsgList list = {0};
-        jsFetchRequest req;
-        jsFetchRequest_Init(&req);
-        req.Batch = room;
-        req.Expires = 500 * 1000000LL;
-        /* nats.c 3.4.1 over-counts a Fetch that starts with messages left in the subscription (see fetch_one in
-         * consumer.c): take leftovers alone, with a request they satisfy. */
-        int pending = 0, pending_bytes = 0;
-        if (natsSubscription_GetPending(w->sub, &pending, &pending_bytes) == NATS_OK && pending > 0) {
-            req.Batch = pending < room ? pending : room;
-            req.NoWait = true;
-        }
-        int asked = req.Batch;
         metrics_dlq_fetch_request();
         int64_t t0 = clock_mono_ms();
-        natsStatus s = natsSubscription_FetchRequest(&list, w->sub, &req);
-        for (int i = asked; i < list.Count; i++) { /* never more than the queue has room for */
-            natsMsg_Destroy(list.Msgs[i]);
-            list.Msgs[i] = NULL;
-        }
-        if (list.Count > asked) {
-            log_error("dlq", "fetch returned more records than requested; the excess stays unacked");
-            list.Count = asked;
-        }
+        natsStatus s = mes_nats_fetch(w->sub, room, false, 500, &list); /* never more than the queue has room for */
         bool resub = mes_nats_fetch_watch(w->nats, &watch, ET_UNKNOWN, true, s == NATS_OK && list.Count > 0);
         if (s == NATS_OK) {
             backoff = 100;
