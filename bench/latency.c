@@ -19,6 +19,7 @@
 #include <sys/wait.h>
 #include <time.h>
 
+#include "clock.h"
 #include "harness.h"
 #include "keep.h"
 
@@ -34,27 +35,6 @@ static void on_pub_error(jsCtx *js, jsPubAckErr *pae, void *closure)
     (void)pae;
     (void)closure;
     atomic_fetch_add(&pub_errors, 1);
-}
-
-static int64_t mono_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
-static int64_t wall_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000000LL + ts.tv_nsec / 1000;
-}
-
-static void sleep_until_ns(int64_t t)
-{
-    struct timespec ts = {(time_t)(t / 1000000000LL), (long)(t % 1000000000LL)};
-    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) != 0)
-        ;
 }
 
 /* Probe k: even k a new chat, odd k a new message in it (half of them IN, so onboarding runs as in production). */
@@ -207,16 +187,16 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench-latency: cannot connect to %s\n", n.url);
         return 1;
     }
-    int64_t t0 = mono_ns(), end = t0 + (int64_t)(duration * 1e9);
-    int64_t counted_from_us = wall_us() + (int64_t)(warmup * 1e6);
+    int64_t t0 = clock_mono_ns(), end = t0 + (int64_t)(duration * 1e9);
+    int64_t counted_from_us = clock_real_us() + (int64_t)(warmup * 1e6);
     long probes = 0;
     char data[1024], subject[64];
     for (;; probes++) {
         int64_t due = t0 + (int64_t)((double)probes * 1e9 / probe_rate);
         if (due >= end)
             break;
-        sleep_until_ns(due);
-        int len = probe(data, sizeof data, probes, wall_us(), subject, sizeof subject);
+        clock_sleep_until_ns(due);
+        int len = probe(data, sizeof data, probes, clock_real_us(), subject, sizeof subject);
         if (js_PublishAsync(js, subject, data, len, NULL) != NATS_OK)
             atomic_fetch_add(&pub_errors, 1);
     }

@@ -6,8 +6,12 @@
 #include <stdint.h>
 
 int64_t clock_mono_ms(void);
+int64_t clock_mono_ns(void);
 double clock_mono_s(void);
 int64_t clock_real_ms(void);
+int64_t clock_real_us(void);
+/* Sleeps until CLOCK_MONOTONIC reads mono_ns (a paced schedule), resuming after signals. */
+void clock_sleep_until_ns(int64_t mono_ns);
 /* Sleeps ms milliseconds, resuming after signals. */
 void clock_sleep_ms(int64_t ms);
 /* "2026-11-22T12:00:00.123456Z" (UTC, microseconds) into out (>= 32 bytes). */

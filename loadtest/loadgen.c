@@ -41,6 +41,8 @@
 #include <microhttpd.h>
 #include <nats/nats.h>
 
+#include "clock.h"
+
 /* ---------------------------------------------------------------------------------------------------------------- */
 /* Contract tables.                                                                                                 */
 
@@ -125,26 +127,6 @@ static void *xcalloc(size_t n, size_t sz)
     return p;
 }
 
-static int64_t mono_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
-static int64_t wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000LL + ts.tv_nsec / 1000000;
-}
-
-static void sleep_until_ns(int64_t t)
-{
-    struct timespec ts = {(time_t)(t / 1000000000LL), (long)(t % 1000000000LL)};
-    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
-        ;
-}
 
 /* xoshiro256** seeded through splitmix64: fast, good, and the same numbers on every platform (never rand()). */
 typedef struct {
@@ -664,7 +646,7 @@ static int parse_args(opts_t *o, int argc, char **argv)
          * JetStream's duplicate window does not swallow it. */
         char t36[16], *p = t36 + sizeof t36;
         *--p = '\0';
-        for (uint64_t t = (uint64_t)wall_ms(); t; t /= 36)
+        for (uint64_t t = (uint64_t)clock_real_ms(); t; t /= 36)
             *--p = "0123456789abcdefghijklmnopqrstuvwxyz"[t % 36];
         snprintf(o->prefix, sizeof o->prefix, "lg%" PRIu64 "-%s", o->seed, p);
     }
@@ -1441,7 +1423,7 @@ static void settle(lg_t *g, slot_t *sl, bool ok, bool dup, int cls, const char *
         atomic_fetch_add(&c->published, 1);
         if (dup)
             atomic_fetch_add(&g->duplicates, 1);
-        lat_record(&g->lat, mono_ns() - sl->sent_ns);
+        lat_record(&g->lat, clock_mono_ns() - sl->sent_ns);
     } else {
         atomic_fetch_add(&c->errors, 1);
         atomic_fetch_add(&g->err_class[cls], 1);
@@ -1517,7 +1499,7 @@ static void wait_room(lg_t *g, int64_t max_ns)
 static void send_next(lg_t *g, event_t *ev)
 {
     uint64_t seq = ++g->seq;
-    gen_next(&g->gen, seq, g->o.dry_run ? VCLOCK_BASE_MS + (int64_t)seq * 10 : wall_ms(), ev);
+    gen_next(&g->gen, seq, g->o.dry_run ? VCLOCK_BASE_MS + (int64_t)seq * 10 : clock_real_ms(), ev);
     const char *co = g->o.companies[ev->tenant];
     cell_t *c = &g->cells[ev->subj][ev->tenant];
     atomic_fetch_add(&c->attempted, 1);
@@ -1540,7 +1522,7 @@ static void send_next(lg_t *g, event_t *ev)
     snprintf(subject, sizeof subject, "%s.%s", SUBJ[ev->subj].base, co);
     snprintf(id, sizeof id, "%s-%" PRIu64, g->o.prefix, seq);
     slot_t *sl = &g->slots[seq & g->slot_mask];
-    sl->sent_ns = mono_ns();
+    sl->sent_ns = clock_mono_ns();
     sl->subj = ev->subj;
     sl->tenant = ev->tenant;
     sl->kind = ev->kind;
@@ -1615,7 +1597,7 @@ static void run_loop(lg_t *g)
 {
     event_t ev = {0};
     const opts_t *o = &g->o;
-    int64_t t0 = mono_ns(), end = o->duration_s > 0 ? t0 + (int64_t)(o->duration_s * 1e9) : INT64_MAX;
+    int64_t t0 = clock_mono_ns(), end = o->duration_s > 0 ? t0 + (int64_t)(o->duration_s * 1e9) : INT64_MAX;
     int64_t next_progress = t0 + 5000000000LL, next_expiry = t0 + 100000000LL;
     double ns_per = o->rate > 0 ? 1e9 / o->rate : 0;
     uint64_t slots_done = 0;
@@ -1623,7 +1605,7 @@ static void run_loop(lg_t *g)
     for (;;) {
         if (g_stop || (o->count && g->seq >= o->count))
             break;
-        int64_t now = mono_ns();
+        int64_t now = clock_mono_ns();
         if (now >= end)
             break;
         if (now >= next_progress) {
@@ -1659,9 +1641,9 @@ static void run_loop(lg_t *g)
         }
         int64_t next = t0 + (int64_t)((double)slots_done * ns_per);
         next = next < end ? next : end;
-        sleep_until_ns(next < next_expiry ? next : next_expiry);
+        clock_sleep_until_ns(next < next_expiry ? next : next_expiry);
     }
-    int64_t stop = mono_ns();
+    int64_t stop = clock_mono_ns();
     /* A duration-bounded run that fell behind (CPU-bound) leaves due slots unsent: also deficit. */
     if (ns_per > 0 && !g_stop && stop >= end && !(o->count && g->seq >= o->count)) {
         uint64_t due_total = (uint64_t)ceil(o->duration_s * o->rate);
@@ -1770,7 +1752,7 @@ static bool wait_drained(vctx_t *x)
 {
     lg_t *g = x->g;
     verify_t *v = x->v;
-    int64_t t0 = mono_ns(), deadline = t0 + (int64_t)(g->o.verify_timeout_s * 1e9), next_note = t0 + 5000000000LL;
+    int64_t t0 = clock_mono_ns(), deadline = t0 + (int64_t)(g->o.verify_timeout_s * 1e9), next_note = t0 + 5000000000LL;
     jsOptions jo;
     jsOptions_Init(&jo);
     jo.Wait = 5000;
@@ -1787,7 +1769,7 @@ static bool wait_drained(vctx_t *x)
                 all &= n == 0;
                 pending += n > 0 ? n : 0;
             }
-        int64_t now = mono_ns();
+        int64_t now = clock_mono_ns();
         if (all) {
             v->drained = true;
             v->drain_s = (double)(now - t0) / 1e9;
@@ -1800,7 +1782,7 @@ static bool wait_drained(vctx_t *x)
                     pending, v->not_drained);
             next_note += 5000000000LL;
         }
-        sleep_until_ns(now + 250000000LL);
+        clock_sleep_until_ns(now + 250000000LL);
     }
 }
 

@@ -43,6 +43,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
+
 extern char **environ;
 
 #define READY_LINE "Both consumers started successfully"
@@ -108,13 +110,6 @@ static void reg_del(struct reg_entry *e)
 
 /* ------------------------------------------------------------------------------------------------------------ */
 /* Async-signal-safe process and directory helpers.                                                             */
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void sleep_ms(int ms)
 {
@@ -306,7 +301,7 @@ static void stop_all(void)
         }
     }
     for (int round = 0; round < 2; round++) {
-        int64_t deadline = now_ms() + (round == 0 ? STOP_GRACE_MS : 2000);
+        int64_t deadline = clock_mono_ms() + (round == 0 ? STOP_GRACE_MS : 2000);
         for (;;) {
             bool all_gone = true;
             for (int i = 0; i < REG_MAX; i++) {
@@ -314,7 +309,7 @@ static void stop_all(void)
                 if (e->used && e->owner == me && e->kind != REG_DIR && !e->exited && !proc_gone(e->pid))
                     all_gone = false;
             }
-            if (all_gone || now_ms() > deadline)
+            if (all_gone || clock_mono_ms() > deadline)
                 break;
             sleep_ms(10);
         }
@@ -433,7 +428,7 @@ static void h_init(void)
 
 int64_t h_now_ms(void)
 {
-    return now_ms();
+    return clock_mono_ms();
 }
 
 void h_sleep_ms(int ms)
@@ -572,7 +567,7 @@ static void sweep_stale_dirs(void)
                     fprintf(stderr, "harness: killing leftover server %ld of dead test process %ld\n", pid, owner);
                     kill_children_of((pid_t)pid, SIGKILL);
                     kill((pid_t)pid, SIGKILL);
-                    for (int64_t dl = now_ms() + 3000; !proc_gone((pid_t)pid) && now_ms() < dl;)
+                    for (int64_t dl = clock_mono_ms() + 3000; !proc_gone((pid_t)pid) && clock_mono_ms() < dl;)
                         sleep_ms(10);
                 }
                 free(cmd);
@@ -716,11 +711,11 @@ static int run_capture(const char *const *argv, const char *const *env, const ch
     }
     size_t cap = 4096, len = 0;
     char *buf = malloc(cap);
-    int64_t deadline = now_ms() + timeout_ms;
+    int64_t deadline = clock_mono_ms() + timeout_ms;
     int status = -1;
     bool exited = false, eof = false;
     while (!eof) {
-        int64_t left = deadline - now_ms();
+        int64_t left = deadline - clock_mono_ms();
         if (left <= 0)
             break;
         struct pollfd pf = {pfd[0], POLLIN, 0};
@@ -745,7 +740,7 @@ static int run_capture(const char *const *argv, const char *const *env, const ch
             status = decode_status(st);
         }
     }
-    while (!exited && now_ms() < deadline) { /* stdout closed; the process may still be finishing */
+    while (!exited && clock_mono_ms() < deadline) { /* stdout closed; the process may still be finishing */
         int st;
         if (waitpid(pid, &st, WNOHANG) == pid) {
             status = decode_status(st);
@@ -888,8 +883,8 @@ static bool nats_probe(int port)
     char buf[8192];
     size_t len = 0;
     bool ok = false, sent = false;
-    int64_t deadline = now_ms() + 1000;
-    while (now_ms() < deadline && len < sizeof buf - 1) {
+    int64_t deadline = clock_mono_ms() + 1000;
+    while (clock_mono_ms() < deadline && len < sizeof buf - 1) {
         ssize_t n = recv(fd, buf + len, sizeof buf - 1 - len, 0);
         if (n < 0 && errno == EINTR)
             continue;
@@ -950,8 +945,8 @@ static bool nats_spawn(h_nats_t *n, char *log_path, size_t log_len)
         return false;
     reg_add(REG_NATS, pid, n->dir);
     n->pid = pid;
-    int64_t deadline = now_ms() + NATS_START_TIMEOUT_MS;
-    while (now_ms() < deadline) {
+    int64_t deadline = clock_mono_ms() + NATS_START_TIMEOUT_MS;
+    while (clock_mono_ms() < deadline) {
         if (nats_probe(n->port))
             return true;
         struct reg_entry *e = reg_find(REG_NATS, pid);
@@ -992,8 +987,8 @@ void h_nats_stop(h_nats_t *n)
         return;
     if (!proc_gone(n->pid)) {
         kill(n->pid, SIGTERM);
-        int64_t deadline = now_ms() + STOP_GRACE_MS;
-        while (!proc_gone(n->pid) && now_ms() < deadline)
+        int64_t deadline = clock_mono_ms() + STOP_GRACE_MS;
+        while (!proc_gone(n->pid) && clock_mono_ms() < deadline)
             sleep_ms(10);
         if (!proc_gone(n->pid)) {
             fprintf(stderr, "harness: nats-server %d ignored SIGTERM for %d ms; SIGKILL\n", (int)n->pid,
@@ -1013,10 +1008,10 @@ bool h_nats_restart(h_nats_t *n)
     h_nats_stop(n);
     char log_path[320];
     /* The port was ours a moment ago; retry briefly in case a socket still holds it. */
-    for (int64_t deadline = now_ms() + 10000;;) {
+    for (int64_t deadline = clock_mono_ms() + 10000;;) {
         if (nats_spawn(n, log_path, sizeof log_path))
             return true;
-        if (now_ms() > deadline) {
+        if (clock_mono_ms() > deadline) {
             print_tail(log_path, 20);
             return false;
         }
@@ -1234,7 +1229,7 @@ static bool pg_ctl_start(h_pg_t *p, bool quiet)
             if (cmd && strstr(cmd, p->dir)) {
                 kill_children_of(pm, SIGKILL);
                 kill(pm, SIGKILL);
-                for (int64_t dl = now_ms() + 3000; !proc_gone(pm) && now_ms() < dl;)
+                for (int64_t dl = clock_mono_ms() + 3000; !proc_gone(pm) && clock_mono_ms() < dl;)
                     sleep_ms(10);
             }
             free(cmd);
@@ -1251,10 +1246,10 @@ static bool pg_ctl_start(h_pg_t *p, bool quiet)
     }
     reg_add(REG_PG, p->pid, p->dir);
     char err[512] = "";
-    for (int64_t deadline = now_ms() + 20000;;) {
+    for (int64_t deadline = clock_mono_ms() + 20000;;) {
         if (pg_answers(p->dsn, err, sizeof err))
             return true;
-        if (now_ms() > deadline || proc_gone(p->pid))
+        if (clock_mono_ms() > deadline || proc_gone(p->pid))
             break;
         sleep_ms(50);
     }
@@ -1300,8 +1295,8 @@ void h_pg_stop(h_pg_t *p)
         if (st != 0)
             fprintf(stderr, "harness: pg_ctl stop (port %d) failed (%d): %s\n", p->port, st, out ? out : "");
         free(out);
-        int64_t deadline = now_ms() + STOP_GRACE_MS;
-        while (!proc_gone(p->pid) && now_ms() < deadline)
+        int64_t deadline = clock_mono_ms() + STOP_GRACE_MS;
+        while (!proc_gone(p->pid) && clock_mono_ms() < deadline)
             sleep_ms(10);
         if (!proc_gone(p->pid)) {
             fprintf(stderr, "harness: postmaster %d still alive after pg_ctl stop; SIGKILL\n", (int)p->pid);
@@ -1318,10 +1313,10 @@ bool h_pg_restart(h_pg_t *p)
 {
     h_init();
     h_pg_stop(p);
-    for (int64_t deadline = now_ms() + 10000;;) {
-        if (pg_ctl_start(p, now_ms() < deadline))
+    for (int64_t deadline = clock_mono_ms() + 10000;;) {
+        if (pg_ctl_start(p, clock_mono_ms() < deadline))
             return true;
-        if (now_ms() > deadline)
+        if (clock_mono_ms() > deadline)
             return false;
         sleep_ms(200);
     }
@@ -1375,7 +1370,7 @@ bool h_svc_wait_log(h_svc_t *s, const char *needle, int timeout_ms)
     size_t nlen = strlen(needle), have = 0, cap = 65536;
     char *win = malloc(cap);
     off_t off = 0;
-    int64_t deadline = now_ms() + timeout_ms;
+    int64_t deadline = clock_mono_ms() + timeout_ms;
     bool found = false;
     for (;;) {
         struct reg_entry *e = reg_find(REG_SVC, s->pid);
@@ -1406,7 +1401,7 @@ bool h_svc_wait_log(h_svc_t *s, const char *needle, int timeout_ms)
             }
             close(fd);
         }
-        if (found || gone || now_ms() >= deadline)
+        if (found || gone || clock_mono_ms() >= deadline)
             break;
         sleep_ms(20);
     }
@@ -1452,9 +1447,9 @@ int h_svc_signal(h_svc_t *s, int sig, int timeout_ms)
         return -1;
     if (sig != SIGTERM && sig != SIGINT)
         return 0;
-    int64_t deadline = now_ms() + timeout_ms;
+    int64_t deadline = clock_mono_ms() + timeout_ms;
     while (!proc_gone(s->pid)) {
-        if (now_ms() >= deadline) {
+        if (clock_mono_ms() >= deadline) {
             fprintf(stderr, "harness: service did not exit within %d ms of signal %d; SIGKILL\n", timeout_ms, sig);
             kill(-s->pid, SIGKILL);
             kill(s->pid, SIGKILL);
@@ -1475,9 +1470,9 @@ int h_svc_wait_exit(h_svc_t *s, int timeout_ms)
     struct reg_entry *e = reg_find(REG_SVC, s->pid);
     if (!e)
         return -1;
-    int64_t deadline = now_ms() + timeout_ms;
+    int64_t deadline = clock_mono_ms() + timeout_ms;
     while (!e->exited && !proc_gone(s->pid)) {
-        if (now_ms() >= deadline)
+        if (clock_mono_ms() >= deadline)
             return -1;
         sleep_ms(10);
     }
@@ -1535,7 +1530,7 @@ int h_http(int port, const char *method, const char *path, char **body)
     }
     size_t cap = 65536, len = 0;
     char *buf = malloc(cap);
-    int64_t deadline = now_ms() + 10000;
+    int64_t deadline = clock_mono_ms() + 10000;
     for (;;) {
         if (len + 4097 > cap) {
             cap *= 2;
@@ -1544,7 +1539,7 @@ int h_http(int port, const char *method, const char *path, char **body)
         ssize_t n = recv(fd, buf + len, cap - len - 1, 0);
         if (n < 0 && errno == EINTR)
             continue;
-        if (n <= 0 || now_ms() > deadline)
+        if (n <= 0 || clock_mono_ms() > deadline)
             break;
         len += (size_t)n;
     }
@@ -1741,13 +1736,13 @@ long long h_pg_wait_int(const h_pg_t *p, long long want, int timeout_ms, const c
         return -1;
     long long v = -1;
     char err[512] = "";
-    for (int64_t deadline = now_ms() + timeout_ms;;) {
+    for (int64_t deadline = clock_mono_ms() + timeout_ms;;) {
         PGresult *r = pg_query(p, sql, true, err, sizeof err);
         v = result_int(r);
         if (r)
             err[0] = '\0';
         PQclear(r);
-        if (v == want || now_ms() >= deadline)
+        if (v == want || clock_mono_ms() >= deadline)
             break;
         sleep_ms(50);
     }
@@ -1841,7 +1836,7 @@ static bool transient(natsStatus s)
 
 bool h_publish(const h_nats_t *n, const char *subject, const char *data, size_t len, const char *msg_id)
 {
-    int64_t start = now_ms(), deadline = start + 30000, no_resp_since = 0;
+    int64_t start = clock_mono_ms(), deadline = start + 30000, no_resp_since = 0;
     natsStatus s = NATS_ERR;
     jsErrCode jerr = 0;
     for (;;) {
@@ -1866,14 +1861,14 @@ bool h_publish(const h_nats_t *n, const char *subject, const char *data, size_t 
             if (s == NATS_NO_RESPONDERS) {
                 /* A just-restarted JetStream answers after a moment; a subject no stream covers never does. */
                 if (!no_resp_since)
-                    no_resp_since = now_ms();
-                else if (now_ms() - no_resp_since > 5000)
+                    no_resp_since = clock_mono_ms();
+                else if (clock_mono_ms() - no_resp_since > 5000)
                     break;
             } else {
                 no_resp_since = 0;
             }
         }
-        if (now_ms() >= deadline)
+        if (clock_mono_ms() >= deadline)
             break;
         sleep_ms(100);
     }
@@ -1889,7 +1884,7 @@ static bool ensure_stream(jsCtx *js, const char *name, const char **subjects, in
     jo.Wait = JS_WAIT_MS;
     natsStatus s = NATS_ERR;
     jsErrCode jerr = 0;
-    for (int64_t deadline = now_ms() + 20000;;) {
+    for (int64_t deadline = clock_mono_ms() + 20000;;) {
         jsStreamInfo *si = NULL;
         s = js_GetStreamInfo(&si, js, name, &jo, &jerr);
         jsStreamInfo_Destroy(si);
@@ -1911,7 +1906,7 @@ static bool ensure_stream(jsCtx *js, const char *name, const char **subjects, in
             if (s == NATS_OK || jerr == JSStreamNameExistErr)
                 return true; /* or created by the service at the same moment */
         }
-        if (!transient(s) || now_ms() >= deadline)
+        if (!transient(s) || clock_mono_ms() >= deadline)
             break;
         sleep_ms(100);
     }
@@ -1937,7 +1932,7 @@ bool h_streams_create(const h_nats_t *n)
 long long h_stream_count(const h_nats_t *n, const char *stream, const char *subject)
 {
     natsStatus s = NATS_ERR;
-    for (int64_t deadline = now_ms() + 20000;;) {
+    for (int64_t deadline = clock_mono_ms() + 20000;;) {
         jsCtx *js = nats_js(n);
         if (js) {
             jsOptions jo;
@@ -1958,7 +1953,7 @@ long long h_stream_count(const h_nats_t *n, const char *stream, const char *subj
             if (!transient(s))
                 break;
         }
-        if (now_ms() >= deadline)
+        if (clock_mono_ms() >= deadline)
             break;
         sleep_ms(100);
     }
@@ -2071,8 +2066,8 @@ static bool stop_services_gracefully(void)
         if (!e->used || e->owner != me || e->kind != REG_SVC || e->exited || proc_gone(e->pid))
             continue;
         kill(e->pid, SIGTERM);
-        int64_t deadline = now_ms() + 30000;
-        while (!e->exited && !proc_gone(e->pid) && now_ms() < deadline)
+        int64_t deadline = clock_mono_ms() + 30000;
+        while (!e->exited && !proc_gone(e->pid) && clock_mono_ms() < deadline)
             sleep_ms(10);
         if (!e->exited && !proc_gone(e->pid)) {
             fprintf(stderr, "harness: service pid %d did not exit within 30 s of SIGTERM at cleanup\n", (int)e->pid);
