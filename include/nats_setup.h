@@ -67,9 +67,10 @@ natsStatus mes_nats_fetch(natsSubscription *sub, int batch, bool no_wait, int64_
 
 /* Unsubscribes and destroys *sub (NULL-safe) and sets it to NULL. */
 void mes_nats_unsubscribe(natsSubscription **sub);
-/* Unsubscribes and destroys *sub, then binds a new pull subscription to the same durable. Only call right after this
- * thread's Fetch returned (no pull request of ours is still in flight to the old inbox). */
-int mes_nats_resubscribe(mes_nats_t *n, event_type_t et, bool dlq, natsSubscription **sub)
-    __attribute__((warn_unused_result));
+/* Unsubscribes and destroys *sub, then binds a new pull subscription to the same durable, retrying with backoff
+ * (200 ms doubling to 5 s) until it works or *stop is set. *subscribed (what /ready reports) is false meanwhile.
+ * Only call right after this thread's Fetch returned (no pull request of ours is still in flight to the old inbox). */
+void mes_nats_resubscribe(mes_nats_t *n, event_type_t et, bool dlq, natsSubscription **sub, atomic_bool *subscribed,
+                          const atomic_bool *stop);
 
 #endif

@@ -735,15 +735,7 @@ static void process_batch(consumer_t *c, natsMsg **msgs, size_t n, double fetch_
 /* Re-creates the pull subscription (after a reconnect or a stall); /ready says 503 until it is back. */
 static void resubscribe(consumer_t *c)
 {
-    atomic_store(&c->subscribed, false);
-    for (int64_t wait = 200; !atomic_load(c->stop); wait = wait * 2 > 5000 ? 5000 : wait * 2) {
-        if (mes_nats_resubscribe(c->nats, c->et, false, &c->sub) == 0) {
-            atomic_store(&c->subscribed, true);
-            log_info("consumer", "consumer re-subscribed", LF_S("durable", c->durable));
-            return;
-        }
-        clock_sleep_ms(wait);
-    }
+    mes_nats_resubscribe(c->nats, c->et, false, &c->sub, &c->subscribed, c->stop);
 }
 
 /* Waits up to ms for the handoff slot to change. Caller holds ho_mu. */

@@ -170,15 +170,7 @@ static natsMsg *queue_pop(dlq_worker_t *w)
 
 static void resubscribe(dlq_worker_t *w)
 {
-    atomic_store(&w->subscribed, false);
-    for (int64_t wait = 200; !atomic_load(w->stop); wait = wait * 2 > 5000 ? 5000 : wait * 2) {
-        if (mes_nats_resubscribe(w->nats, ET_UNKNOWN, true, &w->sub) == 0) {
-            atomic_store(&w->subscribed, true);
-            log_info("dlq", "DLQ consumer re-subscribed", LF_S("durable", w->durable));
-            return;
-        }
-        clock_sleep_ms(wait);
-    }
+    mes_nats_resubscribe(w->nats, ET_UNKNOWN, true, &w->sub, &w->subscribed, w->stop);
 }
 
 static void *fetch_loop(void *arg)

@@ -393,10 +393,21 @@ void mes_nats_unsubscribe(natsSubscription **sub)
     *sub = NULL;
 }
 
-int mes_nats_resubscribe(mes_nats_t *n, event_type_t et, bool dlq, natsSubscription **sub)
+void mes_nats_resubscribe(mes_nats_t *n, event_type_t et, bool dlq, natsSubscription **sub, atomic_bool *subscribed,
+                          const atomic_bool *stop)
 {
-    mes_nats_unsubscribe(sub);
-    return mes_nats_subscribe(n, et, dlq, sub);
+    atomic_store(subscribed, false);
+    for (int64_t wait = 200; !atomic_load(stop); wait = wait * 2 > 5000 ? 5000 : wait * 2) {
+        mes_nats_unsubscribe(sub);
+        if (mes_nats_subscribe(n, et, dlq, sub) == 0) {
+            char durable[256], filter[256];
+            mes_nats_consumer_names(n->cfg, et, dlq, durable, sizeof durable, filter, sizeof filter);
+            atomic_store(subscribed, true);
+            log_info("nats", "consumer re-subscribed", LF_S("durable", durable));
+            return;
+        }
+        clock_sleep_ms(wait);
+    }
 }
 
 /* ---- fetching ------------------------------------------------------------------------------------------- */
