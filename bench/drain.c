@@ -10,7 +10,7 @@
 #include <string.h>
 
 #include "harness.h"
-#include "keep.h"
+#include "common.h"
 
 static double metric_sum(int port, const char *prefix)
 {
@@ -72,18 +72,8 @@ int main(int argc, char **argv)
         return 1;
 
     /* 1. Pre-publish: the backlog the service drains. */
-    char loadgen[512], cnt[32];
-    snprintf(loadgen, sizeof loadgen, "%s/loadtest/mes-loadgen", build);
-    snprintf(cnt, sizeof cnt, "%ld", count);
-    const char *lg[] = {loadgen, "--url", n.url, "--count", cnt, "--subjects", subjects, "--company_ids", "bench",
-                        "--history-count", history, "--invalid-ratio", invalid, "--quiet", "--seed", "42", NULL};
-    char *out = NULL;
-    int st = h_run(lg, NULL, 600000, &out);
-    if (st != 0) {
-        fprintf(stderr, "bench-drain: loadgen failed (%d):\n%s\n", st, out ? out : "");
+    if (bench_prepublish("bench-drain", &n, "bench", count, subjects, history, invalid) != 0)
         return 1;
-    }
-    free(out);
 
     /* 2. Start the service and watch its counters. */
     int64_t t_start = h_now_ms();

@@ -21,7 +21,7 @@
 
 #include "clock.h"
 #include "harness.h"
-#include "keep.h"
+#include "common.h"
 
 #define COMPANY "bench"
 

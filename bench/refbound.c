@@ -20,6 +20,7 @@
 #include <cjson/cJSON.h>
 
 #include "buf.h"
+#include "common.h"
 #include "harness.h"
 
 #define COMPANY "bench"
@@ -344,18 +345,8 @@ int main(int argc, char **argv)
     h_pg_t p;
     if (!h_nats_start(&n) || !h_pg_start(&p) || !h_streams_create(&n))
         return 1;
-    char loadgen[512], cnt[32];
-    snprintf(loadgen, sizeof loadgen, "%s/loadtest/mes-loadgen", build);
-    snprintf(cnt, sizeof cnt, "%ld", count);
-    const char *lg[] = {loadgen, "--url", n.url, "--count", cnt, "--subjects", "v1.chats.upsert", "--company_ids",
-                        COMPANY, "--quiet", "--seed", "42", NULL};
-    char *out = NULL;
-    int st = h_run(lg, NULL, 600000, &out);
-    if (st != 0) {
-        fprintf(stderr, "bench-refbound: loadgen failed (%d):\n%s\n", st, out ? out : "");
+    if (bench_prepublish("bench-refbound", &n, COMPANY, count, "v1.chats.upsert", NULL, NULL) != 0)
         return 1;
-    }
-    free(out);
 
     env_t e = {0};
     if (natsConnection_ConnectTo(&e.nc, n.url) != NATS_OK || natsConnection_JetStream(&e.js, e.nc, NULL) != NATS_OK) {

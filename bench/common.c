@@ -1,5 +1,6 @@
-/* keep.c - what a benchmark can leave behind for profiling, after its measurement (see bench/README.md). */
-#include "keep.h"
+/* common.c - shared by the server benchmarks: the pre-published backlog, and what a run can leave behind for
+ * profiling after its measurement (see bench/README.md). */
+#include "common.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -42,4 +43,31 @@ void bench_keep_prepare(const h_pg_t *p)
 {
     if (getenv("BENCH_PG_STATEMENTS"))
         (void)h_pg_exec(p, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements");
+}
+
+int bench_prepublish(const char *prog, const h_nats_t *n, const char *company, long count, const char *subjects,
+                     const char *history, const char *invalid)
+{
+    const char *build = getenv("MES_BUILD_DIR");
+    char loadgen[512], cnt[32];
+    snprintf(loadgen, sizeof loadgen, "%s/loadtest/mes-loadgen", build ? build : ".");
+    snprintf(cnt, sizeof cnt, "%ld", count);
+    const char *argv[24] = {loadgen, "--url", n->url, "--count", cnt, "--subjects", subjects, "--company_ids", company,
+                            "--quiet", "--seed", "42"};
+    int na = 12;
+    if (history) {
+        argv[na++] = "--history-count";
+        argv[na++] = history;
+    }
+    if (invalid) {
+        argv[na++] = "--invalid-ratio";
+        argv[na++] = invalid;
+    }
+    argv[na] = NULL;
+    char *out = NULL;
+    int st = h_run(argv, NULL, 600000, &out);
+    if (st != 0)
+        fprintf(stderr, "%s: loadgen failed (%d):\n%s\n", prog, st, out ? out : "");
+    free(out);
+    return st == 0 ? 0 : -1;
 }
