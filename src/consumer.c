@@ -138,7 +138,8 @@ consumer_t *consumer_create(const config_t *cfg, mes_nats_t *nats, event_type_t 
     pthread_mutex_init(&c->ho_mu, NULL);
     pthread_cond_init(&c->ho_cv, NULL);
     c->slots = calloc((size_t)c->lc->batch_size, sizeof *c->slots);
-    if (!c->slots || payload_ctx_init(&c->pctx, cfg->company_id) != 0) {
+    c->dlqb = dlq_batch_create(nats->nc, cfg);
+    if (!c->slots || !c->dlqb || payload_ctx_init(&c->pctx, cfg->company_id) != 0) {
         consumer_destroy(c);
         return NULL;
     }
@@ -467,9 +468,7 @@ static void send_dlq(consumer_t *c, slot_t *s, const char *payload, size_t len, 
         .source_metadata = s->meta,
         .source_metadata_len = s->meta_len,
     };
-    int k = c->dlqb ? dlq_batch_add(c->dlqb, &r, s->dlq_err, sizeof s->dlq_err) : -1;
-    if (!c->dlqb)
-        snprintf(s->dlq_err, sizeof s->dlq_err, "DLQ publisher unavailable");
+    int k = dlq_batch_add(c->dlqb, &r, s->dlq_err, sizeof s->dlq_err);
     if (k < 0) {
         s->dlq_unsent = true;
         return;
@@ -710,10 +709,7 @@ static void process_batch(consumer_t *c, natsMsg **msgs, size_t n, double fetch_
     double t_committed = clock_mono_s();
     /* DLQ records of the whole batch go out together; their PubAcks are awaited once, before any ack. */
     bool any_dlq = false;
-    if (!c->dlqb)
-        c->dlqb = dlq_batch_create(c->nats->nc, c->cfg);
-    if (c->dlqb)
-        dlq_batch_begin(c->dlqb);
+    dlq_batch_begin(c->dlqb);
     for (size_t i = 0; i < n; i++) {
         queue_dlq(c, &c->slots[i]);
         any_dlq |= c->slots[i].dlq_n > 0;

@@ -145,7 +145,7 @@ dlq_batch_t *dlq_batch_create(natsConnection *nc, const config_t *cfg)
     snprintf(b->subject, sizeof b->subject, "%s.%s", cfg->dlq_subject, cfg->company_id);
     char filter[160];
     if (natsInbox_Create(&inbox) != NATS_OK) {
-        free(b);
+        dlq_batch_destroy(b);
         return NULL;
     }
     snprintf(b->inbox, sizeof b->inbox, "%s", (const char *)inbox);
