@@ -45,10 +45,11 @@ PGresult *db_exec(db_conn_t *c, const char *sql, int nparams, const char *const 
 int db_command(db_conn_t *c, const char *sql, db_error_t *err) __attribute__((warn_unused_result));
 
 /* Makes *c a usable session: reconnects with backoff (100 ms doubling to 5 s) until it works or *stop is set.
- * While waiting it calls keepalive(ctx) every keep_every_ms, so messages the caller holds stay alive (in-progress
- * acks) instead of being redelivered. `who` names the caller in the log. Returns false when stopping first. */
+ * While waiting it calls keepalive(ctx) every third of ack_wait_ms (at most every 5 s), so messages the caller holds
+ * stay alive (in-progress acks) instead of being redelivered. `who` names the caller in the log. Returns false when
+ * stopping first. */
 bool db_wait_usable(db_conn_t **c, const config_t *cfg, const atomic_bool *stop, void (*keepalive)(void *ctx),
-                    void *ctx, int64_t keep_every_ms, const char *who);
+                    void *ctx, int64_t ack_wait_ms, const char *who);
 
 /* Best-effort ROLLBACK after a failed transaction (no-op on a broken session). */
 void db_rollback(db_conn_t *c);

@@ -211,8 +211,7 @@ static void keep_alive(void *arg)
 static bool ensure_db(consumer_t *c, size_t held)
 {
     hold_t h = {c, held};
-    int64_t every = c->lc->ack_wait_ms / 3 < 5000 ? c->lc->ack_wait_ms / 3 : 5000;
-    return db_wait_usable(&c->db, c->cfg, c->stop, keep_alive, &h, every, c->durable);
+    return db_wait_usable(&c->db, c->cfg, c->stop, keep_alive, &h, c->lc->ack_wait_ms, c->durable);
 }
 
 /* ---- per-message preparation ---------------------------------------------------------------------------------- */

@@ -169,8 +169,9 @@ int db_command(db_conn_t *c, const char *sql, db_error_t *err)
 }
 
 bool db_wait_usable(db_conn_t **c, const config_t *cfg, const atomic_bool *stop, void (*keepalive)(void *ctx),
-                    void *ctx, int64_t keep_every_ms, const char *who)
+                    void *ctx, int64_t ack_wait_ms, const char *who)
 {
+    int64_t keep_every_ms = ack_wait_ms / 3 < 5000 ? ack_wait_ms / 3 : 5000;
     int64_t wait = 100, last_keepalive = clock_mono_ms();
     while (!db_ok(*c)) {
         db_error_t err;

@@ -304,9 +304,8 @@ static bool ensure_db(worker_t *wk)
 {
     char who[32];
     snprintf(who, sizeof who, "dlq-worker-%d", wk->id);
-    int64_t every = wk->w->cfg->dlq_ack_wait_ms / 3 < 5000 ? wk->w->cfg->dlq_ack_wait_ms / 3 : 5000;
     /* While stopping we still finish the record in hand if the database is there; we never wait for it. */
-    return db_wait_usable(&wk->db, wk->w->cfg, wk->w->stop, keep_alive, wk, every, who);
+    return db_wait_usable(&wk->db, wk->w->cfg, wk->w->stop, keep_alive, wk, wk->w->cfg->dlq_ack_wait_ms, who);
 }
 
 /* last_metadata for a DLQ replay: the original message's metadata plus "dlq_attempt". */
