@@ -58,14 +58,16 @@ bool mes_nats_fetch_watch(mes_nats_t *n, mes_fetch_watch_t *w, event_type_t et, 
  *   arrived: partial batches, with the rest of the reply left queued in the subscription;
  * - a Fetch that starts with such leftovers counts its loop against the reduced request size: it can return more
  *   messages than asked and write past the array it allocated (heap corruption under load; a core showed 256
- *   messages returned for a request of 255).
- * So every request carries an expiry (no-wait ones NOWAIT_EXPIRES_MS at most: the server answers them at once, the
- * expiry only bounds a reply that never ends), leftovers are taken alone by a request for exactly as many, and a
- * list longer than asked for is cut (the excess stays unacked and is redelivered). Returns what
- * natsSubscription_FetchRequest returns; out->Count <= batch. */
-natsStatus mes_nats_fetch(natsSubscription *sub, int batch, bool no_wait, int64_t wait_ms, natsMsgList *out);
+ *   messages returned for a request of 255, ASan a read past a 3-entry array).
+ * So every request carries an expiry (no-wait ones 50 ms at most: the server answers them at once, the expiry only
+ * bounds a reply that never ends), and with leftovers queued the request is sized so that nats.c's loop ends inside
+ * its array. What exceeds `batch` is kept in *carry (owned by the caller, one per subscription; free it with
+ * natsMsgList_Destroy) and returned first by the next call, so no delivery is dropped. */
+natsStatus mes_nats_fetch(natsSubscription *sub, natsMsgList *carry, int batch, bool no_wait, int64_t wait_ms,
+                          natsMsgList *out);
 
-/* Unsubscribes and destroys *sub (NULL-safe) and sets it to NULL. */
+/* Unsubscribes *sub (NULL-safe) and sets it to NULL; the subscription itself is freed later (see nats_setup.c), by
+ * mes_nats_close at the latest. */
 void mes_nats_unsubscribe(natsSubscription **sub);
 /* Unsubscribes and destroys *sub, then binds a new pull subscription to the same durable, retrying with backoff
  * (200 ms doubling to 5 s) until it works or *stop is set. *subscribed (what /ready reports) is false meanwhile.

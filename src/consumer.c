@@ -53,6 +53,7 @@ struct consumer {
     lane_t lane;
     const atomic_bool *stop;
     natsSubscription *sub;
+    natsMsgList carry; /* delivered beyond a batch; the fetcher's next batch starts with them (mes_nats_fetch) */
     char durable[256];
     char filter[256];
     atomic_bool subscribed;
@@ -151,6 +152,7 @@ void consumer_destroy(consumer_t *c)
     if (!c)
         return;
     mes_nats_unsubscribe(&c->sub);
+    natsMsgList_Destroy(&c->carry); /* unacked: redelivered after the ack wait */
     db_close(c->db);
     payload_ctx_free(&c->pctx);
     store_scratch_free(&c->scratch);
@@ -727,12 +729,6 @@ static void process_batch(consumer_t *c, natsMsg **msgs, size_t n, double fetch_
 
 /* ---- the lane thread ---------------------------------------------------------------------------------------- */
 
-/* Re-creates the pull subscription (after a reconnect or a stall); /ready says 503 until it is back. */
-static void resubscribe(consumer_t *c)
-{
-    mes_nats_resubscribe(c->nats, c->et, false, &c->sub, &c->subscribed, c->stop);
-}
-
 /* Waits up to ms for the handoff slot to change. Caller holds ho_mu. */
 static void ho_wait(consumer_t *c, int64_t ms)
 {
@@ -742,6 +738,19 @@ static void ho_wait(consumer_t *c, int64_t ms)
     ts.tv_sec += ms / 1000 + ts.tv_nsec / 1000000000L;
     ts.tv_nsec %= 1000000000L;
     pthread_cond_timedwait(&c->ho_cv, &c->ho_mu, &ts);
+}
+
+/* Re-creates the pull subscription (after a reconnect or a stall; /ready says 503 until it is back), once the lane
+ * has finished every message the old one delivered: nats.c acks
+ * through msg->sub (it does not retain it), so destroying a subscription while its messages are still held made
+ * the lane's later ack read freed memory (a crash seen right after a NATS restart). */
+static void resubscribe(consumer_t *c)
+{
+    pthread_mutex_lock(&c->ho_mu);
+    while ((c->ho_full || c->lane_busy) && !atomic_load(c->stop))
+        ho_wait(c, 100);
+    pthread_mutex_unlock(&c->ho_mu);
+    mes_nats_resubscribe(c->nats, c->et, false, &c->sub, &c->subscribed, c->stop);
 }
 
 /* Hands a fetched batch to the lane (ownership moves with it). */
@@ -781,7 +790,7 @@ static natsStatus fetch_batch(consumer_t *c, natsMsgList *out)
 {
     int batch = c->lc->batch_size;
     int64_t wait_ms = c->lc->fetch_wait_ms;
-    natsStatus s = mes_nats_fetch(c->sub, batch, true, wait_ms, out);
+    natsStatus s = mes_nats_fetch(c->sub, &c->carry, batch, true, wait_ms, out);
     if (s == NATS_OK && out->Count > 0) {
         atomic_store(&c->idle_since_ms, 0);
         return NATS_OK;
@@ -791,12 +800,12 @@ static natsStatus fetch_batch(consumer_t *c, natsMsgList *out)
         return s;
     /* Nothing left for this lane right now: update lanes waiting on it may go on (wait_for_upserts). */
     atomic_store(&c->idle_since_ms, clock_mono_ms());
-    s = mes_nats_fetch(c->sub, 1, false, wait_ms, out);
+    s = mes_nats_fetch(c->sub, &c->carry, 1, false, wait_ms, out);
     if (s != NATS_OK || out->Count == 0)
         return s;
     atomic_store(&c->idle_since_ms, 0);
     natsMsgList more = {0};
-    if (batch > 1 && mes_nats_fetch(c->sub, batch - 1, true, wait_ms, &more) == NATS_OK && more.Count > 0)
+    if (batch > 1 && mes_nats_fetch(c->sub, &c->carry, batch - 1, true, wait_ms, &more) == NATS_OK && more.Count > 0)
         list_append(out, &more);
     natsMsgList_Destroy(&more);
     return NATS_OK;
@@ -824,7 +833,7 @@ static void *fetch_run(void *arg)
         bool resub = mes_nats_fetch_watch(c->nats, &watch, c->et, false, got);
         if (got) {
             backoff = 100;
-            hand_off(c, &list, clock_mono_s() - t0); /* acks go through the connection, not the subscription */
+            hand_off(c, &list, clock_mono_s() - t0);
             if (resub)
                 resubscribe(c);
             continue;
@@ -876,6 +885,7 @@ static void *run(void *arg)
         process_batch(c, list.Msgs, (size_t)list.Count, fetch_s);
         pthread_mutex_lock(&c->ho_mu);
         c->lane_busy = false;
+        pthread_cond_broadcast(&c->ho_cv); /* a resubscribe may be waiting for the lane to finish */
         pthread_mutex_unlock(&c->ho_mu);
         for (int i = 0; i < list.Count; i++)
             list.Msgs[i] = NULL; /* each message was destroyed by its owner in finish() */

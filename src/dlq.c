@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "clock.h"
+#include "nats_setup.h"
 
 void base64_append(buf_t *b, const unsigned char *in, size_t n)
 {
@@ -162,10 +163,7 @@ void dlq_batch_destroy(dlq_batch_t *b)
 {
     if (!b)
         return;
-    if (b->sub) {
-        natsSubscription_Unsubscribe(b->sub);
-        natsSubscription_Destroy(b->sub);
-    }
+    mes_nats_unsubscribe(&b->sub);
     buf_free(&b->scratch);
     free(b->st);
     free(b);

@@ -23,6 +23,7 @@
 typedef struct {
     natsMsg **ring;
     int cap, head, len;
+    int held; /* popped by a worker and not finished yet */
     pthread_mutex_t mu;
     pthread_cond_t not_empty, has_room;
 } queue_t;
@@ -34,6 +35,7 @@ struct dlq_worker {
     bool (*db_up)(void *ctx);
     void *db_up_ctx;
     natsSubscription *sub;
+    natsMsgList carry; /* delivered beyond the queue's room; fetched first next time (mes_nats_fetch) */
     char durable[256], filter[256];
     atomic_bool subscribed;
     atomic_bool fetcher_done;
@@ -159,6 +161,7 @@ static natsMsg *queue_pop(dlq_worker_t *w)
         m = q->ring[q->head];
         q->head = (q->head + 1) % q->cap;
         q->len--;
+        q->held++;
         metrics_dlq_queue_length_set(q->len);
         pthread_cond_signal(&q->has_room);
     }
@@ -168,8 +171,20 @@ static natsMsg *queue_pop(dlq_worker_t *w)
 
 /* ---- fetcher ------------------------------------------------------------------------------------------------ */
 
+/* Re-creates the pull subscription once no record it delivered is queued or in a worker's hands: nats.c acks through
+ * msg->sub without retaining it, so an earlier destroy made a worker's AckSync read freed memory (a crash seen right
+ * after a NATS restart). */
 static void resubscribe(dlq_worker_t *w)
 {
+    queue_t *q = &w->q;
+    pthread_mutex_lock(&q->mu);
+    while ((q->len > 0 || q->held > 0) && !atomic_load(w->stop)) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += 1;
+        pthread_cond_timedwait(&q->has_room, &q->mu, &ts);
+    }
+    pthread_mutex_unlock(&q->mu);
     mes_nats_resubscribe(w->nats, ET_UNKNOWN, true, &w->sub, &w->subscribed, w->stop);
 }
 
@@ -189,7 +204,7 @@ static void *fetch_loop(void *arg)
         natsMsgList list = {0};
         metrics_dlq_fetch_request();
         int64_t t0 = clock_mono_ms();
-        natsStatus s = mes_nats_fetch(w->sub, room, false, 500, &list); /* never more than the queue has room for */
+        natsStatus s = mes_nats_fetch(w->sub, &w->carry, room, false, 500, &list); /* never more than the queue has room for */
         bool resub = mes_nats_fetch_watch(w->nats, &watch, ET_UNKNOWN, true, s == NATS_OK && list.Count > 0);
         if (s == NATS_OK) {
             backoff = 100;
@@ -565,6 +580,10 @@ static void *work_loop(void *arg)
         process(wk);
         natsMsg_Destroy(m);
         wk->msg = NULL;
+        pthread_mutex_lock(&wk->w->q.mu);
+        wk->w->q.held--;
+        pthread_cond_broadcast(&wk->w->q.has_room); /* a resubscribe may be waiting for the records to finish */
+        pthread_mutex_unlock(&wk->w->q.mu);
         metrics_dlq_workers_active_add(-1);
     }
     db_close(wk->db);
@@ -664,6 +683,7 @@ void dlq_worker_destroy(dlq_worker_t *w)
     if (!w)
         return;
     mes_nats_unsubscribe(&w->sub);
+    natsMsgList_Destroy(&w->carry); /* unacked: redelivered after the ack wait */
     queue_free(&w->q);
     free(w->workers);
     free(w);

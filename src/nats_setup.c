@@ -1,6 +1,7 @@
 /* nats_setup.c - NATS connection with endless reconnect, streams created/extended, durable pull consumers. */
 #include "nats_setup.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -102,6 +103,8 @@ fail:
     return -1;
 }
 
+static void retired_free_all(void);
+
 void mes_nats_close(mes_nats_t *n)
 {
     if (!n)
@@ -111,6 +114,7 @@ void mes_nats_close(mes_nats_t *n)
     n->js = NULL;
     if (n->nc) {
         natsConnection_Close(n->nc);
+        retired_free_all(); /* closed: no reader thread can reach them any more */
         natsConnection_Destroy(n->nc);
     }
     n->nc = NULL;
@@ -384,12 +388,37 @@ bool mes_nats_fetch_watch(mes_nats_t *n, mes_fetch_watch_t *w, event_type_t et, 
     return false;
 }
 
+/* Unsubscribed subscriptions are destroyed late: nats.c 3.4.1's reader thread can still be delivering a message to a
+ * subscription it looked up just before the unsubscribe (fixed upstream in 3.6.1, #638), and freeing it then
+ * crashed the service right after a NATS restart, when the fetchers re-subscribe. They are freed once RETIRED_MAX
+ * newer ones wait, or when the connection is closed (no reader thread left). */
+#define RETIRED_MAX 32
+static pthread_mutex_t retired_mu = PTHREAD_MUTEX_INITIALIZER;
+static natsSubscription *retired[RETIRED_MAX];
+static int nretired;
+
+static void retired_free_all(void)
+{
+    pthread_mutex_lock(&retired_mu);
+    for (int i = 0; i < nretired; i++)
+        natsSubscription_Destroy(retired[i]);
+    nretired = 0;
+    pthread_mutex_unlock(&retired_mu);
+}
+
 void mes_nats_unsubscribe(natsSubscription **sub)
 {
     if (!*sub)
         return;
     natsSubscription_Unsubscribe(*sub);
-    natsSubscription_Destroy(*sub);
+    pthread_mutex_lock(&retired_mu);
+    if (nretired == RETIRED_MAX) {
+        natsSubscription_Destroy(retired[0]);
+        memmove(retired, retired + 1, (RETIRED_MAX - 1) * sizeof retired[0]);
+        nretired--;
+    }
+    retired[nretired++] = *sub;
+    pthread_mutex_unlock(&retired_mu);
     *sub = NULL;
 }
 
@@ -414,28 +443,60 @@ void mes_nats_resubscribe(mes_nats_t *n, event_type_t et, bool dlq, natsSubscrip
 
 #define NOWAIT_EXPIRES_MS 50
 
-natsStatus mes_nats_fetch(natsSubscription *sub, int batch, bool no_wait, int64_t wait_ms, natsMsgList *out)
+/* Moves up to max messages from the front of `from` into a new list *to (both from nats.c's allocator: malloc). */
+static void list_take(natsMsgList *from, int max, natsMsgList *to)
 {
+    int n = from->Count < max ? from->Count : max;
+    memset(to, 0, sizeof *to);
+    if (n <= 0)
+        return;
+    natsMsg **m = malloc((size_t)n * sizeof *m);
+    if (!m)
+        return; /* out of memory: they stay in `from` for the next call */
+    memcpy(m, from->Msgs, (size_t)n * sizeof *m);
+    memmove(from->Msgs, from->Msgs + n, (size_t)(from->Count - n) * sizeof *m);
+    from->Count -= n;
+    to->Msgs = m;
+    to->Count = n;
+}
+
+natsStatus mes_nats_fetch(natsSubscription *sub, natsMsgList *carry, int batch, bool no_wait, int64_t wait_ms,
+                          natsMsgList *out)
+{
+    memset(out, 0, sizeof *out);
+    if (carry->Count > 0) { /* delivered earlier than anything a new request would bring: they go first */
+        list_take(carry, batch, out);
+        if (out->Count > 0)
+            return NATS_OK;
+    }
     jsFetchRequest req;
     int pending = 0, pending_bytes = 0;
     jsFetchRequest_Init(&req); /* Fetch writes into the request: initialise it every time */
     req.Batch = batch;
     req.NoWait = no_wait;
     if (natsSubscription_GetPending(sub, &pending, &pending_bytes) == NATS_OK && pending > 0) {
-        req.Batch = pending < batch ? pending : batch;
+        /* nats.c takes the u <= pending queued user messages first and then loops until its count equals the
+         * reduced size Batch - u. With Batch = batch + 2 * pending that size stays above u, so the loop ends exactly
+         * there, inside the array it allocated for Batch entries. */
+        req.Batch = batch + 2 * pending;
         req.NoWait = true;
     }
     if (req.NoWait && wait_ms > NOWAIT_EXPIRES_MS)
         wait_ms = NOWAIT_EXPIRES_MS;
     req.Expires = wait_ms * 1000000LL;
-    int asked = req.Batch;
     natsStatus s = natsSubscription_FetchRequest(out, sub, &req);
-    if (out->Count > asked) { /* the second defect struck anyway: never hand on more than was asked for */
-        log_error("nats", "fetch returned more messages than requested; the excess stays unacked",
-                  LF_I("count", out->Count), LF_I("asked", asked));
-        for (int i = asked; i < out->Count; i++)
-            natsMsg_Destroy(out->Msgs[i]);
-        out->Count = asked;
+    if (out->Count > batch) { /* more than the caller can hold: the rest waits in carry, in delivery order */
+        natsMsgList rest = {.Msgs = out->Msgs + batch, .Count = out->Count - batch};
+        natsMsg **grown = realloc(carry->Msgs, (size_t)(carry->Count + rest.Count) * sizeof *grown);
+        if (grown) {
+            memcpy(grown + carry->Count, rest.Msgs, (size_t)rest.Count * sizeof *grown);
+            carry->Msgs = grown;
+            carry->Count += rest.Count;
+        } else { /* out of memory: unacked, they come back after the ack wait */
+            for (int i = 0; i < rest.Count; i++)
+                natsMsg_Destroy(rest.Msgs[i]);
+        }
+        out->Count = batch;
     }
     return s;
 }
