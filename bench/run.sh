@@ -28,6 +28,7 @@ N_REF_DURABLE=$(n 5000 2000)
 MIX=v1.chats.upsert:8,v1.chats.update:10,v1.messages.upsert:40,v1.messages.update:24,v1.contacts.upsert:6
 MIX=$MIX,v1.contacts.update:4,v1.connection.update:2,v1.history.chats:2,v1.history.messages:3,v1.history.contacts:1
 
+bash "$ROOT/scripts/install-deps.sh" >&2 || { echo "run.sh: installing the packages failed (see above)" >&2; exit 1; }
 echo "building into $BUILD ..." >&2
 if ! { cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null &&
        cmake --build "$BUILD" -j2 --target message-event-service mes-loadgen bench-micro bench-drain bench-refbound \

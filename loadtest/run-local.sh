@@ -32,6 +32,7 @@ READY_DEADLINE_S=120
 log() { printf '[loadtest %(%H:%M:%S)T] %s\n' -1 "$*"; }
 # shellcheck source=../scripts/lib.sh
 . "$ROOT/scripts/lib.sh"
+report_failures loadtest
 die() { printf '[loadtest] ERROR: %s\n' "$*" >&2; exit 1; }
 
 case $DURATION in
@@ -43,10 +44,11 @@ esac
 [[ $DUR_S =~ ^[0-9]+$ && $DUR_S -gt 0 ]] || die "bad duration '$DURATION'"
 [[ $RATE =~ ^[0-9]+$ && $RATE -gt 0 ]] || die "rate must be a positive integer (got '$RATE')"
 
+bash scripts/install-deps.sh >&2 || die "installing the packages failed (see above)"
 for tool in nats-server prometheus python3 curl gnuplot ss; do
   command -v "$tool" >/dev/null 2>&1 || die "$tool is not installed (bash scripts/install-deps.sh)"
 done
-[ -n "$PG_BIN" ] || die "PostgreSQL server binaries not found under /usr/lib/postgresql"
+find_pg_bin || die "cannot start PostgreSQL"
 
 if [ ! -x "$SVC_BIN" ] || [ ! -x "$LOADGEN_BIN" ]; then
   [ -z "${MES_SERVICE_BIN:-}${MES_LOADGEN_BIN:-}" ] || die "$SVC_BIN or $LOADGEN_BIN is missing"

@@ -21,10 +21,8 @@ NATS_PORT="" PG_PORT="" HTTP_PORT=""
 log() { printf '[demo] %s\n' "$*"; }
 # shellcheck source=lib.sh
 . "$ROOT/scripts/lib.sh"
+report_failures demo
 die() { printf '[demo] ERROR: %s\n' "$*" >&2; exit 1; }
-
-
-
 
 # Kills a PID recorded by an earlier run, but only if it still is the process we started.
 kill_if_ours() {
@@ -60,8 +58,8 @@ stop_all() {
 }
 
 # ---------------------------------------------------------------------------------------------------------------
-bash scripts/install-deps.sh
-[ -n "$PG_BIN" ] || die "PostgreSQL server binaries not found under /usr/lib/postgresql"
+bash scripts/install-deps.sh demo || die "installing the demo's packages failed (see above)"
+find_pg_bin || die "cannot start PostgreSQL"
 
 log "building build/ (RelWithDebInfo)"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
@@ -86,7 +84,7 @@ NATS_PORT=$(free_port) && PG_PORT=$(free_port) && HTTP_PORT=$(free_port) || die 
 nats-server -js -a 127.0.0.1 -p "$NATS_PORT" -sd "$DEMO/nats/store" >"$DEMO/nats/nats.log" 2>&1 &
 NATS_PID=$!
 echo "nats $NATS_PID $DEMO/nats" >>"$DEMO/pids"
-wait_for 20 "nats-server" grep -q "Server is ready" "$DEMO/nats/nats.log" ||
+wait_for 20 "nats-server" grep -qs "Server is ready" "$DEMO/nats/nats.log" ||
   { tail -n 20 "$DEMO/nats/nats.log"; die "nats-server did not start"; }
 log "nats-server pid $NATS_PID on nats://127.0.0.1:$NATS_PORT (JetStream store .demo/nats/store)"
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# install-deps.sh - installs every Debian 12 package the project needs (build, tests, sanitizers, fuzzing, demo,
-# load-test tooling). Idempotent: a no-op that only asks dpkg when everything is already present.
+# install-deps.sh [demo|all] - installs the Debian 12 packages the project needs: "demo" what scripts/demo.sh
+# needs (build, NATS, PostgreSQL, curl), "all" (the default) everything (tests, sanitizers, fuzzing, load-test
+# tooling, the fresh-machine check). Idempotent: a no-op that only asks dpkg when everything is already present.
 # The postgresql package is installed without starting or creating the system cluster: tests and the demo run
 # their own throwaway servers (tests/harness.c, scripts/demo.sh), never the system one.
 set -euo pipefail
@@ -9,11 +10,14 @@ PKGS=(
   build-essential cmake pkg-config git
   libnats-dev libcjson-dev libmicrohttpd-dev libyaml-dev libpq-dev
   nats-server postgresql postgresql-client
-  prometheus docker-compose
-  clang libclang-rt-14-dev valgrind
-  gnuplot-nox curl ca-certificates procps iproute2 util-linux
-  python3 python3-yaml
+  curl ca-certificates procps iproute2 util-linux
 )
+case ${1:-all} in
+  demo) ;;
+  all) PKGS+=(prometheus docker-compose clang libclang-rt-14-dev valgrind gnuplot-nox python3 python3-yaml
+              debootstrap) ;;
+  *) echo "install-deps: usage: install-deps.sh [demo|all] (got '$1')" >&2; exit 2 ;;
+esac
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -1,4 +1,14 @@
 # lib.sh - shell helpers shared by scripts/demo.sh and loadtest/run-local.sh (source it; the caller defines log()).
+# Sourcing it only defines functions: nothing here may depend on a package the install step has not installed yet
+# (it is sourced before scripts/install-deps.sh runs, under set -euo pipefail).
+
+# report_failures NAME: under set -e, a failing command would end the script without a word; this trap names the
+# command and the line on stderr first.
+report_failures() {
+  # shellcheck disable=SC2154 # rc is assigned inside the trap
+  trap 'rc=$?; printf "[%s] ERROR: \"%s\" failed with status %d (%s line %d)\n" "'"$1"'" "$BASH_COMMAND" "$rc" \
+    "${BASH_SOURCE[0]##*/}" "$LINENO" >&2' ERR
+}
 
 # A port below the kernel's ephemeral range with nothing bound to it (ephemeral ports can be taken at any time by
 # outgoing connections, e.g. while a server is down between a stop and a restart).
@@ -29,7 +39,19 @@ wait_for() {
 
 alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
 
-PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+# find_pg_bin: sets PG_BIN to the newest PostgreSQL server's bin directory; says why on stderr and returns 1 when
+# there is none (call it after the install step, never at source time).
+PG_BIN=""
+find_pg_bin() {
+  local d
+  for d in /usr/lib/postgresql/*/bin; do
+    [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ] && PG_BIN=$d # the glob sorts 15 before 16: the last one wins
+  done
+  [ -n "$PG_BIN" ] && return 0
+  echo "PostgreSQL server binaries (initdb, pg_ctl) not found under /usr/lib/postgresql/*/bin;" \
+    "bash scripts/install-deps.sh installs them" >&2
+  return 1
+}
 
 as_postgres() { # PostgreSQL refuses to run as root
   if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
