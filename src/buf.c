@@ -147,6 +147,23 @@ static size_t utf8_seq(const unsigned char *s, size_t n)
     return len;
 }
 
+void buf_put_utf8(buf_t *b, const char *s, size_t n, size_t max)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    size_t start = b->len;
+    for (size_t i = 0; i < n;) {
+        size_t len = u[i] ? utf8_seq(u + i, n - i) : 0;
+        const char *out = len ? s + i : "\xef\xbf\xbd"; /* U+FFFD for a byte that is not UTF-8 (or a NUL) */
+        size_t out_len = len ? len : 3;
+        if (b->len - start + out_len > max)
+            break; /* cut before the character, never inside it */
+        buf_append(b, out, out_len);
+        i += len ? len : 1;
+    }
+    if (!b->data)
+        buf_append(b, "", 0);
+}
+
 /* Every byte that is not valid UTF-8 becomes \ufffd, so the output is valid JSON whatever the input (error
  * messages and logs may quote bytes of a hostile payload). */
 void buf_put_json_str(buf_t *b, const char *s, size_t n)

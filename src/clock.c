@@ -1,7 +1,9 @@
 /* clock.c - time helpers: monotonic and real clocks, sleeps that survive EINTR, RFC 3339 UTC stamps. */
 #include "clock.h"
 
+#include <ctype.h>
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <time.h>
 
@@ -65,4 +67,51 @@ void clock_rfc3339_now(char *out, size_t len)
     int us = (int)(ts.tv_nsec / 1000);
     snprintf(out, len, "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ", (tm.tm_year + 1900) % 10000, (tm.tm_mon + 1) % 100,
              tm.tm_mday % 100, tm.tm_hour % 100, tm.tm_min % 100, tm.tm_sec % 100, us % 1000000);
+}
+
+/* ---- RFC 3339 ---- */
+
+static bool fixed_digits(const char *s, int n, int *out)
+{
+    int v = 0;
+    for (int i = 0; i < n; i++) {
+        if (!isdigit((unsigned char)s[i]))
+            return false;
+        v = v * 10 + (s[i] - '0');
+    }
+    *out = v;
+    return true;
+}
+
+static int days_in_month(int y, int m)
+{
+    static const int days[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    bool leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    return m == 2 && leap ? 29 : days[m - 1];
+}
+
+bool clock_rfc3339_valid(const char *s, bool date_only_ok)
+{
+    int y, mo, d, h, mi, sec, oh, om;
+    if (!fixed_digits(s, 4, &y) || s[4] != '-' || !fixed_digits(s + 5, 2, &mo) || s[7] != '-' ||
+        !fixed_digits(s + 8, 2, &d) || mo < 1 || mo > 12 || d < 1 || d > days_in_month(y, mo))
+        return false;
+    s += 10;
+    if (!*s)
+        return date_only_ok;
+    if ((*s != 'T' && *s != 't' && *s != ' ') || !fixed_digits(s + 1, 2, &h) || s[3] != ':' ||
+        !fixed_digits(s + 4, 2, &mi) || s[6] != ':' || !fixed_digits(s + 7, 2, &sec) || h > 23 || mi > 59 ||
+        sec > 60)
+        return false;
+    s += 9;
+    if (*s == '.') {
+        if (!isdigit((unsigned char)*++s))
+            return false;
+        while (isdigit((unsigned char)*s))
+            s++;
+    }
+    if (*s == 'Z' || *s == 'z')
+        return s[1] == '\0';
+    return (*s == '+' || *s == '-') && fixed_digits(s + 1, 2, &oh) && s[3] == ':' && fixed_digits(s + 4, 2, &om) &&
+           s[6] == '\0' && oh <= 23 && om <= 59;
 }

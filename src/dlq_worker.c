@@ -345,6 +345,17 @@ static const char *replay_meta(worker_t *wk, const record_t *r, int attempt, uin
     return s ? s : "{}";
 }
 
+/* s as valid UTF-8 of at most max bytes, in the worker's arena ("" when out of memory): record fields are copied into
+ * error texts and rows, and PostgreSQL refuses text that is not UTF-8 (22021). */
+static const char *shown(worker_t *wk, const char *s, size_t n, size_t max)
+{
+    buf_t *b = &wk->buf;
+    buf_reset(b);
+    buf_put_utf8(b, s, n, max);
+    const char *out = arena_strndup(wk->pctx.arena, b->data ? b->data : "", b->len);
+    return out ? out : "";
+}
+
 /* Re-runs the record's original through the live handlers. Returns the decision; *why explains failures. */
 static result_t apply(worker_t *wk, const record_t *r, int attempt, const char **why, bool *retryable)
 {
@@ -353,12 +364,13 @@ static result_t apply(worker_t *wk, const record_t *r, int attempt, const char *
     const char *dot = strrchr(r->subject, '.');
     event_type_t et = dot ? event_type_from_base(r->subject, (size_t)(dot - r->subject)) : ET_UNKNOWN;
     if (strcmp(r->company, cfg->company_id) != 0 || !dot || strcmp(dot + 1, cfg->company_id) != 0) {
-        *why = arena_printf(wk->pctx.arena, "DLQ record of another tenant (company '%.64s', subject '%.128s') "
-                                            "rejected by %s", r->company, r->subject, cfg->company_id);
+        *why = arena_printf(wk->pctx.arena, "DLQ record of another tenant (company '%s', subject '%s') "
+                                            "rejected by %s", shown(wk, r->company, strlen(r->company), 64),
+                     shown(wk, r->subject, strlen(r->subject), 128), cfg->company_id);
         return RES_EXHAUST;
     }
     if (et == ET_UNKNOWN) {
-        *why = arena_printf(wk->pctx.arena, "unknown source subject '%.128s'", r->subject);
+        *why = arena_printf(wk->pctx.arena, "unknown source subject '%s'", shown(wk, r->subject, strlen(r->subject), 128));
         return RES_EXHAUST;
     }
 
@@ -445,10 +457,40 @@ static result_t apply(worker_t *wk, const record_t *r, int attempt, const char *
     return RES_ACK;
 }
 
-static bool looks_rfc3339(const char *s)
+/* The row of a record PostgreSQL refused as it was (a number jsonb cannot hold, text that is not UTF-8, ...): every
+ * field made from the record is base64 or sanitised text, so nothing of it can fail the insert again. */
+static void degrade(worker_t *wk, store_exhausted_t *e, buf_t *payload, buf_t *orig, const char *data, size_t len,
+                    const record_t *r, const char *why, const char *refusal)
 {
-    /* YYYY-MM-DDTHH:MM:SS...: a bad "ts" must not make the exhaustion insert fail forever */
-    return strlen(s) >= 20 && s[4] == '-' && s[7] == '-' && (s[10] == 'T' || s[10] == ' ') && s[13] == ':';
+    buf_reset(payload);
+    buf_puts(payload, "{\"degraded\":true,\"source_subject\":");
+    buf_put_json_str(payload, e->source_subject, strlen(e->source_subject));
+    if (r->valid) {
+        buf_puts(payload, ",\"source_stream\":");
+        buf_put_json_str(payload, r->stream, strlen(r->stream));
+        buf_printf(payload, ",\"source_sequence\":%lld", (long long)r->seq);
+        if (r->item_index >= 0)
+            buf_printf(payload, ",\"item_index\":%lld", (long long)r->item_index);
+        buf_puts(payload, ",\"original_payload_encoding\":\"base64\",\"original_payload\":\"");
+        base64_append(payload, (const unsigned char *)r->orig, r->orig_len);
+        buf_putc(payload, '"');
+        buf_reset(orig);
+        buf_putc(orig, '"');
+        base64_append(orig, (const unsigned char *)r->orig, r->orig_len);
+        buf_putc(orig, '"');
+        e->original_json = orig->data;
+    } else {
+        e->original_json = NULL;
+    }
+    buf_puts(payload, ",\"dlq_record_base64\":\"");
+    base64_append(payload, (const unsigned char *)data, len);
+    buf_puts(payload, "\"}");
+    e->dlq_payload = payload->data ? payload->data : "{}";
+    e->event_ts = NULL;
+    e->last_error = arena_printf(wk->pctx.arena, "%s [stored degraded: PostgreSQL refused the row as it was: %s]",
+                                 why, shown(wk, refusal, strlen(refusal), 400));
+    if (!e->last_error)
+        e->last_error = why;
 }
 
 static result_t exhaust(worker_t *wk, const char *data, size_t len, const record_t *r, int attempt, const char *why)
@@ -457,17 +499,29 @@ static result_t exhaust(worker_t *wk, const char *data, size_t len, const record
     char msgid[256];
     const char *hid = NULL;
     jsMsgMetaData *md = NULL;
-    if (natsMsgHeader_Get(wk->msg, "Nats-Msg-Id", &hid) != NATS_OK || !hid || !*hid) {
+    buf_t check;
+    buf_init(&check);
+    if (natsMsgHeader_Get(wk->msg, "Nats-Msg-Id", &hid) == NATS_OK && hid && *hid) {
+        buf_put_utf8(&check, hid, strlen(hid), 200); /* it is the row's unique key: text PostgreSQL can index */
+        if (check.len != strlen(hid) || strcmp(check.data, hid) != 0)
+            hid = NULL;
+    } else {
+        hid = NULL;
+    }
+    buf_free(&check);
+    if (!hid) {
         (void)natsMsg_GetMetaData(&md, wk->msg);
         snprintf(msgid, sizeof msgid, "%s:%llu", cfg->dlq_stream,
                  (unsigned long long)(md ? md->Sequence.Stream : 0));
         jsMsgMetaData_Destroy(md);
         hid = msgid;
     }
+    why = shown(wk, why, strlen(why), 4096);
     /* dlq_payload is jsonb: a record that is not JSON is kept as base64 inside an object. */
     const char *payload = data;
-    buf_t wrapped;
+    buf_t wrapped, orig_b64;
     buf_init(&wrapped);
+    buf_init(&orig_b64);
     if (!r->valid && json_parse(&wk->doc, data, len, NULL, 0) != JSON_OK) {
         buf_puts(&wrapped, "{\"invalid_record_base64\":\"");
         base64_append(&wrapped, (const unsigned char *)data, len);
@@ -479,15 +533,16 @@ static result_t exhaust(worker_t *wk, const char *data, size_t len, const record
         orig = strndup(r->orig, r->orig_len);
     store_exhausted_t e = {
         .company_id = cfg->company_id,
-        .source_subject = r->subject[0] ? r->subject : "unknown",
+        .source_subject = r->subject[0] ? shown(wk, r->subject, strlen(r->subject), 255) : "unknown",
         .last_error = why,
         .retry_count = (int)r->retry_count + attempt,
-        .event_ts = looks_rfc3339(r->ts) ? r->ts : NULL,
+        .event_ts = clock_rfc3339_valid(r->ts, false) ? r->ts : NULL,
         .dlq_payload = payload,
         .original_json = orig,
         .dlq_message_id = hid,
     };
     result_t res = RES_EXHAUST;
+    bool degraded = false;
     for (;;) {
         if (!ensure_db(wk)) {
             res = RES_LEAVE;
@@ -496,20 +551,32 @@ static result_t exhaust(worker_t *wk, const char *data, size_t len, const record
         db_error_t err;
         if (store_exhausted_insert(wk->db, &e, &err) == 0)
             break;
-        if (!err.outage || atomic_load(wk->w->stop)) {
-            /* FIX: never ack a record that is not stored; try again later */
-            log_warn("dlq", "cannot store exhausted event; will retry", LF_S("error", err.message));
-            res = RES_RETRY;
-            break;
+        if (err.outage && !atomic_load(wk->w->stop)) { /* pause and try again: an outage must not burn attempts */
+            db_close(wk->db);
+            wk->db = NULL;
+            continue;
         }
-        db_close(wk->db);
-        wk->db = NULL;
+        /* A data-class refusal (22xxx, 23xxx, ...) would refuse the same row on every delivery until JetStream gives
+         * up, and the record would leave without a row: store a row made only of safe text instead. A retryable
+         * failure is retried, except at the record's last delivery, where the safe row is the last chance. */
+        if (!degraded && !atomic_load(wk->w->stop) && (!err.retryable || attempt >= cfg->dlq_max_deliver)) {
+            log_warn("dlq", "exhausted event refused by PostgreSQL as it is; storing a degraded row",
+                     LF_S("error", err.message), LF_S("dlq_message_id", hid));
+            degrade(wk, &e, &wrapped, &orig_b64, data, len, r, why, err.message);
+            degraded = true;
+            continue;
+        }
+        /* FIX: never ack a record that is not stored; try again later */
+        log_warn("dlq", "cannot store exhausted event; will retry", LF_S("error", err.message));
+        res = RES_RETRY;
+        break;
     }
     free(orig);
     buf_free(&wrapped);
+    buf_free(&orig_b64);
     if (res == RES_EXHAUST)
-        log_warn("dlq", "DLQ record exhausted", LF_S("source_subject", e.source_subject), LF_S("error", why),
-                 LF_I("retry_count", e.retry_count), LF_S("dlq_message_id", hid));
+        log_warn("dlq", "DLQ record exhausted", LF_S("source_subject", e.source_subject), LF_S("error", e.last_error),
+                 LF_I("retry_count", e.retry_count), LF_S("dlq_message_id", hid), LF_B("degraded", degraded));
     return res;
 }
 

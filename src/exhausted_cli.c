@@ -188,53 +188,6 @@ static bool parse_age(const char *s, long long *secs)
     return true;
 }
 
-static bool fixed_digits(const char *s, int n, int *out)
-{
-    int v = 0;
-    for (int i = 0; i < n; i++) {
-        if (!isdigit((unsigned char)s[i]))
-            return false;
-        v = v * 10 + (s[i] - '0');
-    }
-    *out = v;
-    return true;
-}
-
-static int days_in_month(int y, int m)
-{
-    static const int days[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
-    bool leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-    return m == 2 && leap ? 29 : days[m - 1];
-}
-
-/* RFC 3339 date-time ("2024-05-01T10:00:00Z", "2024-05-01T17:00:00.5+07:00") or full-date ("2024-05-01"), checked
- * here completely so that a bad value is a usage error rather than a database error. */
-static bool valid_timestamp(const char *s)
-{
-    int y, mo, d, h, mi, sec, oh, om;
-    if (!fixed_digits(s, 4, &y) || s[4] != '-' || !fixed_digits(s + 5, 2, &mo) || s[7] != '-' ||
-        !fixed_digits(s + 8, 2, &d) || mo < 1 || mo > 12 || d < 1 || d > days_in_month(y, mo))
-        return false;
-    s += 10;
-    if (!*s)
-        return true;
-    if ((*s != 'T' && *s != 't' && *s != ' ') || !fixed_digits(s + 1, 2, &h) || s[3] != ':' ||
-        !fixed_digits(s + 4, 2, &mi) || s[6] != ':' || !fixed_digits(s + 7, 2, &sec) || h > 23 || mi > 59 ||
-        sec > 60)
-        return false;
-    s += 9;
-    if (*s == '.') {
-        if (!isdigit((unsigned char)*++s))
-            return false;
-        while (isdigit((unsigned char)*s))
-            s++;
-    }
-    if (*s == 'Z' || *s == 'z')
-        return s[1] == '\0';
-    return (*s == '+' || *s == '-') && fixed_digits(s + 1, 2, &oh) && s[3] == ':' && fixed_digits(s + 4, 2, &om) &&
-           s[6] == '\0' && oh <= 23 && om <= 59;
-}
-
 static bool blank(const char *s)
 {
     for (; *s; s++)
@@ -271,7 +224,7 @@ static int check_opts(opts_t *o)
     if (o->since) {
         if (parse_age(o->since, &v))
             snprintf(o->since_ago, sizeof o->since_ago, "%lld seconds", v);
-        else if (valid_timestamp(o->since) && strlen(o->since) < sizeof o->since_ts)
+        else if (clock_rfc3339_valid(o->since, true) && strlen(o->since) < sizeof o->since_ts)
             snprintf(o->since_ts, sizeof o->since_ts, "%s", o->since);
         else
             return bad_usage("--since must be an RFC 3339 time (2024-05-01T10:00:00Z) or an age such as 30m, 2h, "
