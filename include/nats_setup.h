@@ -9,6 +9,7 @@
 
 #include <nats/nats.h>
 
+#include "buf.h"
 #include "config.h"
 #include "event.h"
 
@@ -74,5 +75,13 @@ void mes_nats_unsubscribe(natsSubscription **sub);
  * Only call right after this thread's Fetch returned (no pull request of ours is still in flight to the old inbox). */
 void mes_nats_resubscribe(mes_nats_t *n, event_type_t et, bool dlq, natsSubscription **sub, atomic_bool *subscribed,
                           const atomic_bool *stop);
+
+/* What mes_nats_get_source found. */
+typedef enum { MES_SRC_OK = 0, MES_SRC_GONE, MES_SRC_MISMATCH, MES_SRC_FAILED } mes_source_t;
+/* Appends the body of message seq of stream to out, when it is there and of the given subject (the full original
+ * of a DLQ record that holds a truncated copy). Otherwise says why in why: GONE (the stream or the message is no
+ * more), MISMATCH (another subject at that sequence), FAILED (NATS did not answer: try again later). */
+mes_source_t mes_nats_get_source(mes_nats_t *n, const char *stream, uint64_t seq, const char *subject, buf_t *out,
+                                 char *why, size_t whylen) __attribute__((warn_unused_result));
 
 #endif

@@ -77,6 +77,9 @@ typedef struct {
     char ts[64];
     char stream[128];
     int64_t seq;
+    bool truncated;        /* original_payload is a prefix: the full original is at stream/seq */
+    char error[1024];      /* the record's own error and class */
+    char error_class[32];
 } record_t;
 
 int64_t dlq_worker_backoff_ms(const config_t *cfg, int k)
@@ -277,6 +280,10 @@ static void parse_record(worker_t *wk, const char *data, size_t len, record_t *r
     r->seq = get_int(data, d, json_obj_get(d, data, 0, "source_sequence"), 0);
     r->retry_count = get_int(data, d, json_obj_get(d, data, 0, "retry_count"), 0);
     r->item_index = get_int(data, d, json_obj_get(d, data, 0, "item_index"), -1);
+    int tr = json_obj_get(d, data, 0, "original_payload_truncated");
+    r->truncated = tr >= 0 && d->toks[tr].type == JSON_TRUE;
+    copy_str(data, d, json_obj_get(d, data, 0, "error"), r->error, sizeof r->error);
+    copy_str(data, d, json_obj_get(d, data, 0, "error_class"), r->error_class, sizeof r->error_class);
     char enc[16];
     copy_str(data, d, json_obj_get(d, data, 0, "original_payload_encoding"), enc, sizeof enc);
     int t = json_obj_get(d, data, 0, "original_payload");
@@ -609,6 +616,43 @@ static void settle(worker_t *wk, result_t res, int attempt)
     }
 }
 
+/* A record that holds a truncated original (over 512 KiB): its own error stands when retrying cannot help;
+ * otherwise the full original is read from its source stream. Returns RES_ACK when r now holds the full original. */
+static result_t full_original(worker_t *wk, record_t *r, const char **why)
+{
+    static const char *const final[] = {"unmarshal", "validation", "unknown"};
+    for (size_t i = 0; i < sizeof final / sizeof final[0]; i++)
+        if (strcmp(r->error_class, final[i]) == 0) {
+            *why = r->error[0] ? r->error : "invalid event (truncated in its DLQ record)";
+            return RES_EXHAUST;
+        }
+    if (r->item_index >= 0) {
+        *why = "the DLQ record holds a truncated history item and its source message is the whole batch";
+        return RES_EXHAUST;
+    }
+    char msg[512];
+    buf_t full;
+    buf_init(&full);
+    mes_source_t s = r->stream[0] && r->seq > 0
+                         ? mes_nats_get_source(wk->w->nats, r->stream, (uint64_t)r->seq, r->subject, &full, msg,
+                                               sizeof msg)
+                         : MES_SRC_GONE;
+    if (s != MES_SRC_OK) {
+        buf_free(&full);
+        if (!(r->stream[0] && r->seq > 0))
+            snprintf(msg, sizeof msg, "no source_stream/source_sequence to read the full original from");
+        *why = arena_printf(wk->pctx.arena, "truncated original in the DLQ record (%s); %s", r->error, msg);
+        if (!*why)
+            *why = "truncated original in the DLQ record";
+        return s == MES_SRC_FAILED ? RES_RETRY : RES_EXHAUST;
+    }
+    free(r->orig_decoded);
+    r->orig_decoded = full.data ? full.data : strdup("");
+    r->orig = r->orig_decoded;
+    r->orig_len = full.len;
+    return RES_ACK;
+}
+
 static void process(worker_t *wk)
 {
     const config_t *cfg = wk->w->cfg;
@@ -626,7 +670,9 @@ static void process(worker_t *wk)
     parse_record(wk, data ? data : "", len, &r);
     const char *why = "invalid DLQ record: not a JSON object with source_subject and original_payload";
     bool retryable = false;
-    result_t res = r.valid ? apply(wk, &r, attempt, &why, &retryable) : RES_EXHAUST;
+    result_t res = r.valid && r.truncated ? full_original(wk, &r, &why) : RES_ACK;
+    if (res == RES_ACK)
+        res = r.valid ? apply(wk, &r, attempt, &why, &retryable) : RES_EXHAUST;
     /* Retryable failures get attempts up to nats.dlqMaxRetries (FIX: counted on the DLQ message's own deliveries). */
     if (res == RES_RETRY && attempt >= cfg->dlq_max_retries)
         res = RES_EXHAUST;

@@ -594,8 +594,6 @@ static int fetch_source(mes_nats_t *n, const PGresult *r, const char *subject, b
 {
     const char *stream = PQgetisnull(r, 0, COL_STREAM) ? NULL : PQgetvalue(r, 0, COL_STREAM);
     long long seq;
-    natsMsg *m = NULL;
-    jsErrCode jerr = 0;
 
     if (strcmp(PQgetvalue(r, 0, COL_ITEM), "t") == 0)
         return set_outcome(res, REFUSED, "the DLQ record holds a truncated history item and its source message is "
@@ -603,21 +601,14 @@ static int fetch_source(mes_nats_t *n, const PGresult *r, const char *subject, b
     if (!stream || PQgetisnull(r, 0, COL_SEQUENCE) || !parse_count(PQgetvalue(r, 0, COL_SEQUENCE), INT64_MAX, &seq))
         return set_outcome(res, REFUSED, "the DLQ record holds a truncated original and no source_stream/"
                                          "source_sequence to fetch the whole message from");
-    natsStatus s = js_GetMsg(&m, n->js, stream, (uint64_t)seq, NULL, &jerr);
-    if (s == NATS_NOT_FOUND || jerr == JSNoMessageFoundErr || jerr == JSStreamNotFoundErr)
-        return set_outcome(res, REFUSED, "the DLQ record holds a truncated original and the full message is gone from "
-                                         "stream %s (sequence %lld)", stream, seq);
-    if (s != NATS_OK)
-        return set_outcome(res, FAILED, "reading the full original from stream %s sequence %lld: %s (js error %d)",
-                           stream, seq, natsStatus_GetText(s), (int)jerr);
-    int rc = 0;
-    if (strcmp(natsMsg_GetSubject(m), subject) != 0)
-        rc = set_outcome(res, REFUSED, "stream %s sequence %lld holds a message of subject %s, not %s", stream, seq,
-                        natsMsg_GetSubject(m), subject);
-    else
-        buf_append(out, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m));
-    natsMsg_Destroy(m);
-    return rc;
+    char why[512];
+    switch (mes_nats_get_source(n, stream, (uint64_t)seq, subject, out, why, sizeof why)) {
+    case MES_SRC_OK: return 0;
+    case MES_SRC_GONE: return set_outcome(res, REFUSED, "the DLQ record holds a truncated original and %s", why);
+    case MES_SRC_MISMATCH: return set_outcome(res, REFUSED, "%s", why);
+    case MES_SRC_FAILED: break;
+    }
+    return set_outcome(res, FAILED, "%s", why);
 }
 
 /* The original event's bytes: the embedded JSON as PostgreSQL renders it (jsonb keeps numbers exact; key order and

@@ -500,3 +500,33 @@ natsStatus mes_nats_fetch(natsSubscription *sub, natsMsgList *carry, int batch, 
     }
     return s;
 }
+
+/* ---- a message by stream sequence ---------------------------------------------------------------------------- */
+
+mes_source_t mes_nats_get_source(mes_nats_t *n, const char *stream, uint64_t seq, const char *subject, buf_t *out,
+                                 char *why, size_t whylen)
+{
+    natsMsg *m = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s = js_GetMsg(&m, n->js, stream, seq, NULL, &jerr);
+    if (s == NATS_NOT_FOUND || jerr == JSNoMessageFoundErr || jerr == JSStreamNotFoundErr) {
+        snprintf(why, whylen, "the full message is gone from stream %s (sequence %llu)", stream,
+                 (unsigned long long)seq);
+        return MES_SRC_GONE;
+    }
+    if (s != NATS_OK) {
+        snprintf(why, whylen, "reading the full original from stream %s sequence %llu: %s (js error %d)", stream,
+                 (unsigned long long)seq, natsStatus_GetText(s), (int)jerr);
+        return MES_SRC_FAILED;
+    }
+    mes_source_t rc = MES_SRC_OK;
+    if (strcmp(natsMsg_GetSubject(m), subject) != 0) {
+        snprintf(why, whylen, "stream %s sequence %llu holds a message of subject %s, not %s", stream,
+                 (unsigned long long)seq, natsMsg_GetSubject(m), subject);
+        rc = MES_SRC_MISMATCH;
+    } else {
+        buf_append(out, natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m));
+    }
+    natsMsg_Destroy(m);
+    return rc;
+}

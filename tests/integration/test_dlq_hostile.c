@@ -1,5 +1,8 @@
 /* test_dlq_hostile.c - DLQ records whose exhausted_events row PostgreSQL refuses as it is (issue 17, class 1): each
  * ends as exactly one row, at once, never NAKed until JetStream gives up. */
+#include <stdlib.h>
+#include <string.h>
+
 #include "itest.h"
 
 #define CO "acme"
@@ -76,4 +79,50 @@ TEST(a_nats_msg_id_that_is_not_utf8_keys_the_row_by_stream_sequence)
     REQUIRE(pub_record("v1.chats.upsert." CO, "2026-11-22T10:00:00Z", "{\"chat_id\":\"x\"}", "bad-\xff\xfe-id"));
     check_one_row_at_once();
     CHECK_EQ_INT(h_pg_int(&P, "SELECT count(*) FROM " SCH ".exhausted_events WHERE dlq_message_id = 'dlq_stream:1'"), 1);
+}
+
+/* ---- records that hold a truncated original (over 512 KiB; issue 17, class 4) ---- */
+
+static const char *const PATIENT[] = {"NATS_DLQBASEDELAY=200ms", "NATS_DLQMAXDELAY=500ms", "NATS_DLQMAXRETRIES=9",
+                                      NULL};
+
+TEST(a_large_update_before_its_upsert_is_applied_from_its_full_original_not_exhausted_as_truncated)
+{
+    REQUIRE(it_up(CO, PATIENT));
+    /* A legal 600 KB messages.update (an unknown key carries the bulk): its DLQ record embeds only a prefix. */
+    size_t pad = 600000;
+    char *ev = malloc(pad + 128);
+    REQUIRE(ev != NULL);
+    int n = snprintf(ev, 128, "{\"message_id\":\"big\",\"status\":\"read\",\"padding\":\"");
+    memset(ev + n, 'p', pad);
+    strcpy(ev + n + pad, "\"}");
+    REQUIRE(it_pub("v1.messages.update", CO, ev, "big-upd"));
+    free(ev);
+    CHECK_EQ_INT(it_dlq_wait(CO, 1, 20000), 1);
+    REQUIRE(it_pub("v1.messages.upsert", CO,
+                   "{\"message_id\":\"big\",\"chat_id\":\"c\",\"jid\":\"j\",\"agent_id\":\"a\",\"flow\":\"OUT\","
+                   "\"status\":\"sent\",\"message_timestamp\":1700000000}",
+                   "big-ups"));
+    CHECK_EQ_INT(h_pg_wait_int(&P, 1, 30000, "SELECT count(*) FROM " SCH ".messages WHERE message_id = 'big'"
+                                             " AND status = 'read'"),
+                 1);
+    CHECK_EQ_INT(h_pg_int(&P, "SELECT count(*) FROM " SCH ".exhausted_events"), 0);
+}
+
+TEST(a_truncated_record_that_cannot_get_better_keeps_its_own_error)
+{
+    REQUIRE(it_up(CO, FAST));
+    /* 1 MB of garbage: not JSON, so the record's error is an unmarshal error on the whole body, and its original is a
+     * truncated base64 prefix that must not be re-parsed into a different, misleading error. */
+    size_t len = 1000000;
+    char *junk = malloc(len + 1);
+    REQUIRE(junk != NULL);
+    memset(junk, 'z', len);
+    junk[len] = '\0';
+    REQUIRE(it_pub("v1.chats.upsert", CO, junk, "junk"));
+    free(junk);
+    CHECK_EQ_INT(h_pg_wait_int(&P, 1, 20000, "SELECT count(*) FROM " SCH ".exhausted_events"), 1);
+    CHECK_EQ_INT(h_pg_int(&P, "SELECT count(*) FROM " SCH ".exhausted_events WHERE last_error = dlq_payload->>'error'"
+                              " AND (dlq_payload->>'original_payload_truncated')::boolean"),
+                 1);
 }
