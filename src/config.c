@@ -3,6 +3,7 @@
 
 #include "event.h"
 #include "log.h"
+#include "secrets.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -867,6 +868,9 @@ int config_load(config_t *cfg, int argc, char **argv, char *err, size_t errlen)
     snprintf(cfg->schema, sizeof cfg->schema, "daisi_%s", cfg->company_id);
     for (char *c = cfg->schema; *c; c++)
         *c = (char)tolower((unsigned char)*c);
+    /* From here on every library error text is masked against these (secrets_mask in log.c, db.c, the CLI). */
+    secrets_register_dsn(cfg->postgres_dsn);
+    secrets_register_dsn(cfg->nats_url);
 
 cleanup:
     if (rc)

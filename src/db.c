@@ -7,6 +7,7 @@
 
 #include "clock.h"
 #include "log.h"
+#include "secrets.h"
 
 void db_classify(const char *sqlstate, bool conn_bad, db_error_t *err)
 {
@@ -49,6 +50,11 @@ void db_error_from(db_error_t *err, const PGconn *pg, const PGresult *res)
         snprintf(err->message, sizeof err->message, "SQLSTATE %s: %s", state, msg);
     else
         snprintf(err->message, sizeof err->message, "database connection: %s", msg);
+    /* libpq may echo a DSN or a fragment of its password (issue 17): the message is masked before it reaches a
+     * log, a DLQ record or the CLI's stderr. */
+    char masked[sizeof err->message];
+    secrets_mask(err->message, masked, sizeof masked);
+    memcpy(err->message, masked, sizeof masked);
     /* libpq messages end with a newline; keep records and logs on one line. */
     for (char *p = err->message; *p; p++)
         if (*p == '\n' || *p == '\r')

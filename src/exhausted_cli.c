@@ -23,6 +23,7 @@
 #include "event.h"
 #include "log.h"
 #include "nats_setup.h"
+#include "secrets.h"
 
 #define LIMIT_DEFAULT "100"
 #define LIMIT_MAX 100000
@@ -319,7 +320,7 @@ static int open_db(cli_t *c)
     char masked[512];
     if ((c->db = db_connect(c->cfg, &err)) && db_command(c->db, "SET TIME ZONE 'UTC'", &err) == 0)
         return 0;
-    config_mask_secret(c->cfg->postgres_dsn, masked, sizeof masked);
+    secrets_mask(c->cfg->postgres_dsn, masked, sizeof masked);
     fprintf(stderr, "exhausted: cannot use PostgreSQL (%s): %s\n", masked, err.message);
     return -1;
 }
@@ -572,8 +573,10 @@ __attribute__((format(printf, 3, 4))) static int set_outcome(replay_result_t *re
 {
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(res->error, sizeof res->error, fmt, ap);
+    char raw[sizeof res->error];
+    vsnprintf(raw, sizeof raw, fmt, ap);
     va_end(ap);
+    secrets_mask(raw, res->error, sizeof res->error); /* nats.c texts (nats_GetLastError) may echo the URL */
     res->outcome = o;
     return -1;
 }
@@ -763,7 +766,7 @@ static int cmd_replay(cli_t *c)
         goto cleanup;
     if (PQntuples(ids) > 0 && mes_nats_connect(&n, c->cfg, clock_mono_ms() + NATS_CONNECT_MS, &stop) != 0) {
         char masked[512];
-        config_mask_secret(c->cfg->nats_url, masked, sizeof masked);
+        secrets_mask(c->cfg->nats_url, masked, sizeof masked);
         fprintf(stderr, "exhausted: cannot connect to NATS at %s\n", masked);
         goto cleanup;
     }

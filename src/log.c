@@ -1,6 +1,8 @@
 /* log.c - JSON-lines logger: one escaped, size-bounded JSON object per line on stdout (SPEC 10). */
 #include "log.h"
 
+#include "secrets.h"
+
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
@@ -166,6 +168,15 @@ static void put_str(out_t *o, const char *s, size_t maxin)
     put(o, "\"", 1);
 }
 
+/* Every message and string value goes through secrets_mask: library error texts (libpq, nats.c) reach the log as
+ * fields, and they may echo a password or a fragment of one. Called under mu: one static buffer. */
+static void put_masked(out_t *o, const char *s)
+{
+    static char masked[FIELD_MAX + 64];
+    secrets_mask(s, masked, sizeof masked);
+    put_str(o, masked, FIELD_MAX);
+}
+
 static void put_field(out_t *o, const log_field_t *f)
 {
     char num[64];
@@ -176,7 +187,7 @@ static void put_field(out_t *o, const log_field_t *f)
     switch (f->type) {
     case LOGF_STR:
         if (f->s)
-            put_str(o, f->s, FIELD_MAX);
+            put_masked(o, f->s);
         else
             puts_(o, "null");
         break;
@@ -240,7 +251,7 @@ void log_emit(log_level_t level, const char *logger, const char *msg, const log_
     puts_(&o, "\",\"logger\":");
     put_str(&o, logger ? logger : "", KEY_MAX);
     puts_(&o, ",\"msg\":");
-    put_str(&o, msg ? msg : "", FIELD_MAX);
+    put_masked(&o, msg ? msg : "");
     puts_(&o, ",\"company_id\":");
     put_str(&o, company, KEY_MAX);
     for (size_t i = 0; i < nfields && fields; i++) {

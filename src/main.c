@@ -16,6 +16,7 @@
 #include "exhausted.h"
 #include "http.h"
 #include "log.h"
+#include "secrets.h"
 #include "maintenance.h"
 #include "metrics.h"
 #include "nats_setup.h"
@@ -93,7 +94,7 @@ static int start_database(app_t *a, int64_t deadline)
     int64_t wait = 200;
     db_conn_t *db = NULL;
     char masked[512];
-    config_mask_secret(a->cfg.postgres_dsn, masked, sizeof masked);
+    secrets_mask(a->cfg.postgres_dsn, masked, sizeof masked);
     while (!(db = db_connect(&a->cfg, &err))) {
         if (clock_mono_ms() + wait > deadline || atomic_load(&g_stop)) {
             log_error("main", "startup failed: cannot connect to PostgreSQL", LF_S("dsn", masked),

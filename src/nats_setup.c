@@ -10,6 +10,7 @@
 
 #include "clock.h"
 #include "log.h"
+#include "secrets.h"
 #include "metrics.h"
 
 static void on_disconnected(natsConnection *nc, void *closure)
@@ -46,7 +47,7 @@ int mes_nats_connect(mes_nats_t *n, const config_t *cfg, int64_t deadline_ms, co
 
     memset(n, 0, sizeof *n);
     n->cfg = cfg;
-    config_mask_secret(cfg->nats_url, masked, sizeof masked);
+    secrets_mask(cfg->nats_url, masked, sizeof masked);
     if ((s = natsOptions_Create(&opts)) != NATS_OK)
         goto fail;
     s = natsOptions_SetURL(opts, cfg->nats_url);
