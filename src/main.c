@@ -24,6 +24,7 @@
 
 static atomic_bool g_stop;
 static atomic_int g_signals;
+static atomic_int g_ignored_signal; /* the last SIGHUP/SIGUSR1/SIGUSR2, for main to log (0: none) */
 static int g_wake[2] = {-1, -1};
 
 typedef struct {
@@ -46,6 +47,32 @@ static void on_signal(int sig)
         ssize_t w = write(g_wake[1], "x", 1);
         (void)w;
     }
+}
+
+/* SIGHUP (and SIGUSR1/2) would end the process with no log line and no drain. The service reloads nothing (every
+ * key is read once at startup and a restart drains cleanly), so these are logged by main and otherwise ignored. */
+static void on_ignored_signal(int sig)
+{
+    atomic_store(&g_ignored_signal, sig);
+    if (g_wake[1] >= 0) {
+        ssize_t w = write(g_wake[1], "h", 1);
+        (void)w;
+    }
+}
+
+static void log_ignored_signal(void)
+{
+    int sig = atomic_exchange(&g_ignored_signal, 0);
+    if (sig)
+        log_info("main", "signal ignored: configuration is read once at startup; restart the process to change it",
+                 LF_S("signal", sig == SIGHUP ? "SIGHUP" : sig == SIGUSR1 ? "SIGUSR1" : "SIGUSR2"));
+}
+
+/* A stop request (SIGTERM/SIGINT) while startup still waits for PostgreSQL or NATS is not a failure: the step that
+ * gave up says nothing, and main logs "startup interrupted" and exits 0. */
+static bool stopping(void)
+{
+    return atomic_load(&g_stop);
 }
 
 static void sleep_ms(int64_t ms)
@@ -96,7 +123,9 @@ static int start_database(app_t *a, int64_t deadline)
     char masked[512];
     secrets_mask(a->cfg.postgres_dsn, masked, sizeof masked);
     while (!(db = db_connect(&a->cfg, &err))) {
-        if (clock_mono_ms() + wait > deadline || atomic_load(&g_stop)) {
+        if (stopping())
+            return -1;
+        if (clock_mono_ms() + wait > deadline) {
             log_error("main", "startup failed: cannot connect to PostgreSQL", LF_S("dsn", masked),
                       LF_S("error", err.message));
             return -1;
@@ -241,6 +270,10 @@ int main(int argc, char **argv)
     sigemptyset(&sa.sa_mask);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
+    sa.sa_handler = on_ignored_signal;
+    sigaction(SIGHUP, &sa, NULL);
+    sigaction(SIGUSR1, &sa, NULL);
+    sigaction(SIGUSR2, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
     if (metrics_init(app.cfg.company_id, MES_VERSION, app.cfg.metrics_max_agent_labels, app.cfg.metrics_jid_label) !=
@@ -273,27 +306,32 @@ int main(int argc, char **argv)
         goto out;
     publish_stage(STAGE_DB);
     if (mes_nats_connect(&app.nats, &app.cfg, deadline, &g_stop) != 0) {
-        log_error("main", "startup failed: cannot connect to NATS");
+        if (!stopping())
+            log_error("main", "startup failed: cannot connect to NATS");
         goto out;
     }
     if (mes_nats_ensure_streams(&app.nats) != 0) {
-        log_error("main", "startup failed: streams");
+        if (!stopping())
+            log_error("main", "startup failed: streams");
         goto out;
     }
     publish_stage(STAGE_NATS);
     if (start_consumers(&app) != 0) {
-        log_error("main", "startup failed: consumers");
+        if (!stopping())
+            log_error("main", "startup failed: consumers");
         goto out;
     }
     publish_stage(STAGE_LANES);
     if (start_dlq_worker(&app) != 0) {
-        log_error("main", "startup failed: DLQ worker");
+        if (!stopping())
+            log_error("main", "startup failed: DLQ worker");
         goto out;
     }
     publish_stage(STAGE_ALL);
     log_info("main", "Both consumers started successfully", LF_I("lanes", app.nlanes));
 
     while (!atomic_load(&g_stop)) {
+        log_ignored_signal();
         char ch;
         ssize_t r = read(g_wake[0], &ch, 1);
         if (r < 0 && errno != EINTR)
@@ -302,6 +340,13 @@ int main(int argc, char **argv)
     log_info("main", "shutdown requested");
     rc = 0;
 out:
+    log_ignored_signal();
+    if (rc != 0 && stopping()) {
+        log_info("main", "startup interrupted by a stop request; exiting",
+                 LF_S("reached", atomic_load(&g_stage) >= STAGE_DB ? "PostgreSQL ready, waiting for NATS"
+                                                                   : "waiting for PostgreSQL"));
+        rc = 0;
+    }
     if (shutdown_all(&app) != 0)
         rc = 1;
     metrics_shutdown();

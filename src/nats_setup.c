@@ -97,8 +97,9 @@ int mes_nats_connect(mes_nats_t *n, const config_t *cfg, int64_t deadline_ms, co
     log_info("nats", "connected to NATS", LF_S("url", masked));
     return 0;
 fail:
-    log_error("nats", "NATS connection failed", LF_S("url", masked), LF_S("error", natsStatus_GetText(s)),
-              LF_S("detail", nats_GetLastError(NULL)));
+    if (!stop || !atomic_load(stop)) /* a stop request ended the wait: the caller says so, it is no failure */
+        log_error("nats", "NATS connection failed", LF_S("url", masked), LF_S("error", natsStatus_GetText(s)),
+                  LF_S("detail", nats_GetLastError(NULL)));
     natsOptions_Destroy(opts);
     mes_nats_close(n);
     return -1;
