@@ -156,10 +156,18 @@ http_server_t *http_start(const http_config_t *cfg)
     if (!cfg)
         return NULL;
     const char *addr = cfg->address ? cfg->address : "0.0.0.0";
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)cfg->port)};
-    if (inet_pton(AF_INET, addr, &sa.sin_addr) != 1) {
-        log_error("http", "server.address is not an IPv4 address", LF_S("address", addr));
-        return NULL;
+    /* server.address is validated as IPv4 or IPv6 (config C_IP); serve both. */
+    struct sockaddr_in sa4 = {.sin_family = AF_INET, .sin_port = htons((uint16_t)cfg->port)};
+    struct sockaddr_in6 sa6 = {.sin6_family = AF_INET6, .sin6_port = htons((uint16_t)cfg->port)};
+    struct sockaddr *sa = (struct sockaddr *)&sa4;
+    unsigned family_flag = 0;
+    if (inet_pton(AF_INET, addr, &sa4.sin_addr) != 1) {
+        if (inet_pton(AF_INET6, addr, &sa6.sin6_addr) != 1) {
+            log_error("http", "server.address is not an IPv4 or IPv6 address", LF_S("address", addr));
+            return NULL;
+        }
+        sa = (struct sockaddr *)&sa6;
+        family_flag = MHD_USE_IPv6;
     }
     if (cfg->port < 0 || cfg->port > 65535 || cfg->max_connections < 1) {
         log_error("http", "invalid HTTP settings", LF_I("port", cfg->port),
@@ -188,9 +196,10 @@ http_server_t *http_start(const http_config_t *cfg)
     unsigned limit = cfg->max_connections < POOL_THREADS ? POOL_THREADS : (unsigned)cfg->max_connections;
 
     mhd_last_error[0] = '\0';
-    srv->daemon = MHD_start_daemon(MHD_USE_AUTO_INTERNAL_THREAD | MHD_USE_ERROR_LOG, 0, NULL, NULL, handle, srv,
+    unsigned flags = MHD_USE_AUTO_INTERNAL_THREAD | MHD_USE_ERROR_LOG | family_flag;
+    srv->daemon = MHD_start_daemon(flags, 0, NULL, NULL, handle, srv,
                                    MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
-                                   MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
+                                   MHD_OPTION_SOCK_ADDR, sa,
                                    MHD_OPTION_THREAD_POOL_SIZE, (unsigned)POOL_THREADS,
                                    MHD_OPTION_CONNECTION_LIMIT, limit,
                                    MHD_OPTION_PER_IP_CONNECTION_LIMIT, per_ip,

@@ -71,3 +71,61 @@ TEST(key_value_dsn_passwords_with_special_characters_never_reach_the_log)
     CHECK(!leaks(log, fragments));
     free(log);
 }
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+/* One GET over IPv6 loopback; the status code, or -1 when nothing answered. */
+static int http6_status(int port, const char *path)
+{
+    int fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    struct sockaddr_in6 sa = {.sin6_family = AF_INET6, .sin6_port = htons((uint16_t)port)};
+    inet_pton(AF_INET6, "::1", &sa.sin6_addr);
+    struct timeval tv = {.tv_sec = 5};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    int status = -1;
+    char req[256], buf[512];
+    int n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: [::1]\r\nConnection: close\r\n\r\n", path);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0 && write(fd, req, (size_t)n) == n) {
+        ssize_t got = read(fd, buf, sizeof buf - 1);
+        if (got > 12) {
+            buf[got] = '\0';
+            sscanf(buf, "HTTP/1.%*d %d", &status);
+        }
+    }
+    close(fd);
+    return status;
+}
+
+/* Whether this machine's loopback has IPv6 (containers often run without it). */
+static bool ipv6_loopback(void)
+{
+    int fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return false;
+    struct sockaddr_in6 sa = {.sin6_family = AF_INET6};
+    inet_pton(AF_INET6, "::1", &sa.sin6_addr);
+    bool ok = bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
+    close(fd);
+    return ok;
+}
+
+TEST(server_address_ipv6_loopback_serves_health_and_ready)
+{
+    if (!ipv6_loopback())
+        SKIP("::1 cannot be bound on this machine (no IPv6 loopback)");
+    REQUIRE(it_up(CO, (const char *const[]){"SERVER_ADDRESS=::1", NULL}));
+    CHECK_EQ_INT(http6_status(S.http_port, "/health"), 200);
+    int64_t deadline = h_now_ms() + 30000;
+    int ready;
+    while ((ready = http6_status(S.http_port, "/ready")) != 200 && h_now_ms() < deadline)
+        h_sleep_ms(100);
+    CHECK_EQ_INT(ready, 200);
+    char *log = h_svc_log(&S);
+    CHECK_CONTAINS(log, "\"address\":\"::1\"");
+    free(log);
+    CHECK_EQ_INT(h_svc_signal(&S, SIGTERM, 30000), 0);
+}

@@ -351,7 +351,7 @@ TEST(invalid_bind_address_returns_null)
     http_config_t cfg = {.address = "not-an-ip", .port = free_port(), .max_connections = 32,
                          .connection_timeout_ms = 1000, .version = "x", .ready = ready_cb};
     CHECK(http_start(&cfg) == NULL);
-    cfg.address = "::1";
+    cfg.address = "::1::2";
     CHECK(http_start(&cfg) == NULL);
     http_stop(NULL); /* NULL-safe */
     metrics_shutdown();
