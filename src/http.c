@@ -106,22 +106,31 @@ static enum MHD_Result metrics(struct MHD_Connection *conn)
     return reply_owned(conn, MHD_HTTP_OK, text, len, metrics_type);
 }
 
-/* Every request is answered on the first call, before any body is read: MHD then closes the connection instead of
- * buffering an upload, so a large POST costs nothing. url carries no query string (MHD splits it off). */
+/* GET and HEAD are answered once MHD has read the whole request (the second call), so the connection stays open for
+ * the next request: a scraper pays one TCP handshake per connection, not per scrape. Any other method is answered
+ * on the first call, before its body is read: MHD then closes the connection instead of buffering an upload, so a
+ * large POST costs nothing. url carries no query string (MHD splits it off). */
 static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
                               const char *version, const char *upload_data, size_t *upload_data_size, void **req_cls)
 {
+    static char answered; /* *req_cls of a request already answered: later calls only discard its body */
     struct http_server *srv = cls;
     (void)version;
     (void)upload_data;
-    if (*req_cls != NULL) { /* a later call for the same request: discard the body */
+    bool get = strcmp(method, MHD_HTTP_METHOD_GET) == 0 || strcmp(method, MHD_HTTP_METHOD_HEAD) == 0;
+    if (*req_cls == NULL) {
+        if (!get) {
+            *req_cls = &answered;
+            return reply_static(conn, MHD_HTTP_METHOD_NOT_ALLOWED, not_allowed_body);
+        }
+        *req_cls = srv;
+        return MHD_YES; /* headers read; answer when the request is complete */
+    }
+    if (*req_cls == &answered || *upload_data_size != 0) { /* the body of an answered request, or of a GET */
         *upload_data_size = 0;
         return MHD_YES;
     }
-    *req_cls = srv;
-
-    if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 && strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
-        return reply_static(conn, MHD_HTTP_METHOD_NOT_ALLOWED, not_allowed_body);
+    *req_cls = &answered;
     if (strcmp(url, "/health") == 0)
         return reply_static(conn, MHD_HTTP_OK, srv->health_body);
     if (strcmp(url, "/ready") == 0)

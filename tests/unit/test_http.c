@@ -453,3 +453,38 @@ TEST(concurrent_scrapes_all_succeed)
     http_stop(srv);
     metrics_shutdown();
 }
+
+/* Issue 17: every answer said "Connection: close", so each scrape paid a TCP handshake. */
+TEST(get_requests_share_one_keep_alive_connection)
+{
+    setup();
+    int port;
+    http_server_t *srv = start(&port, 16, 5000);
+    REQUIRE(srv != NULL);
+    int fd = connect_to(port);
+    REQUIRE(fd >= 0);
+    static const char req[] = "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    char buf[8192];
+    for (int i = 0; i < 3; i++) {
+        REQUIRE(send(fd, req, sizeof req - 1, MSG_NOSIGNAL) == (ssize_t)(sizeof req - 1));
+        size_t len = 0;
+        buf[0] = '\0';
+        /* one whole answer: the head plus the body its Content-Length announces */
+        while (len < sizeof buf - 1) {
+            ssize_t n = recv(fd, buf + len, sizeof buf - 1 - len, 0);
+            if (n <= 0)
+                break;
+            len += (size_t)n;
+            buf[len] = '\0';
+            char *sep = strstr(buf, "\r\n\r\n");
+            const char *cl = strcasestr(buf, "Content-Length:");
+            if (sep && cl && len >= (size_t)(sep + 4 - buf) + (size_t)atoi(cl + 15))
+                break;
+        }
+        CHECK_CONTAINS(buf, "HTTP/1.1 200");
+        CHECK_CONTAINS(buf, "\"status\":\"UP\"");
+        CHECK(strcasestr(buf, "Connection: close") == NULL);
+    }
+    close(fd);
+    http_stop(srv);
+}
