@@ -147,6 +147,15 @@ static size_t utf8_seq(const unsigned char *s, size_t n)
     return len;
 }
 
+bool utf8_is_valid(const char *s, size_t n)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    for (size_t i = 0, len; i < n; i += len)
+        if (!u[i] || (len = utf8_seq(u + i, n - i)) == 0)
+            return false;
+    return true;
+}
+
 void buf_put_utf8(buf_t *b, const char *s, size_t n, size_t max)
 {
     const unsigned char *u = (const unsigned char *)s;

@@ -77,9 +77,9 @@ typedef struct {
     char ts[64];
     char stream[128];
     int64_t seq;
-    bool truncated;        /* original_payload is a prefix: the full original is at stream/seq */
-    char error[1024];      /* the record's own error and class */
-    char error_class[32];
+    bool truncated; /* original_payload is a prefix: the full original is at stream/seq */
+    bool fatal;     /* error_type "fatal": the publisher found that retrying cannot help */
+    char error[1024]; /* the record's own error */
 } record_t;
 
 int64_t dlq_worker_backoff_ms(const config_t *cfg, int k)
@@ -283,7 +283,9 @@ static void parse_record(worker_t *wk, const char *data, size_t len, record_t *r
     int tr = json_obj_get(d, data, 0, "original_payload_truncated");
     r->truncated = tr >= 0 && d->toks[tr].type == JSON_TRUE;
     copy_str(data, d, json_obj_get(d, data, 0, "error"), r->error, sizeof r->error);
-    copy_str(data, d, json_obj_get(d, data, 0, "error_class"), r->error_class, sizeof r->error_class);
+    char type[16];
+    copy_str(data, d, json_obj_get(d, data, 0, "error_type"), type, sizeof type);
+    r->fatal = strcmp(type, "fatal") == 0;
     char enc[16];
     copy_str(data, d, json_obj_get(d, data, 0, "original_payload_encoding"), enc, sizeof enc);
     int t = json_obj_get(d, data, 0, "original_payload");
@@ -478,13 +480,12 @@ static void degrade(worker_t *wk, store_exhausted_t *e, buf_t *payload, buf_t *o
         buf_printf(payload, ",\"source_sequence\":%lld", (long long)r->seq);
         if (r->item_index >= 0)
             buf_printf(payload, ",\"item_index\":%lld", (long long)r->item_index);
-        buf_puts(payload, ",\"original_payload_encoding\":\"base64\",\"original_payload\":\"");
-        base64_append(payload, (const unsigned char *)r->orig, r->orig_len);
-        buf_putc(payload, '"');
-        buf_reset(orig);
+        buf_reset(orig); /* a JSON string: the original as base64, the row's original_payload and the record's */
         buf_putc(orig, '"');
         base64_append(orig, (const unsigned char *)r->orig, r->orig_len);
         buf_putc(orig, '"');
+        buf_puts(payload, ",\"original_payload_encoding\":\"base64\",\"original_payload\":");
+        buf_append(payload, orig->data, orig->len);
         e->original_json = orig->data;
     } else {
         e->original_json = NULL;
@@ -506,17 +507,9 @@ static result_t exhaust(worker_t *wk, const char *data, size_t len, const record
     char msgid[256];
     const char *hid = NULL;
     jsMsgMetaData *md = NULL;
-    buf_t check;
-    buf_init(&check);
-    if (natsMsgHeader_Get(wk->msg, "Nats-Msg-Id", &hid) == NATS_OK && hid && *hid) {
-        buf_put_utf8(&check, hid, strlen(hid), 200); /* it is the row's unique key: text PostgreSQL can index */
-        if (check.len != strlen(hid) || strcmp(check.data, hid) != 0)
-            hid = NULL;
-    } else {
-        hid = NULL;
-    }
-    buf_free(&check);
-    if (!hid) {
+    /* The header is the row's unique key: only text PostgreSQL can store and index, else <dlq_stream>:<seq>. */
+    if (natsMsgHeader_Get(wk->msg, "Nats-Msg-Id", &hid) != NATS_OK || !hid || !*hid || strlen(hid) > 200 ||
+        !utf8_is_valid(hid, strlen(hid))) {
         (void)natsMsg_GetMetaData(&md, wk->msg);
         snprintf(msgid, sizeof msgid, "%s:%llu", cfg->dlq_stream,
                  (unsigned long long)(md ? md->Sequence.Stream : 0));
@@ -616,31 +609,27 @@ static void settle(worker_t *wk, result_t res, int attempt)
     }
 }
 
-/* A record that holds a truncated original (over 512 KiB): its own error stands when retrying cannot help;
+/* A record that holds a truncated original (over 512 KiB): its own error stands when its publisher found that
+ * retrying cannot help (error_type "fatal": unmarshal, validation, a data-class database error);
  * otherwise the full original is read from its source stream. Returns RES_ACK when r now holds the full original. */
 static result_t full_original(worker_t *wk, record_t *r, const char **why)
 {
-    static const char *const final[] = {"unmarshal", "validation", "unknown"};
-    for (size_t i = 0; i < sizeof final / sizeof final[0]; i++)
-        if (strcmp(r->error_class, final[i]) == 0) {
-            *why = r->error[0] ? r->error : "invalid event (truncated in its DLQ record)";
-            return RES_EXHAUST;
-        }
+    if (r->fatal) {
+        *why = r->error[0] ? r->error : "invalid event (truncated in its DLQ record)";
+        return RES_EXHAUST;
+    }
     if (r->item_index >= 0) {
         *why = "the DLQ record holds a truncated history item and its source message is the whole batch";
         return RES_EXHAUST;
     }
-    char msg[512];
+    char msg[512] = "no source_stream/source_sequence to read the full original from";
     buf_t full;
     buf_init(&full);
-    mes_source_t s = r->stream[0] && r->seq > 0
-                         ? mes_nats_get_source(wk->w->nats, r->stream, (uint64_t)r->seq, r->subject, &full, msg,
-                                               sizeof msg)
-                         : MES_SRC_GONE;
+    mes_source_t s = MES_SRC_GONE;
+    if (r->stream[0] && r->seq > 0)
+        s = mes_nats_get_source(wk->w->nats, r->stream, (uint64_t)r->seq, r->subject, &full, msg, sizeof msg);
     if (s != MES_SRC_OK) {
         buf_free(&full);
-        if (!(r->stream[0] && r->seq > 0))
-            snprintf(msg, sizeof msg, "no source_stream/source_sequence to read the full original from");
         *why = arena_printf(wk->pctx.arena, "truncated original in the DLQ record (%s); %s", r->error, msg);
         if (!*why)
             *why = "truncated original in the DLQ record";

@@ -52,3 +52,13 @@ TEST(utf8_invalid_bytes_and_nul_become_replacement_characters)
     CHECK_EQ_INT((long long)strlen(b.data), (long long)b.len);
     buf_free(&b);
 }
+
+TEST(utf8_is_valid_refuses_stray_bytes_surrogates_and_nul)
+{
+    CHECK(utf8_is_valid("caf\xc3\xa9 \xe2\x82\xac", 9));
+    CHECK(utf8_is_valid("", 0));
+    CHECK(!utf8_is_valid("bad-\xff\xfe-id", 10));
+    CHECK(!utf8_is_valid("\xed\xa0\x80", 3)); /* an encoded surrogate */
+    CHECK(!utf8_is_valid("a\0b", 3));
+    CHECK(!utf8_is_valid("\xc3", 1)); /* cut inside a character */
+}
