@@ -17,6 +17,7 @@
  * before or after it): a library that split a password echoes the fragment between delimiters, and a fragment
  * such as "pass" must not mask "password". */
 static char *secrets[MAX_SECRETS];
+static size_t lens[MAX_SECRETS]; /* strlen(secrets[i]): secrets_mask runs on every logged string */
 static bool fragment[MAX_SECRETS];
 static size_t nsecrets;
 
@@ -32,7 +33,7 @@ static void add(const char *s, size_t n, bool frag)
     if (n < SECRETS_MIN_FRAGMENT || nsecrets == MAX_SECRETS)
         return;
     for (size_t i = 0; i < nsecrets; i++)
-        if (strlen(secrets[i]) == n && memcmp(secrets[i], s, n) == 0) {
+        if (lens[i] == n && memcmp(secrets[i], s, n) == 0) {
             fragment[i] = fragment[i] && frag;
             return;
         }
@@ -40,12 +41,14 @@ static void add(const char *s, size_t n, bool frag)
     if (!copy)
         return;
     size_t at = nsecrets;
-    while (at > 0 && strlen(secrets[at - 1]) < n) {
+    while (at > 0 && lens[at - 1] < n) {
         secrets[at] = secrets[at - 1];
+        lens[at] = lens[at - 1];
         fragment[at] = fragment[at - 1];
         at--;
     }
     secrets[at] = copy;
+    lens[at] = n;
     fragment[at] = frag;
     nsecrets++;
 }
@@ -192,8 +195,8 @@ void secrets_mask(const char *in, char *out, size_t outlen)
     for (const char *c = in; *c && o + 1 < sizeof tmp;) {
         size_t hit = 0;
         for (size_t i = 0; i < nsecrets && !hit; i++) {
-            size_t n = strlen(secrets[i]);
-            if (strncmp(c, secrets[i], n) != 0)
+            size_t n = lens[i];
+            if (*c != secrets[i][0] || strncmp(c, secrets[i], n) != 0)
                 continue;
             if (fragment[i] && ((c > in && isalnum((unsigned char)c[-1]) && isalnum((unsigned char)c[0])) ||
                                 (isalnum((unsigned char)c[n - 1]) && isalnum((unsigned char)c[n]))))
