@@ -29,6 +29,7 @@ bool consumer_subscribed(const consumer_t *c);
 bool consumer_join(consumer_t *c, int64_t deadline_ms);
 void consumer_destroy(consumer_t *c); /* NULL-safe; only after a successful join (or if never started) */
 event_type_t consumer_event_type(const consumer_t *c);
+const char *consumer_durable(const consumer_t *c); /* its durable consumer's name */
 /* Links each update lane (chats/messages/contacts.update) to the upsert lane of its entity among lanes[0..n), so an
  * update batch waits (bounded) until that lane has processed what was published before it. Call before starting. */
 void consumer_link_updates(consumer_t **lanes, int n);

@@ -19,6 +19,7 @@ dlq_worker_t *dlq_worker_create(const config_t *cfg, mes_nats_t *nats, const ato
 int dlq_worker_subscribe(dlq_worker_t *w) __attribute__((warn_unused_result));
 int dlq_worker_start(dlq_worker_t *w) __attribute__((warn_unused_result));
 bool dlq_worker_subscribed(const dlq_worker_t *w);
+const char *dlq_worker_durable(const dlq_worker_t *w); /* v1_dlq_worker_<co> */
 /* After *stop is set: the fetcher stops, workers finish their record and drain the queue (records they cannot finish
  * stay unacked for redelivery). Waits until deadline_ms (CLOCK_REALTIME); true when every thread ended. */
 bool dlq_worker_join(dlq_worker_t *w, int64_t deadline_ms);

@@ -20,12 +20,18 @@ typedef struct {
     atomic_uint_fast64_t reconnects; /* bumped by the reconnected callback */
 } mes_nats_t;
 
-/* Per fetch loop: notices reconnects and stalls so the loop can re-create its pull subscription. */
+/* Per fetch loop: notices reconnects, stalls and a durable or stream deleted at runtime, so the loop can re-create
+ * its pull subscription (and what it binds to). Written by the thread that subscribes first (main, before the loop's
+ * thread starts), then by the loop's thread only. */
 typedef struct {
     uint64_t seen_reconnects;
     int64_t last_msg_ms;   /* last fetch that returned messages (or the start) */
-    int64_t last_check_ms; /* last time the server was asked about pending messages */
+    int64_t last_check_ms; /* last time the server was asked about the consumer */
     bool suspect;          /* the previous check already saw messages pending while nothing arrived */
+    /* Where the durable stood when last seen, so that one deleted at runtime is re-created from there (not from the
+     * start of its stream, which would re-apply every delta): everything at or below its ack floor was acked. */
+    uint64_t ack_floor;     /* stream sequence of the ack floor (0: not known) */
+    int64_t stream_created; /* creation time (ns) of the stream it was seen on: a re-created stream starts over */
 } mes_fetch_watch_t;
 
 /* Connects (retrying with backoff until deadline_ms of CLOCK_MONOTONIC or *stop), reconnecting forever afterwards.
@@ -41,17 +47,20 @@ int mes_nats_ensure_streams(mes_nats_t *n) __attribute__((warn_unused_result));
 /* Durable name and filter subject of the consumer for event type et (or the DLQ when dlq is true). */
 void mes_nats_consumer_names(const config_t *cfg, event_type_t et, bool dlq, char *durable, size_t dlen, char *filter,
                              size_t flen);
-/* Creates the durable if missing (deliver all), updates ack wait / max deliver / max ack pending in place when they
- * differ, and binds a pull subscription to it. */
-int mes_nats_subscribe(mes_nats_t *n, event_type_t et, bool dlq, natsSubscription **sub)
+/* Creates the durable if missing, updates ack wait / max deliver / max ack pending in place when they differ, and
+ * binds a pull subscription to it. A missing stream of the service's own is re-created first (SPEC 1.2: created if
+ * missing). A new durable delivers all, unless w knows where a durable of that name stood on the same stream (it was
+ * deleted at runtime): then it starts after that ack floor. w (may be NULL) learns the durable's position. */
+int mes_nats_subscribe(mes_nats_t *n, event_type_t et, bool dlq, mes_fetch_watch_t *w, natsSubscription **sub)
     __attribute__((warn_unused_result));
 
 /* Call after every fetch. Returns true when the pull subscription must be re-created: after a reconnect (pull
- * requests do not survive a server restart, and nats-server 2.9 may ignore the old inbox afterwards), or when the
- * server reported messages pending at two checks 5 s apart while no fetch returned anything for 10 s (a stall,
- * whatever its cause; one check alone would also catch a message published a moment ago). A delivery already on its
- * way to the old inbox is not lost: it is redelivered after the ack wait. Every 5 s of silence it also refreshes
- * message_event_service_consumer_pending for live lanes from the server's count. */
+ * requests do not survive a server restart, and nats-server 2.9 may ignore the old inbox afterwards), when the
+ * durable or its stream is gone (deleted at runtime: mes_nats_subscribe re-creates them), or when the server
+ * reported messages pending at two checks 5 s apart while no fetch returned anything for 10 s (a stall, whatever its
+ * cause; one check alone would also catch a message published a moment ago). A delivery already on its way to the
+ * old inbox is not lost: it is redelivered after the ack wait. Every 5 s, busy or not, it asks the server about the
+ * durable: that refreshes its ack floor in w and, for live lanes, message_event_service_consumer_pending. */
 bool mes_nats_fetch_watch(mes_nats_t *n, mes_fetch_watch_t *w, event_type_t et, bool dlq, bool got_messages);
 /* One Fetch of at most `batch` messages from a pull subscription, shaped around two defects of nats.c 3.4.1 (the
  * version Debian ships):
@@ -73,8 +82,8 @@ void mes_nats_unsubscribe(natsSubscription **sub);
 /* Unsubscribes and destroys *sub, then binds a new pull subscription to the same durable, retrying with backoff
  * (200 ms doubling to 5 s) until it works or *stop is set. *subscribed (what /ready reports) is false meanwhile.
  * Only call right after this thread's Fetch returned (no pull request of ours is still in flight to the old inbox). */
-void mes_nats_resubscribe(mes_nats_t *n, event_type_t et, bool dlq, natsSubscription **sub, atomic_bool *subscribed,
-                          const atomic_bool *stop);
+void mes_nats_resubscribe(mes_nats_t *n, event_type_t et, bool dlq, mes_fetch_watch_t *w, natsSubscription **sub,
+                          atomic_bool *subscribed, const atomic_bool *stop);
 
 /* What mes_nats_get_source found. */
 typedef enum { MES_SRC_OK = 0, MES_SRC_GONE, MES_SRC_MISMATCH, MES_SRC_FAILED } mes_source_t;

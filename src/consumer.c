@@ -54,6 +54,7 @@ struct consumer {
     const atomic_bool *stop;
     natsSubscription *sub;
     natsMsgList carry; /* delivered beyond a batch; the fetcher's next batch starts with them (mes_nats_fetch) */
+    mes_fetch_watch_t watch; /* main's until the fetcher starts, then the fetcher's */
     char durable[256];
     char filter[256];
     atomic_bool subscribed;
@@ -173,6 +174,11 @@ event_type_t consumer_event_type(const consumer_t *c)
     return c->et;
 }
 
+const char *consumer_durable(const consumer_t *c)
+{
+    return c->durable;
+}
+
 bool consumer_subscribed(const consumer_t *c)
 {
     return atomic_load(&c->subscribed);
@@ -180,7 +186,7 @@ bool consumer_subscribed(const consumer_t *c)
 
 int consumer_subscribe(consumer_t *c)
 {
-    if (mes_nats_subscribe(c->nats, c->et, false, &c->sub) != 0)
+    if (mes_nats_subscribe(c->nats, c->et, false, &c->watch, &c->sub) != 0)
         return -1;
     atomic_store(&c->subscribed, true);
     log_info("consumer", "consumer subscribed", LF_S("durable", c->durable), LF_S("filter", c->filter),
@@ -750,7 +756,7 @@ static void resubscribe(consumer_t *c)
     while ((c->ho_full || c->lane_busy) && !atomic_load(c->stop))
         ho_wait(c, 100);
     pthread_mutex_unlock(&c->ho_mu);
-    mes_nats_resubscribe(c->nats, c->et, false, &c->sub, &c->subscribed, c->stop);
+    mes_nats_resubscribe(c->nats, c->et, false, &c->watch, &c->sub, &c->subscribed, c->stop);
 }
 
 /* Hands a fetched batch to the lane (ownership moves with it). */
@@ -816,7 +822,7 @@ static void *fetch_run(void *arg)
 {
     consumer_t *c = arg;
     int64_t backoff = 100;
-    mes_fetch_watch_t watch = {.seen_reconnects = atomic_load(&c->nats->reconnects)};
+    c->watch.seen_reconnects = atomic_load(&c->nats->reconnects);
     while (!atomic_load(c->stop)) {
         pthread_mutex_lock(&c->ho_mu);
         while (c->ho_full && !atomic_load(c->stop))
@@ -830,7 +836,7 @@ static void *fetch_run(void *arg)
         double t0 = clock_mono_s();
         natsStatus s = fetch_batch(c, &list);
         bool got = s == NATS_OK && list.Count > 0;
-        bool resub = mes_nats_fetch_watch(c->nats, &watch, c->et, false, got);
+        bool resub = mes_nats_fetch_watch(c->nats, &c->watch, c->et, false, got);
         if (got) {
             backoff = 100;
             hand_off(c, &list, clock_mono_s() - t0);

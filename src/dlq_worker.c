@@ -36,6 +36,7 @@ struct dlq_worker {
     void *db_up_ctx;
     natsSubscription *sub;
     natsMsgList carry; /* delivered beyond the queue's room; fetched first next time (mes_nats_fetch) */
+    mes_fetch_watch_t watch; /* main's until the fetcher starts, then the fetcher's */
     char durable[256], filter[256];
     atomic_bool subscribed;
     atomic_bool fetcher_done;
@@ -188,14 +189,14 @@ static void resubscribe(dlq_worker_t *w)
         pthread_cond_timedwait(&q->has_room, &q->mu, &ts);
     }
     pthread_mutex_unlock(&q->mu);
-    mes_nats_resubscribe(w->nats, ET_UNKNOWN, true, &w->sub, &w->subscribed, w->stop);
+    mes_nats_resubscribe(w->nats, ET_UNKNOWN, true, &w->watch, &w->sub, &w->subscribed, w->stop);
 }
 
 static void *fetch_loop(void *arg)
 {
     dlq_worker_t *w = arg;
     int64_t backoff = 100;
-    mes_fetch_watch_t watch = {.seen_reconnects = atomic_load(&w->nats->reconnects)};
+    w->watch.seen_reconnects = atomic_load(&w->nats->reconnects);
     while (!atomic_load(w->stop)) {
         if (w->db_up && !w->db_up(w->db_up_ctx)) {
             clock_sleep_ms(200); /* an outage pauses intake: fetching now would only burn attempts */
@@ -208,7 +209,7 @@ static void *fetch_loop(void *arg)
         metrics_dlq_fetch_request();
         int64_t t0 = clock_mono_ms();
         natsStatus s = mes_nats_fetch(w->sub, &w->carry, room, false, 500, &list); /* never more than the queue has room for */
-        bool resub = mes_nats_fetch_watch(w->nats, &watch, ET_UNKNOWN, true, s == NATS_OK && list.Count > 0);
+        bool resub = mes_nats_fetch_watch(w->nats, &w->watch, ET_UNKNOWN, true, s == NATS_OK && list.Count > 0);
         if (s == NATS_OK) {
             backoff = 100;
             for (int i = 0; i < list.Count; i++) {
@@ -722,12 +723,17 @@ dlq_worker_t *dlq_worker_create(const config_t *cfg, mes_nats_t *nats, const ato
 
 int dlq_worker_subscribe(dlq_worker_t *w)
 {
-    if (mes_nats_subscribe(w->nats, ET_UNKNOWN, true, &w->sub) != 0)
+    if (mes_nats_subscribe(w->nats, ET_UNKNOWN, true, &w->watch, &w->sub) != 0)
         return -1;
     atomic_store(&w->subscribed, true);
     log_info("dlq", "DLQ consumer subscribed", LF_S("durable", w->durable), LF_S("filter", w->filter),
              LF_I("workers", w->nworkers), LF_I("queue_size", w->q.cap));
     return 0;
+}
+
+const char *dlq_worker_durable(const dlq_worker_t *w)
+{
+    return w->durable;
 }
 
 bool dlq_worker_subscribed(const dlq_worker_t *w)

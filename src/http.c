@@ -14,7 +14,7 @@
 #include "metrics.h"
 
 #define POOL_THREADS 2
-#define READY_DETAILS_MAX 1024
+#define READY_DETAILS_MAX 2048
 /* Enough for request headers of a probe or a scraper; MHD answers 431 beyond it. Bodies are never buffered. */
 #define CONN_MEMORY_LIMIT (32 * 1024)
 #define LISTEN_BACKLOG 128

@@ -108,9 +108,24 @@ static bool ready(void *ctx, char *details, size_t len)
         subscribed += consumer_subscribed(a->lanes[i]);
     bool consumers = nlanes > 0 && subscribed == nlanes;
     bool dlq = stage >= STAGE_ALL && dlq_worker_subscribed(a->dlq);
-    snprintf(details, len,
-             "\"postgres\":\"%s\",\"nats\":\"%s\",\"consumers\":\"%d/%d subscribed\",\"dlq_worker\":\"%s\"",
-             db ? "up" : "down", nats ? "up" : "down", subscribed, nlanes, dlq ? "subscribed" : "not subscribed");
+    int k = snprintf(details, len,
+                     "\"postgres\":\"%s\",\"nats\":\"%s\",\"consumers\":\"%d/%d subscribed\",\"dlq_worker\":\"%s\"",
+                     db ? "up" : "down", nats ? "up" : "down", subscribed, nlanes, dlq ? "subscribed" : "not subscribed");
+    /* Name the durables being re-created (after a reconnect, a stall, or a durable or stream deleted at runtime);
+     * durable names are [A-Za-z0-9_] (SPEC 1: the company id rule), so they need no escaping. */
+    if (stage >= STAGE_LANES && (!consumers || (stage >= STAGE_ALL && !dlq)) && k > 0 && (size_t)k < len) {
+        const char *sep = "";
+        k += snprintf(details + k, len - (size_t)k, ",\"not_subscribed\":[");
+        for (int i = 0; i < nlanes && (size_t)k < len; i++)
+            if (!consumer_subscribed(a->lanes[i])) {
+                k += snprintf(details + k, len - (size_t)k, "%s\"%s\"", sep, consumer_durable(a->lanes[i]));
+                sep = ",";
+            }
+        if (stage >= STAGE_ALL && !dlq && (size_t)k < len)
+            k += snprintf(details + k, len - (size_t)k, "%s\"%s\"", sep, dlq_worker_durable(a->dlq));
+        if ((size_t)k < len)
+            snprintf(details + k, len - (size_t)k, "]");
+    }
     return db && nats && consumers && dlq;
 }
 

@@ -218,7 +218,8 @@ static int ensure_stream(mes_nats_t *n, const char *name, const char **subjects,
     return 0;
 }
 
-int mes_nats_ensure_streams(mes_nats_t *n)
+/* Ensures the service's streams; only the one named `only` when it is not NULL. */
+static int ensure_streams(mes_nats_t *n, const char *only)
 {
     const config_t *cfg = n->cfg;
     char rt[ET_BASE_COUNT][64], dlq[128];
@@ -233,11 +234,25 @@ int mes_nats_ensure_streams(mes_nats_t *n)
     }
     snprintf(dlq, sizeof dlq, "%s.>", cfg->dlq_subject);
     const char *dlqs[1] = {dlq};
-    if (ensure_stream(n, cfg->realtime.stream, rts, nrt, cfg->realtime.max_age_days) != 0)
-        return -1;
-    if (ensure_stream(n, cfg->historical.stream, his, nhi, cfg->historical.max_age_days) != 0)
-        return -1;
-    return ensure_stream(n, cfg->dlq_stream, dlqs, 1, cfg->dlq_max_age_days);
+    const struct {
+        const char *name;
+        const char **subjects;
+        int nsubj, max_age_days;
+    } streams[] = {
+        {cfg->realtime.stream, rts, nrt, cfg->realtime.max_age_days},
+        {cfg->historical.stream, his, nhi, cfg->historical.max_age_days},
+        {cfg->dlq_stream, dlqs, 1, cfg->dlq_max_age_days},
+    };
+    for (size_t i = 0; i < sizeof streams / sizeof streams[0]; i++)
+        if ((!only || strcmp(only, streams[i].name) == 0) &&
+            ensure_stream(n, streams[i].name, streams[i].subjects, streams[i].nsubj, streams[i].max_age_days) != 0)
+            return -1;
+    return 0;
+}
+
+int mes_nats_ensure_streams(mes_nats_t *n)
+{
+    return ensure_streams(n, NULL);
 }
 
 /* ---- consumers ------------------------------------------------------------------------------------------ */
@@ -255,7 +270,35 @@ void mes_nats_consumer_names(const config_t *cfg, event_type_t et, bool dlq, cha
     snprintf(filter, flen, "%s.%s", event_type_base(et), cfg->company_id);
 }
 
-int mes_nats_subscribe(mes_nats_t *n, event_type_t et, bool dlq, natsSubscription **sub)
+/* Stream of the durable for et (or the DLQ). */
+static const char *durable_stream(const config_t *cfg, event_type_t et, bool dlq)
+{
+    if (dlq)
+        return cfg->dlq_stream;
+    return event_type_lane(et) == LANE_HISTORICAL ? cfg->historical.stream : cfg->realtime.stream;
+}
+
+static bool js_not_found(natsStatus s, jsErrCode jerr)
+{
+    return s == NATS_NOT_FOUND || jerr == JSConsumerNotFoundErr || jerr == JSStreamNotFoundErr;
+}
+
+/* Creation time of stream (ns), and its last sequence in *last_seq; 0 when it cannot be read. */
+static int64_t stream_created(mes_nats_t *n, const char *stream, uint64_t *last_seq)
+{
+    jsStreamInfo *si = NULL;
+    jsErrCode jerr = 0;
+    int64_t created = 0;
+    *last_seq = 0;
+    if (js_GetStreamInfo(&si, n->js, stream, NULL, &jerr) == NATS_OK && si) {
+        created = si->Created;
+        *last_seq = si->State.LastSeq;
+    }
+    jsStreamInfo_Destroy(si);
+    return created;
+}
+
+int mes_nats_subscribe(mes_nats_t *n, event_type_t et, bool dlq, mes_fetch_watch_t *w, natsSubscription **sub)
 {
     const config_t *cfg = n->cfg;
     char durable[256], filter[256];
@@ -280,11 +323,32 @@ int mes_nats_subscribe(mes_nats_t *n, event_type_t et, bool dlq, natsSubscriptio
     }
 
     natsStatus s = js_GetConsumerInfo(&ci, n->js, stream, durable, NULL, &jerr);
+    if (s != NATS_OK && jerr == JSStreamNotFoundErr) {
+        /* The stream is the service's own (deleted at runtime, or never there): create it, then the durable. */
+        log_warn("nats", "stream missing; re-creating it", LF_S("stream", stream), LF_S("durable", durable));
+        if (ensure_streams(n, stream) != 0)
+            return -1;
+        jerr = 0;
+        s = js_GetConsumerInfo(&ci, n->js, stream, durable, NULL, &jerr);
+    }
     if (s == NATS_NOT_FOUND || jerr == JSConsumerNotFoundErr) {
         jsConsumerConfig cc;
         jsConsumerConfig_Init(&cc);
         cc.Durable = durable;
         cc.DeliverPolicy = js_DeliverAll; /* FIX: a new tenant's backlog is processed, not skipped */
+        uint64_t last_seq = 0;
+        if (w && w->ack_floor > 0 && stream_created(n, stream, &last_seq) == w->stream_created &&
+            last_seq >= w->ack_floor) {
+            /* It was here and is gone (deleted at runtime): go on after what it had acked. What it delivered
+             * beyond its ack floor comes again (upserts are idempotent); nothing is skipped. */
+            cc.DeliverPolicy = js_DeliverByStartSequence;
+            cc.OptStartSeq = w->ack_floor + 1;
+            log_warn("nats", "consumer missing; re-creating it after its last ack floor", LF_S("durable", durable),
+                     LF_I("start_sequence", (long long)cc.OptStartSeq));
+        } else if (w && w->ack_floor > 0) {
+            log_warn("nats", "consumer missing on a new stream; re-creating it from the stream's start",
+                     LF_S("durable", durable));
+        }
         cc.AckPolicy = js_AckExplicit;
         cc.AckWait = ack_wait_ms * 1000000LL;
         cc.MaxDeliver = max_deliver;
@@ -317,6 +381,11 @@ int mes_nats_subscribe(mes_nats_t *n, event_type_t et, bool dlq, natsSubscriptio
                 log_info("nats", "consumer updated in place", LF_S("durable", durable));
         }
     }
+    if (s == NATS_OK && w && ci) {
+        uint64_t last_seq;
+        w->ack_floor = ci->AckFloor.Stream;
+        w->stream_created = stream_created(n, stream, &last_seq);
+    }
     jsConsumerInfo_Destroy(ci);
     if (s != NATS_OK) {
         log_error("nats", "cannot create or update consumer", LF_S("stream", stream), LF_S("durable", durable),
@@ -343,7 +412,7 @@ int mes_nats_subscribe(mes_nats_t *n, event_type_t et, bool dlq, natsSubscriptio
 /* ---- fetch loops' watchdog ---------------------------------------------------------------------------------- */
 
 #define STALL_SILENCE_MS 10000
-#define STALL_CHECK_EVERY_MS 5000
+#define CHECK_EVERY_MS 5000 /* also bounds how much a durable re-created after a deletion delivers again */
 
 bool mes_nats_fetch_watch(mes_nats_t *n, mes_fetch_watch_t *w, event_type_t et, bool dlq, bool got_messages)
 {
@@ -360,24 +429,33 @@ bool mes_nats_fetch_watch(mes_nats_t *n, mes_fetch_watch_t *w, event_type_t et, 
     if (got_messages) {
         w->last_msg_ms = now;
         w->suspect = false;
-        return false;
     }
-    if (now - w->last_check_ms < STALL_CHECK_EVERY_MS)
+    if (now - w->last_check_ms < CHECK_EVERY_MS)
         return false;
     w->last_check_ms = now;
     char durable[256], filter[256];
     mes_nats_consumer_names(n->cfg, et, dlq, durable, sizeof durable, filter, sizeof filter);
-    const char *stream = dlq ? n->cfg->dlq_stream
-                             : (event_type_lane(et) == LANE_HISTORICAL ? n->cfg->historical.stream : n->cfg->realtime.stream);
+    const char *stream = durable_stream(n->cfg, et, dlq);
     jsConsumerInfo *ci = NULL;
     jsErrCode jerr = 0;
-    if (js_GetConsumerInfo(&ci, n->js, stream, durable, NULL, &jerr) != NATS_OK || !ci)
-        return false;
+    natsStatus s = js_GetConsumerInfo(&ci, n->js, stream, durable, NULL, &jerr);
+    if (s != NATS_OK || !ci) {
+        jsConsumerInfo_Destroy(ci);
+        if (!js_not_found(s, jerr))
+            return false; /* NATS did not answer: the next check asks again */
+        log_warn("nats", jerr == JSStreamNotFoundErr ? "stream deleted at runtime; re-creating it and the consumer"
+                                                     : "consumer deleted at runtime; re-creating it",
+                 LF_S("stream", stream), LF_S("durable", durable));
+        return true;
+    }
+    w->ack_floor = ci->AckFloor.Stream;
     uint64_t pending = ci->NumPending;
     int64_t ack_pending = ci->NumAckPending, max_ack = ci->Config ? ci->Config->MaxAckPending : 0;
     jsConsumerInfo_Destroy(ci);
     if (!dlq)
         metrics_consumer_pending_set(et, pending);
+    if (got_messages)
+        return false;
     bool stalled = pending > 0 && (max_ack <= 0 || ack_pending < max_ack) && now - w->last_msg_ms >= STALL_SILENCE_MS;
     if (stalled && w->suspect) {
         w->suspect = false;
@@ -424,13 +502,13 @@ void mes_nats_unsubscribe(natsSubscription **sub)
     *sub = NULL;
 }
 
-void mes_nats_resubscribe(mes_nats_t *n, event_type_t et, bool dlq, natsSubscription **sub, atomic_bool *subscribed,
-                          const atomic_bool *stop)
+void mes_nats_resubscribe(mes_nats_t *n, event_type_t et, bool dlq, mes_fetch_watch_t *w, natsSubscription **sub,
+                          atomic_bool *subscribed, const atomic_bool *stop)
 {
     atomic_store(subscribed, false);
     for (int64_t wait = 200; !atomic_load(stop); wait = wait * 2 > 5000 ? 5000 : wait * 2) {
         mes_nats_unsubscribe(sub);
-        if (mes_nats_subscribe(n, et, dlq, sub) == 0) {
+        if (mes_nats_subscribe(n, et, dlq, w, sub) == 0) {
             char durable[256], filter[256];
             mes_nats_consumer_names(n->cfg, et, dlq, durable, sizeof durable, filter, sizeof filter);
             atomic_store(subscribed, true);
