@@ -23,8 +23,6 @@ void buf_puts(buf_t *b, const char *s);
 void buf_putc(buf_t *b, char c);
 void buf_printf(buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void buf_put_i64(buf_t *b, int64_t v);
-/* True when s[0..n) is valid UTF-8 without NUL bytes (text PostgreSQL accepts). */
-bool utf8_is_valid(const char *s, size_t n);
 /* Appends at most max bytes of s as valid UTF-8 text without NUL bytes: each byte that is not part of a valid
  * sequence (and each NUL) becomes U+FFFD, and a cut falls between characters, never inside one. */
 void buf_put_utf8(buf_t *b, const char *s, size_t n, size_t max);

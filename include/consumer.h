@@ -39,7 +39,4 @@ void consumer_link_updates(consumer_t **lanes, int n);
 void consumer_build_meta(buf_t *b, const char *stream, uint64_t stream_seq, const char *consumer, uint64_t consumer_seq,
                          const char *msg_id, const char *subject, const char *processed_at);
 
-/* Backoff of SPEC 4: min(base * 2^(n-1), max) with +-20% jitter, n = delivery count (>= 1). */
-int64_t consumer_backoff_ms(int64_t base_ms, int64_t max_ms, int n, bool jitter);
-
 #endif

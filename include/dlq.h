@@ -57,9 +57,4 @@ void dlq_batch_wait(dlq_batch_t *b, int64_t max_wait_ms);
 /* After dlq_batch_wait: whether record k is stored; if not, why in err. */
 bool dlq_batch_ok(const dlq_batch_t *b, int k, char *err, size_t errlen);
 
-/* Standard base64 of in[0..n) appended to b. */
-void base64_append(buf_t *b, const unsigned char *in, size_t n);
-/* Decodes strict padded standard base64 (what base64_append writes), appending the bytes to out. */
-bool base64_decode_append(buf_t *out, const char *s, size_t n);
-
 #endif

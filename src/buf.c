@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "text.h"
+
 #define BUF_MIN_CAP 64
 
 void buf_init(buf_t *b)
@@ -115,53 +117,12 @@ void buf_put_i64(buf_t *b, int64_t v)
     buf_append(b, p, (size_t)(tmp + sizeof tmp - p));
 }
 
-/* Length of the valid UTF-8 sequence at s[0..n), or 0 when it is not valid (Unicode Table 3-7). */
-static size_t utf8_seq(const unsigned char *s, size_t n)
-{
-    unsigned char c = s[0];
-    unsigned char lo = 0x80, hi = 0xBF;
-    size_t len;
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xC2 && c <= 0xDF)
-        len = 2;
-    else if (c >= 0xE0 && c <= 0xEF) {
-        len = 3;
-        if (c == 0xE0)
-            lo = 0xA0;
-        else if (c == 0xED)
-            hi = 0x9F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        len = 4;
-        if (c == 0xF0)
-            lo = 0x90;
-        else if (c == 0xF4)
-            hi = 0x8F;
-    } else
-        return 0;
-    if (n < len || s[1] < lo || s[1] > hi)
-        return 0;
-    for (size_t i = 2; i < len; i++)
-        if (s[i] < 0x80 || s[i] > 0xBF)
-            return 0;
-    return len;
-}
-
-bool utf8_is_valid(const char *s, size_t n)
-{
-    const unsigned char *u = (const unsigned char *)s;
-    for (size_t i = 0, len; i < n; i += len)
-        if (!u[i] || (len = utf8_seq(u + i, n - i)) == 0)
-            return false;
-    return true;
-}
-
 void buf_put_utf8(buf_t *b, const char *s, size_t n, size_t max)
 {
     const unsigned char *u = (const unsigned char *)s;
     size_t start = b->len;
     for (size_t i = 0; i < n;) {
-        size_t len = u[i] ? utf8_seq(u + i, n - i) : 0;
+        size_t len = u[i] ? text_utf8_len(s + i, n - i) : 0;
         const char *out = len ? s + i : "\xef\xbf\xbd"; /* U+FFFD for a byte that is not UTF-8 (or a NUL) */
         size_t out_len = len ? len : 3;
         if (b->len - start + out_len > max)
@@ -177,42 +138,17 @@ void buf_put_utf8(buf_t *b, const char *s, size_t n, size_t max)
  * messages and logs may quote bytes of a hostile payload). */
 void buf_put_json_str(buf_t *b, const char *s, size_t n)
 {
-    static const char hex[] = "0123456789abcdef";
-    const unsigned char *u = (const unsigned char *)s;
     if (!buf_reserve(b, n + 2))
         return;
     buf_putc(b, '"');
     size_t run = 0; /* start of the pending run of bytes copied verbatim */
-    for (size_t i = 0; i < n;) {
-        unsigned char c = u[i];
-        if (c >= 0x20 && c != '"' && c != '\\' && c < 0x80) {
-            i++;
+    for (size_t i = 0, len; i < n; i += len) {
+        if (!text_json_needs_escape(s + i, n - i, &len))
             continue;
-        }
-        size_t len = c >= 0x80 ? utf8_seq(u + i, n - i) : 0;
-        if (len) {
-            i += len;
-            continue;
-        }
+        char esc[6];
         buf_append(b, s + run, i - run);
-        switch (c) {
-        case '"': buf_append(b, "\\\"", 2); break;
-        case '\\': buf_append(b, "\\\\", 2); break;
-        case '\n': buf_append(b, "\\n", 2); break;
-        case '\r': buf_append(b, "\\r", 2); break;
-        case '\t': buf_append(b, "\\t", 2); break;
-        case '\b': buf_append(b, "\\b", 2); break;
-        case '\f': buf_append(b, "\\f", 2); break;
-        default:
-            if (c >= 0x80) {
-                buf_append(b, "\\ufffd", 6);
-            } else {
-                char e[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
-                buf_append(b, e, 6);
-            }
-        }
-        i++;
-        run = i;
+        buf_append(b, esc, text_json_escape((unsigned char)s[i], esc));
+        run = i + len;
     }
     buf_append(b, s + run, n - run);
     buf_putc(b, '"');

@@ -58,6 +58,52 @@ void clock_sleep_ms(int64_t ms)
     }
 }
 
+void clock_sleep_ms_unless(int64_t ms, const atomic_bool *stop)
+{
+    for (int64_t end = clock_mono_ms() + ms, left; !atomic_load(stop) && (left = end - clock_mono_ms()) > 0;) {
+        int64_t slice = left < 100 ? left : 100;
+        struct timespec ts = {0, (long)slice * 1000000L};
+        nanosleep(&ts, NULL); /* a signal ends the slice early: *stop is looked at again */
+    }
+}
+
+struct timespec clock_timespec_of_ms(int64_t real_ms)
+{
+    return (struct timespec){(time_t)(real_ms / 1000), (long)(real_ms % 1000) * 1000000L};
+}
+
+struct timespec clock_deadline_in_ms(int64_t ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    int64_t ns = ts.tv_nsec + (ms % 1000) * 1000000L;
+    ts.tv_sec += (time_t)(ms / 1000 + ns / 1000000000L);
+    ts.tv_nsec = (long)(ns % 1000000000L);
+    return ts;
+}
+
+int64_t clock_backoff_ms(int64_t base_ms, int64_t max_ms, int n, bool jitter)
+{
+    static _Thread_local uint64_t seed;
+    if (n < 1)
+        n = 1;
+    int64_t d = base_ms;
+    for (int i = 1; i < n && d < max_ms; i++)
+        d *= 2;
+    if (d > max_ms)
+        d = max_ms;
+    if (jitter && d > 0) {
+        if (!seed)
+            seed = (uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)&seed;
+        seed ^= seed << 13; /* xorshift64 */
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        double f = 0.8 + 0.4 * (double)(seed >> 11) / 9007199254740992.0;
+        d = (int64_t)((double)d * f);
+    }
+    return d < 1 ? 1 : d;
+}
+
 void clock_rfc3339_now(char *out, size_t len)
 {
     struct timespec ts;

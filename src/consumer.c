@@ -86,39 +86,7 @@ struct consumer {
     slot_t *slots;
     store_item_t *items;
     size_t items_cap;
-    uint64_t rng;
 };
-
-/* ---- small helpers ---------------------------------------------------------------------------------------- */
-
-static uint64_t rng_next(uint64_t *s)
-{
-    uint64_t x = *s ? *s : 0x9E3779B97F4A7C15ULL;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    *s = x;
-    return x;
-}
-
-int64_t consumer_backoff_ms(int64_t base_ms, int64_t max_ms, int n, bool jitter)
-{
-    static _Thread_local uint64_t seed;
-    if (n < 1)
-        n = 1;
-    int64_t d = base_ms;
-    for (int i = 1; i < n && d < max_ms; i++)
-        d *= 2;
-    if (d > max_ms)
-        d = max_ms;
-    if (jitter && d > 0) {
-        if (!seed)
-            seed = (uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)&seed;
-        double f = 0.8 + 0.4 * (double)(rng_next(&seed) >> 11) / 9007199254740992.0;
-        d = (int64_t)((double)d * f);
-    }
-    return d < 1 ? 1 : d;
-}
 
 /* ---- lifecycle -------------------------------------------------------------------------------------------- */
 
@@ -133,7 +101,6 @@ consumer_t *consumer_create(const config_t *cfg, mes_nats_t *nats, event_type_t 
     c->lc = c->lane == LANE_HISTORICAL ? &cfg->historical : &cfg->realtime;
     c->nats = nats;
     c->stop = stop;
-    c->rng = (uint64_t)et * 7919 + (uint64_t)time(NULL);
     mes_nats_consumer_names(cfg, et, false, c->durable, sizeof c->durable, c->filter, sizeof c->filter);
     store_scratch_init(&c->scratch);
     buf_init(&c->metabuf);
@@ -438,7 +405,7 @@ static int commit_range(consumer_t *c, size_t from, size_t to, size_t held, db_e
             conflicts++;
             log_info("consumer", "transaction conflict; retrying the batch", LF_S("durable", c->durable),
                      LF_S("sqlstate", err->sqlstate), LF_I("attempt", conflicts));
-            clock_sleep_ms((int64_t)(rng_next(&c->rng) % 50) + 10);
+            clock_sleep_ms(clock_backoff_ms(30, 30, 1, true)); /* 24-36 ms */
             continue;
         }
         if (!err->outage)
@@ -533,7 +500,7 @@ static void dlq_sent_log(consumer_t *c, const slot_t *s, const char *error, erro
 
 static void nak(consumer_t *c, slot_t *s)
 {
-    int64_t d = consumer_backoff_ms(c->lc->nak_base_delay_ms, c->lc->nak_max_delay_ms, deliveries(s), true);
+    int64_t d = clock_backoff_ms(c->lc->nak_base_delay_ms, c->lc->nak_max_delay_ms, deliveries(s), true);
     natsMsg_NakWithDelay(s->msg, d, NULL);
 }
 
@@ -738,11 +705,7 @@ static void process_batch(consumer_t *c, natsMsg **msgs, size_t n, double fetch_
 /* Waits up to ms for the handoff slot to change. Caller holds ho_mu. */
 static void ho_wait(consumer_t *c, int64_t ms)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
-    ts.tv_sec += ms / 1000 + ts.tv_nsec / 1000000000L;
-    ts.tv_nsec %= 1000000000L;
+    struct timespec ts = clock_deadline_in_ms(ms);
     pthread_cond_timedwait(&c->ho_cv, &c->ho_mu, &ts);
 }
 
@@ -858,7 +821,7 @@ static void *fetch_run(void *arg)
         log_warn("consumer", "fetch failed", LF_S("durable", c->durable), LF_S("error", natsStatus_GetText(s)),
                  LF_I("retry_in_ms", backoff));
         clock_sleep_ms(backoff);
-        backoff = backoff * 2 > 2000 ? 2000 : backoff * 2;
+        backoff = clock_backoff_next(backoff, 2000);
     }
     pthread_mutex_lock(&c->ho_mu);
     c->ho_fetcher_done = true;
@@ -921,7 +884,7 @@ int consumer_start(consumer_t *c)
 
 bool consumer_join(consumer_t *c, int64_t deadline_ms)
 {
-    struct timespec ts = {(time_t)(deadline_ms / 1000), (long)(deadline_ms % 1000) * 1000000L};
+    struct timespec ts = clock_timespec_of_ms(deadline_ms);
     if (c->fetch_started) {
         if (pthread_timedjoin_np(c->fetch_thread, NULL, &ts) != 0)
             return false;

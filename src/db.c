@@ -199,7 +199,7 @@ bool db_wait_usable(db_conn_t **c, const config_t *cfg, const atomic_bool *stop,
             }
             clock_sleep_ms(100);
         }
-        wait = wait * 2 > 5000 ? 5000 : wait * 2;
+        wait = clock_backoff_next(wait, 5000);
     }
     return true;
 }

@@ -7,64 +7,7 @@
 
 #include "clock.h"
 #include "nats_setup.h"
-
-void base64_append(buf_t *b, const unsigned char *in, size_t n)
-{
-    static const char tbl[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    if (!buf_reserve(b, (n + 2) / 3 * 4 + 1))
-        return;
-    char *o = b->data + b->len;
-    size_t i = 0;
-    for (; i + 2 < n; i += 3) {
-        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
-        *o++ = tbl[v >> 18];
-        *o++ = tbl[(v >> 12) & 63];
-        *o++ = tbl[(v >> 6) & 63];
-        *o++ = tbl[v & 63];
-    }
-    if (i < n) {
-        uint32_t v = (uint32_t)in[i] << 16 | (i + 1 < n ? (uint32_t)in[i + 1] << 8 : 0);
-        *o++ = tbl[v >> 18];
-        *o++ = tbl[(v >> 12) & 63];
-        *o++ = i + 1 < n ? tbl[(v >> 6) & 63] : '=';
-        *o++ = '=';
-    }
-    b->len = (size_t)(o - b->data);
-    b->data[b->len] = '\0';
-}
-
-static int b64_value(char ch)
-{
-    if (ch >= 'A' && ch <= 'Z')
-        return ch - 'A';
-    if (ch >= 'a' && ch <= 'z')
-        return ch - 'a' + 26;
-    if (ch >= '0' && ch <= '9')
-        return ch - '0' + 52;
-    return ch == '+' ? 62 : ch == '/' ? 63 : -1;
-}
-
-/* Strict padded standard base64 (RFC 4648), the form dlq.c writes. */
-bool base64_decode_append(buf_t *out, const char *s, size_t n)
-{
-    if (n % 4 != 0 || !buf_reserve(out, n / 4 * 3))
-        return false;
-    for (size_t i = 0; i < n; i += 4) {
-        int v[4], pad = 0;
-        for (int k = 0; k < 4; k++) {
-            if (s[i + k] == '=' && i + 4 == n && k >= 2) {
-                v[k] = 0;
-                pad++;
-            } else if (pad || (v[k] = b64_value(s[i + k])) < 0) {
-                return false;
-            }
-        }
-        uint32_t w = (uint32_t)v[0] << 18 | (uint32_t)v[1] << 12 | (uint32_t)v[2] << 6 | (uint32_t)v[3];
-        const unsigned char bytes[3] = {(unsigned char)(w >> 16), (unsigned char)(w >> 8), (unsigned char)w};
-        buf_append(out, bytes, (size_t)(3 - pad));
-    }
-    return !out->oom;
-}
+#include "text.h"
 
 static void kstr(buf_t *b, const char *k, const char *v)
 {
@@ -95,7 +38,7 @@ void dlq_record_build(buf_t *b, const char *company, const dlq_record_t *r)
         buf_puts(b, ",\"original_payload_encoding\":\"json\"");
     } else {
         buf_puts(b, ",\"original_payload\":\"");
-        base64_append(b, (const unsigned char *)r->payload, truncated ? DLQ_MAX_EMBED : r->payload_len);
+        text_base64_append(b, (const unsigned char *)r->payload, truncated ? DLQ_MAX_EMBED : r->payload_len);
         buf_puts(b, "\",\"original_payload_encoding\":\"base64\"");
         if (truncated)
             buf_printf(b, ",\"original_payload_truncated\":true,\"original_payload_size\":%zu", r->payload_len);

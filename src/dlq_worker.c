@@ -17,6 +17,7 @@
 #include "metrics.h"
 #include "payload.h"
 #include "store.h"
+#include "text.h"
 
 /* A bounded FIFO of messages; the fetcher fills it only with what fits (FIX: the reference over-fetched and let
  * records age past their ack wait). */
@@ -85,7 +86,7 @@ typedef struct {
 
 int64_t dlq_worker_backoff_ms(const config_t *cfg, int k)
 {
-    return consumer_backoff_ms(cfg->dlq_base_delay_ms, cfg->dlq_max_delay_ms, k, false);
+    return clock_backoff_ms(cfg->dlq_base_delay_ms, cfg->dlq_max_delay_ms, k, false);
 }
 
 /* ---- queue ------------------------------------------------------------------------------------------------ */
@@ -129,14 +130,7 @@ static void queue_push(queue_t *q, natsMsg *m)
 /* Waits up to wait_ms for room; returns the free slots (0 on timeout). */
 static int queue_room(queue_t *q, int64_t wait_ms)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += wait_ms / 1000;
-    ts.tv_nsec += (wait_ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
+    struct timespec ts = clock_deadline_in_ms(wait_ms);
     pthread_mutex_lock(&q->mu);
     while (q->len == q->cap && pthread_cond_timedwait(&q->has_room, &q->mu, &ts) == 0) {
     }
@@ -152,13 +146,7 @@ static natsMsg *queue_pop(dlq_worker_t *w)
     natsMsg *m = NULL;
     pthread_mutex_lock(&q->mu);
     while (q->len == 0 && !atomic_load(&w->fetcher_done)) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 200 * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
+        struct timespec ts = clock_deadline_in_ms(200);
         pthread_cond_timedwait(&q->not_empty, &q->mu, &ts);
     }
     if (q->len > 0) {
@@ -183,9 +171,7 @@ static void resubscribe(dlq_worker_t *w)
     queue_t *q = &w->q;
     pthread_mutex_lock(&q->mu);
     while ((q->len > 0 || q->held > 0) && !atomic_load(w->stop)) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_sec += 1;
+        struct timespec ts = clock_deadline_in_ms(1000);
         pthread_cond_timedwait(&q->has_room, &q->mu, &ts);
     }
     pthread_mutex_unlock(&q->mu);
@@ -235,7 +221,7 @@ static void *fetch_loop(void *arg)
         metrics_dlq_fetch_error();
         log_warn("dlq", "DLQ fetch failed", LF_S("error", natsStatus_GetText(s)), LF_I("retry_in_ms", backoff));
         clock_sleep_ms(backoff);
-        backoff = backoff * 2 > 2000 ? 2000 : backoff * 2;
+        backoff = clock_backoff_next(backoff, 2000);
     }
     atomic_store(&w->fetcher_done, true);
     pthread_mutex_lock(&w->q.mu);
@@ -301,7 +287,7 @@ static void parse_record(worker_t *wk, const char *data, size_t len, record_t *r
         /* base64 has no escapes: the token text between the quotes is the encoding */
         buf_t raw;
         buf_init(&raw);
-        if (!base64_decode_append(&raw, data + d->toks[t].start + 1, d->toks[t].len - 2)) {
+        if (!text_base64_decode_append(&raw, data + d->toks[t].start + 1, d->toks[t].len - 2)) {
             buf_free(&raw);
             return;
         }
@@ -483,7 +469,7 @@ static void degrade(worker_t *wk, store_exhausted_t *e, buf_t *payload, buf_t *o
             buf_printf(payload, ",\"item_index\":%lld", (long long)r->item_index);
         buf_reset(orig); /* a JSON string: the original as base64, the row's original_payload and the record's */
         buf_putc(orig, '"');
-        base64_append(orig, (const unsigned char *)r->orig, r->orig_len);
+        text_base64_append(orig, (const unsigned char *)r->orig, r->orig_len);
         buf_putc(orig, '"');
         buf_puts(payload, ",\"original_payload_encoding\":\"base64\",\"original_payload\":");
         buf_append(payload, orig->data, orig->len);
@@ -492,7 +478,7 @@ static void degrade(worker_t *wk, store_exhausted_t *e, buf_t *payload, buf_t *o
         e->original_json = NULL;
     }
     buf_puts(payload, ",\"dlq_record_base64\":\"");
-    base64_append(payload, (const unsigned char *)data, len);
+    text_base64_append(payload, (const unsigned char *)data, len);
     buf_puts(payload, "\"}");
     e->dlq_payload = payload->data ? payload->data : "{}";
     e->event_ts = NULL;
@@ -510,7 +496,7 @@ static result_t exhaust(worker_t *wk, const char *data, size_t len, const record
     jsMsgMetaData *md = NULL;
     /* The header is the row's unique key: only text PostgreSQL can store and index, else <dlq_stream>:<seq>. */
     if (natsMsgHeader_Get(wk->msg, "Nats-Msg-Id", &hid) != NATS_OK || !hid || !*hid || strlen(hid) > 200 ||
-        !utf8_is_valid(hid, strlen(hid))) {
+        !text_utf8_valid(hid, strlen(hid))) {
         (void)natsMsg_GetMetaData(&md, wk->msg);
         snprintf(msgid, sizeof msgid, "%s:%llu", cfg->dlq_stream,
                  (unsigned long long)(md ? md->Sequence.Stream : 0));
@@ -525,7 +511,7 @@ static result_t exhaust(worker_t *wk, const char *data, size_t len, const record
     buf_init(&orig_b64);
     if (!r->valid && json_parse(&wk->doc, data, len, NULL, 0) != JSON_OK) {
         buf_puts(&wrapped, "{\"invalid_record_base64\":\"");
-        base64_append(&wrapped, (const unsigned char *)data, len);
+        text_base64_append(&wrapped, (const unsigned char *)data, len);
         buf_puts(&wrapped, "\"}");
         payload = wrapped.data ? wrapped.data : "{}";
     }
@@ -770,7 +756,7 @@ bool dlq_worker_join(dlq_worker_t *w, int64_t deadline_ms)
 {
     if (!w)
         return true;
-    struct timespec ts = {(time_t)(deadline_ms / 1000), (long)(deadline_ms % 1000) * 1000000L};
+    struct timespec ts = clock_timespec_of_ms(deadline_ms);
     if (w->fetcher_started) {
         if (pthread_timedjoin_np(w->fetcher, NULL, &ts) != 0)
             return false;

@@ -24,6 +24,7 @@
 #include "log.h"
 #include "nats_setup.h"
 #include "secrets.h"
+#include "text.h"
 
 #define LIMIT_DEFAULT "100"
 #define LIMIT_MAX 100000
@@ -189,14 +190,6 @@ static bool parse_age(const char *s, long long *secs)
     return true;
 }
 
-static bool blank(const char *s)
-{
-    for (; *s; s++)
-        if (!isspace((unsigned char)*s))
-            return false;
-    return true;
-}
-
 static int check_opts(opts_t *o)
 {
     long long v;
@@ -214,13 +207,13 @@ static int check_opts(opts_t *o)
         return bad_usage("'%s' needs --id N", command_name(o->cmd));
     if (o->cmd == CMD_REPLAY && !o->id == !o->all_unresolved)
         return bad_usage("'replay' needs exactly one of --id N and --all-unresolved");
-    if (o->cmd == CMD_RESOLVE && (!o->note || blank(o->note)))
+    if (o->cmd == CMD_RESOLVE && (!o->note || text_blank(o->note, strlen(o->note))))
         return bad_usage("'resolve' needs --note TEXT");
     if (o->limit && !parse_count(o->limit, LIMIT_MAX, &v))
         return bad_usage("--limit must be an integer from 1 to %d, not '%s'", LIMIT_MAX, o->limit);
     if (!o->limit)
         o->limit = LIMIT_DEFAULT;
-    if (o->subject && blank(o->subject))
+    if (o->subject && text_blank(o->subject, strlen(o->subject)))
         return bad_usage("--subject must not be empty");
     if (o->since) {
         if (parse_age(o->since, &v))
@@ -626,7 +619,7 @@ static int original_bytes(mes_nats_t *n, const PGresult *r, const char *subject,
     if (!payload)
         return set_outcome(res, REFUSED, "the DLQ record has no original_payload");
     if (strcmp(enc, "base64") == 0) {
-        if (!base64_decode_append(out, payload, strlen(payload)))
+        if (!text_base64_decode_append(out, payload, strlen(payload)))
             return set_outcome(res, REFUSED, "original_payload is not valid base64");
     } else if (strcmp(enc, "json") == 0) {
         buf_puts(out, payload);

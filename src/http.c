@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "buf.h"
 #include "log.h"
 #include "metrics.h"
 
@@ -143,21 +144,16 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
 /* The /health body, built once; the version is JSON-escaped because it comes from the build or configuration. */
 static char *health_json(const char *version)
 {
-    size_t n = strlen(version);
-    char *body = malloc(n * 6 + 64);
-    if (!body)
+    buf_t b;
+    buf_init(&b);
+    buf_puts(&b, "{\"status\":\"UP\",\"version\":");
+    buf_put_json_str(&b, version, strlen(version));
+    buf_puts(&b, "}");
+    if (b.oom) {
+        buf_free(&b);
         return NULL;
-    char *p = body + sprintf(body, "{\"status\":\"UP\",\"version\":\"");
-    for (const unsigned char *s = (const unsigned char *)version; *s; s++) {
-        if (*s == '"' || *s == '\\')
-            p += sprintf(p, "\\%c", *s);
-        else if (*s < 0x20)
-            p += sprintf(p, "\\u%04x", *s);
-        else
-            *p++ = (char)*s;
     }
-    strcpy(p, "\"}");
-    return body;
+    return b.data; /* caller frees */
 }
 
 http_server_t *http_start(const http_config_t *cfg)

@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "text.h"
+
 /* What went wrong; the message is formatted once, at the end, so the hot path never touches snprintf. Byte offsets
  * in messages are 0-based offsets into the input. */
 enum {
@@ -104,33 +106,6 @@ static long hex4(const unsigned char *s, size_t len, size_t p)
     return v;
 }
 
-/* Valid UTF-8 sequence at s[p] (lead byte >= 0x80)? Returns its length or 0 (Unicode Table 3-7: no overlongs, no
- * surrogates, nothing above U+10FFFF, no truncation). */
-static inline size_t utf8_len(const unsigned char *s, size_t len, size_t p)
-{
-    unsigned char c = s[p], lo = 0x80, hi = 0xBF;
-    size_t n;
-    if (c >= 0xC2 && c <= 0xDF) {
-        n = 2;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-        n = 3;
-        lo = c == 0xE0 ? 0xA0 : 0x80;
-        hi = c == 0xED ? 0x9F : 0xBF;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        n = 4;
-        lo = c == 0xF0 ? 0x90 : 0x80;
-        hi = c == 0xF4 ? 0x8F : 0xBF;
-    } else {
-        return 0;
-    }
-    if (len - p < n || s[p + 1] < lo || s[p + 1] > hi)
-        return 0;
-    for (size_t i = 2; i < n; i++)
-        if ((s[p + i] & 0xC0) != 0x80)
-            return 0;
-    return n;
-}
-
 /* High bit set in each byte of the little-endian word that is '"', '\\', < 0x20 or >= 0x80 (the has-zero-byte and
  * has-byte-less-than tricks). Bytes above the first match may be flagged spuriously; the lowest flag is exact. */
 static inline uint64_t special_mask(uint64_t v)
@@ -175,7 +150,7 @@ static int scan_string(const unsigned char *s, size_t len, size_t *pp, uint8_t *
             *pp = p;
             return s[p] == 0 ? E_NUL : E_CTRL;
         case C_HIGH: {
-            size_t n = utf8_len(s, len, p);
+            size_t n = text_utf8_len((const char *)s + p, len - p);
             if (!n) {
                 *pp = p;
                 return E_UTF8;

@@ -2,6 +2,7 @@
 #include "log.h"
 
 #include "secrets.h"
+#include "text.h"
 
 #include <errno.h>
 #include <math.h>
@@ -83,40 +84,6 @@ static void puts_(out_t *o, const char *s)
     put(o, s, strlen(s));
 }
 
-/* Length (1..4) of the well-formed UTF-8 sequence at s, 0 if the byte there starts none (RFC 3629 table 3-7). */
-static size_t utf8_len(const unsigned char *s, size_t n)
-{
-    unsigned char c = s[0], lo = 0x80, hi = 0xBF; /* allowed range of the second byte */
-    size_t len;
-
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xC2 && c <= 0xDF) {
-        len = 2;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-        len = 3;
-        if (c == 0xE0)
-            lo = 0xA0; /* no overlongs */
-        if (c == 0xED)
-            hi = 0x9F; /* no UTF-16 surrogates */
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        len = 4;
-        if (c == 0xF0)
-            lo = 0x90; /* no overlongs */
-        if (c == 0xF4)
-            hi = 0x8F; /* nothing above U+10FFFF */
-    } else {
-        return 0;
-    }
-    if (n < len || s[1] < lo || s[1] > hi)
-        return 0;
-    for (size_t i = 2; i < len; i++) {
-        if ((s[i] & 0xC0) != 0x80)
-            return 0;
-    }
-    return len;
-}
-
 /*
  * Writes s as a JSON string. Invalid UTF-8 bytes become \ufffd so the line always parses. At most maxin input
  * bytes are kept, and nothing is escaped past LINE_SOFT; a cut string ends with MARKER, and a cut caused by the
@@ -136,34 +103,14 @@ static void put_str(out_t *o, const char *s, size_t maxin)
             puts_(o, MARKER);
             break;
         }
-        unsigned char c = u[i];
-        size_t len = utf8_len(u + i, n - i);
-        char esc[8];
-        if (len == 0) {
-            puts_(o, "\\ufffd");
-            i++;
-            continue;
-        }
-        if (len > 1) {
+        size_t len;
+        if (text_json_needs_escape(s + i, n - i, &len)) {
+            char esc[6];
+            put(o, esc, text_json_escape(u[i], esc));
+        } else {
             put(o, s + i, len);
-            i += len;
-            continue;
         }
-        switch (c) {
-        case '"': puts_(o, "\\\""); break;
-        case '\\': puts_(o, "\\\\"); break;
-        case '\n': puts_(o, "\\n"); break;
-        case '\r': puts_(o, "\\r"); break;
-        case '\t': puts_(o, "\\t"); break;
-        default:
-            if (c < 0x20 || c == 0x7f) {
-                snprintf(esc, sizeof esc, "\\u%04x", c);
-                puts_(o, esc);
-            } else {
-                put(o, s + i, 1);
-            }
-        }
-        i++;
+        i += len;
     }
     put(o, "\"", 1);
 }

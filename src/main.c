@@ -75,12 +75,6 @@ static bool stopping(void)
     return atomic_load(&g_stop);
 }
 
-static void sleep_ms(int64_t ms)
-{
-    struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR && !atomic_load(&g_stop)) {
-    }
-}
 
 /* /ready runs on HTTP threads from the first moment, while main still builds the components it reads: main
  * publishes each one by raising g_stage (release) once it is complete, and ready() reads only what is published
@@ -147,8 +141,8 @@ static int start_database(app_t *a, int64_t deadline)
         }
         log_warn("main", "PostgreSQL not reachable yet; retrying", LF_S("dsn", masked), LF_S("error", err.message),
                  LF_I("retry_in_ms", wait));
-        sleep_ms(wait);
-        wait = wait * 2 > 5000 ? 5000 : wait * 2;
+        clock_sleep_ms_unless(wait, &g_stop);
+        wait = clock_backoff_next(wait, 5000);
     }
     int rc = store_migrate(db, a->cfg.postgres_auto_migrate, &err);
     if (rc == 0)

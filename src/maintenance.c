@@ -43,11 +43,7 @@ static void *run(void *arg)
             else
                 next_partitions = clock_mono_ms() + m->cfg->partition_check_interval_ms;
         }
-        for (int i = 0; i < 10 && !atomic_load(m->stop); i++) {
-            struct timespec ts = {0, 100 * 1000000L};
-            while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-            }
-        }
+        clock_sleep_ms_unless(1000, m->stop);
     }
     db_close(db);
     return NULL;

@@ -12,6 +12,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "text.h"
+
 typedef atomic_uint_fast64_t counter_t;
 
 /* Label values taken from events are cut to this many input bytes: max_agent_labels bounds the number of series,
@@ -160,41 +162,6 @@ static void observe(hist_t *h, const hist_kind_t *k, double v)
     atomic_fetch_add_explicit(&h->sum, add, memory_order_relaxed);
 }
 
-/* Length of the valid UTF-8 sequence at s, 0 when invalid (overlong, surrogate, > U+10FFFF, truncated). NUL is
- * treated as invalid because label values are kept as C strings. */
-static size_t utf8_len(const unsigned char *s, size_t n)
-{
-    unsigned c = s[0];
-    size_t len;
-    uint32_t cp;
-    if (c < 0x80)
-        return c != 0;
-    if (c >= 0xC2 && c <= 0xDF) {
-        len = 2;
-        cp = c & 0x1F;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-        len = 3;
-        cp = c & 0x0F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        len = 4;
-        cp = c & 0x07;
-    } else {
-        return 0;
-    }
-    if (n < len)
-        return 0;
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xC0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (s[i] & 0x3F);
-    }
-    if (len == 3 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF)))
-        return 0;
-    if (len == 4 && (cp < 0x10000 || cp > 0x10FFFF))
-        return 0;
-    return len;
-}
-
 /* Writes s as an exposition-format label value (without quotes) into out[LABEL_OUT_MAX]: invalid UTF-8 bytes become
  * U+FFFD, backslash, double quote and newline are escaped, input beyond LABEL_IN_MAX bytes is dropped. */
 static size_t label_value(const char *s, size_t n, char *out)
@@ -204,7 +171,7 @@ static size_t label_value(const char *s, size_t n, char *out)
     if (n > LABEL_IN_MAX)
         n = LABEL_IN_MAX;
     for (size_t i = 0; i < n;) {
-        size_t len = utf8_len(p + i, n - i);
+        size_t len = p[i] ? text_utf8_len(s + i, n - i) : 0; /* NUL too: label values are kept as C strings */
         if (len == 0) {
             memcpy(out + o, "\xEF\xBF\xBD", 3);
             o += 3;

@@ -84,8 +84,8 @@ int mes_nats_connect(mes_nats_t *n, const config_t *cfg, int64_t deadline_ms, co
                  LF_I("retry_in_ms", wait));
         if (clock_mono_ms() + wait > deadline_ms || atomic_load(stop))
             goto fail;
-        usleep((useconds_t)wait * 1000);
-        wait = wait * 2 > 5000 ? 5000 : wait * 2;
+        clock_sleep_ms_unless(wait, stop);
+        wait = clock_backoff_next(wait, 5000);
     }
     jsOptions jo;
     jsOptions_Init(&jo);
@@ -506,7 +506,7 @@ void mes_nats_resubscribe(mes_nats_t *n, event_type_t et, bool dlq, mes_fetch_wa
                           atomic_bool *subscribed, const atomic_bool *stop)
 {
     atomic_store(subscribed, false);
-    for (int64_t wait = 200; !atomic_load(stop); wait = wait * 2 > 5000 ? 5000 : wait * 2) {
+    for (int64_t wait = 200; !atomic_load(stop); wait = clock_backoff_next(wait, 5000)) {
         mes_nats_unsubscribe(sub);
         if (mes_nats_subscribe(n, et, dlq, w, sub) == 0) {
             char durable[256], filter[256];

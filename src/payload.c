@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "text.h"
+
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 #define MAX_FIELDS 20     /* most fields in one table; each has a canonical and an alias slot */
 #define MAX_KEY_LEN 32    /* no known key is longer, so longer keys are skipped without decoding */
@@ -253,14 +255,6 @@ static int fail_type(pstate_t *st, const char *name, const char *want, const jso
     return fail(st, "field '%s' must be %s, got %s", name, want, type_name(t));
 }
 
-static bool blank(const char *p, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (p[i] != ' ' && p[i] != '\t' && p[i] != '\n' && p[i] != '\r' && p[i] != '\f' && p[i] != '\v')
-            return false;
-    return true;
-}
-
 /* A string value: zero-copy when the token has no escapes, else decoded into the arena. */
 static int get_str(pstate_t *st, const char *name, uint32_t tok, uint32_t limit, str_t *out)
 {
@@ -386,7 +380,7 @@ static int apply_field(pstate_t *st, const field_t *f, uint32_t tok, const char 
     case K_STR:
         if (get_str(st, name, tok, f->limit, &s))
             return -1;
-        if ((f->flags & REQ) && blank(s.p, s.len))
+        if ((f->flags & REQ) && text_blank(s.p, s.len))
             return fail(st, "field '%s' must not be blank", name);
         break;
     case K_CPHONE:
@@ -465,7 +459,7 @@ static int apply_absent(pstate_t *st, const field_t *f, const char *name, void *
         return 0;
     }
     if ((f->flags & INHERIT) && st->inherit_agent.p) {
-        if ((f->flags & REQ) && blank(st->inherit_agent.p, st->inherit_agent.len))
+        if ((f->flags & REQ) && text_blank(st->inherit_agent.p, st->inherit_agent.len))
             return fail(st, "field '%s' must not be blank (inherited from the batch)", name);
         if (dst)
             *(str_t *)dst = st->inherit_agent;

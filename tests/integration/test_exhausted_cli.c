@@ -2,6 +2,7 @@
 #include <stdint.h>
 
 #include "buf.h"
+#include "text.h"
 #include "dlq.h"
 #include "itest.h"
 #include "json.h"
@@ -290,7 +291,7 @@ TEST(replay_decodes_base64_originals)
     static const char original[] = "{\"chat_id\":\"b64-chat\",\"jid\":\"j\",\"agent_id\":\"a\",\"phone_number\":\"1\"}";
     buf_t b64;
     buf_init(&b64);
-    base64_append(&b64, (const unsigned char *)original, strlen(original));
+    text_base64_append(&b64, (const unsigned char *)original, strlen(original));
     long long id = add_row("v1.chats.upsert.acme", b64.data, true, "unmarshal: invalid UTF-8 at byte 3", 7);
     long long bad = add_row("v1.chats.upsert.acme", "not*base64", true, "unmarshal", 8);
     buf_free(&b64);
