@@ -6,6 +6,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "event.h"
+
 /* Settings of one consuming lane (realtime or historical). Durations are milliseconds. */
 typedef struct {
     char *stream;          /* nats.<lane>.stream */
@@ -53,6 +55,7 @@ typedef struct {
 
     char *company_id;  /* company.id / COMPANY_ID, validated ^[A-Za-z0-9_]{1,48}$ */
     char schema[64];   /* derived: "daisi_" + lower(company_id), unquoted */
+    bool consume[ET_BASE_COUNT]; /* derived: the bases whose lane is started (subjectList; empty: all of the lane) */
 
     bool metrics_enabled;
     int metrics_max_agent_labels;

@@ -38,8 +38,8 @@ bool db_ok(const db_conn_t *c);
 /* Round trip "SELECT 1". */
 bool db_ping(db_conn_t *c);
 
-/* Runs sql with text parameters. On success returns the result (caller PQclear's it; may be NULL for commands when
- * want_result is false). On failure returns NULL and fills err. */
+/* Runs sql with text parameters. On success returns the result (caller PQclear's it). On failure returns NULL and
+ * fills err. */
 PGresult *db_exec(db_conn_t *c, const char *sql, int nparams, const char *const *params, db_error_t *err);
 /* db_exec for commands without parameters or interesting results. Returns 0 or -1. */
 int db_command(db_conn_t *c, const char *sql, db_error_t *err) __attribute__((warn_unused_result));

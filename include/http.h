@@ -18,6 +18,7 @@ typedef struct {
     int max_connections;
     int64_t connection_timeout_ms;
     const char *version;
+    bool metrics_disabled; /* metrics.enabled = false: /metrics answers 404 saying so */
     http_ready_fn ready;
     void *ready_ctx;
 } http_config_t;

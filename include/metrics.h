@@ -1,4 +1,6 @@
-/* metrics.h - the only module that knows the Prometheus text format (SPEC 7). Lock-free C11 atomics on hot paths. */
+/* metrics.h - the only module that knows the Prometheus text format (SPEC 7). Counters, gauges and histograms are
+ * C11 atomics (no lock on the event path); only the bounded agent-label table takes a mutex, and rendering reads
+ * everything without stopping writers. */
 #ifndef MES_METRICS_H
 #define MES_METRICS_H
 

@@ -79,7 +79,7 @@ natsStatus mes_nats_fetch(natsSubscription *sub, natsMsgList *carry, int batch, 
 /* Unsubscribes *sub (NULL-safe) and sets it to NULL; the subscription itself is freed later (see nats_setup.c), by
  * mes_nats_close at the latest. */
 void mes_nats_unsubscribe(natsSubscription **sub);
-/* Unsubscribes and destroys *sub, then binds a new pull subscription to the same durable, retrying with backoff
+/* Unsubscribes *sub (freed later: see mes_nats_unsubscribe), then binds a new pull subscription to the same durable, retrying with backoff
  * (200 ms doubling to 5 s) until it works or *stop is set. *subscribed (what /ready reports) is false meanwhile.
  * Only call right after this thread's Fetch returned (no pull request of ours is still in flight to the old inbox). */
 void mes_nats_resubscribe(mes_nats_t *n, event_type_t et, bool dlq, mes_fetch_watch_t *w, natsSubscription **sub,

@@ -77,12 +77,16 @@ typedef struct { /* v1.connection.update */
     str_t agent_id, qr_code, status, agent_name, host_name, version, phone_number, company_id;
 } agent_t;
 
+/* What the parse learnt of a payload's text, so a DLQ record embeds it as JSON without parsing it again. */
+typedef enum { TEXT_UNCHECKED = 0, TEXT_JSON, TEXT_NOT_JSON } text_json_t;
+
 typedef struct event event_t;
 struct event {
     event_type_t type;   /* for history items: ET_CHATS_UPSERT, ET_MESSAGES_UPSERT or ET_CONTACTS_UPSERT */
     error_class_t err;   /* ERR_NONE, ERR_UNMARSHAL or ERR_VALIDATION */
     const char *errmsg;  /* NUL-terminated, arena; names the field and the limit; NULL when valid */
     str_t raw;           /* raw JSON text of this event / history item (span of the source) */
+    text_json_t json;    /* whether payload_parse found the whole text to be JSON (unchecked: it stopped before) */
     union {
         chat_upsert_t chat;
         chat_update_t chat_update;
@@ -129,7 +133,5 @@ int32_t timestamp_days(int64_t ts);
 /* "YYYY-MM-DD" of days since epoch into out[11]. */
 void days_to_date(int32_t days, char out[11]);
 
-/* Status rank for "never regress": pending 1 < sent 2 < delivered 3 < read 4 < played 5; others 0 (always apply). */
-int message_status_rank(const char *s, size_t n);
 
 #endif

@@ -414,8 +414,22 @@ static bool valid_company(const char *s)
     return true;
 }
 
+/* Whether the normalised list "a,b" (bases_list) names item. */
+static bool list_has(const char *list, const char *item)
+{
+    size_t n = strlen(item);
+    for (const char *p = list; *p; p += *p == ',') {
+        const char *e = strchr(p, ',');
+        size_t len = e ? (size_t)(e - p) : strlen(p);
+        if (len == n && memcmp(p, item, n) == 0)
+            return true;
+        p += len;
+    }
+    return false;
+}
+
 /*
- * Normalises a subject list to "a,b" (items trimmed, duplicates dropped) so consumers split on ',' only.
+ * Normalises a subject list to "a,b" (items trimmed, duplicates dropped) for list_has and the startup dump.
  * Returns NULL (errno 0) if an item is not a base of the lane, NULL (errno ENOMEM) on allocation failure.
  */
 static char *bases_list(const char *s, lane_t lane)
@@ -868,6 +882,10 @@ int config_load(config_t *cfg, int argc, char **argv, char *err, size_t errlen)
     snprintf(cfg->schema, sizeof cfg->schema, "daisi_%s", cfg->company_id);
     for (char *c = cfg->schema; *c; c++)
         *c = (char)tolower((unsigned char)*c);
+    for (int et = 0; et < ET_BASE_COUNT; et++) {
+        const lane_config_t *lc = event_type_lane((event_type_t)et) == LANE_HISTORICAL ? &cfg->historical : &cfg->realtime;
+        cfg->consume[et] = !*lc->subject_list || list_has(lc->subject_list, event_type_base((event_type_t)et));
+    }
     /* From here on every library error text is masked against these (secrets_mask in log.c, db.c, the CLI). */
     secrets_register_dsn(cfg->postgres_dsn);
     secrets_register_dsn(cfg->nats_url);

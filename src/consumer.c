@@ -459,9 +459,11 @@ static void queue_dlq(consumer_t *c, slot_t *s)
     s->dlq_n = 0;
     s->dlq_unsent = false;
     if (s->out == OUT_DLQ) {
-        /* Embed the original as JSON only when it is JSON: a subject or size error is raised before parsing. */
-        bool is_json = s->data && s->len > 0 &&
-                       json_parse(&c->pctx.doc, s->data, (size_t)s->len, NULL, 0) == JSON_OK;
+        /* Embed the original as JSON only when it is JSON: the parse knows, unless a subject or size error was
+         * raised before it. */
+        bool is_json = s->ev.json == TEXT_JSON ||
+                       (s->ev.json == TEXT_UNCHECKED && s->data && s->len > 0 &&
+                        json_parse(&c->pctx.doc, s->data, (size_t)s->len, NULL, 0) == JSON_OK);
         send_dlq(c, s, s->data ? s->data : "", (size_t)(s->len > 0 ? s->len : 0), is_json, s->err, s->cls,
                  s->retryable, -1);
     } else if (c->lane == LANE_HISTORICAL && s->ev.err == ERR_NONE && s->out == OUT_ACK) {

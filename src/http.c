@@ -26,10 +26,12 @@ struct http_server {
     http_ready_fn ready;
     void *ready_ctx;
     char *health_body; /* built once at start; served as a persistent buffer until MHD_stop_daemon */
+    bool metrics_disabled;
 };
 
 static const char not_found_body[] = "{\"error\":\"not found\"}";
 static const char not_allowed_body[] = "{\"error\":\"method not allowed\"}";
+static const char metrics_off_body[] = "{\"error\":\"metrics are disabled (metrics.enabled is false)\"}";
 static const char json_type[] = "application/json";
 static const char metrics_type[] = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -137,7 +139,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
     if (strcmp(url, "/ready") == 0)
         return ready(srv, conn);
     if (strcmp(url, "/metrics") == 0)
-        return metrics(conn);
+        return srv->metrics_disabled ? reply_static(conn, MHD_HTTP_NOT_FOUND, metrics_off_body) : metrics(conn);
     return reply_static(conn, MHD_HTTP_NOT_FOUND, not_found_body);
 }
 
@@ -185,6 +187,7 @@ http_server_t *http_start(const http_config_t *cfg)
         return NULL;
     atomic_init(&srv->shutting_down, false);
     srv->ready = cfg->ready;
+    srv->metrics_disabled = cfg->metrics_disabled;
     srv->ready_ctx = cfg->ready_ctx;
     srv->health_body = health_json(cfg->version ? cfg->version : "");
     if (!srv->health_body)

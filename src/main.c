@@ -157,30 +157,10 @@ static int start_database(app_t *a, int64_t deadline)
 }
 
 /* Which bases this process consumes: all of a lane, or nats.<lane>.subjectList. */
-static bool lane_wants(const config_t *cfg, event_type_t et)
-{
-    const lane_config_t *lc = event_type_lane(et) == LANE_HISTORICAL ? &cfg->historical : &cfg->realtime;
-    if (!lc->subject_list || !*lc->subject_list)
-        return true;
-    const char *base = event_type_base(et);
-    size_t bl = strlen(base);
-    for (const char *p = lc->subject_list; *p;) {
-        while (*p == ' ' || *p == ',')
-            p++;
-        const char *e = p;
-        while (*e && *e != ',' && *e != ' ')
-            e++;
-        if ((size_t)(e - p) == bl && memcmp(p, base, bl) == 0)
-            return true;
-        p = e;
-    }
-    return false;
-}
-
 static int start_consumers(app_t *a)
 {
     for (int et = 0; et < ET_BASE_COUNT; et++) {
-        if (!lane_wants(&a->cfg, (event_type_t)et))
+        if (!a->cfg.consume[et])
             continue;
         consumer_t *c = consumer_create(&a->cfg, &a->nats, (event_type_t)et, &g_stop);
         if (!c)
@@ -215,7 +195,6 @@ static int start_dlq_worker(app_t *a)
 static int shutdown_all(app_t *a)
 {
     int64_t deadline = clock_real_ms() + a->cfg.shutdown_timeout_ms;
-    int rc = 0;
     atomic_store(&g_stop, true);
     if (a->http)
         http_set_shutting_down(a->http);
@@ -242,7 +221,7 @@ static int shutdown_all(app_t *a)
     a->nlanes = 0;
     mes_nats_close(&a->nats);
     log_info("main", "shutdown complete");
-    return rc;
+    return 0;
 }
 
 int main(int argc, char **argv)
@@ -299,6 +278,7 @@ int main(int argc, char **argv)
         .max_connections = app.cfg.http_max_connections,
         .connection_timeout_ms = app.cfg.http_connection_timeout_ms,
         .version = MES_VERSION,
+        .metrics_disabled = !app.cfg.metrics_enabled,
         .ready = ready,
         .ready_ctx = &app,
     };

@@ -606,7 +606,9 @@ error_class_t payload_parse(payload_ctx_t *ctx, event_type_t et, const char *dat
         return set_error(ctx, ev, ERR_VALIDATION, "message is %zu bytes, limit %d", len, PAYLOAD_MAX_MESSAGE);
 
     char jerr[128];
-    switch (json_parse(&ctx->doc, data, len, jerr, sizeof jerr)) {
+    json_status_t js = json_parse(&ctx->doc, data, len, jerr, sizeof jerr);
+    ev->json = js == JSON_OK ? TEXT_JSON : TEXT_NOT_JSON;
+    switch (js) {
     case JSON_OK:
         break;
     case JSON_ESYNTAX:
@@ -721,13 +723,4 @@ void days_to_date(int32_t days, char out[11])
     out[8] = (char)('0' + d / 10);
     out[9] = (char)('0' + d % 10);
     out[10] = '\0';
-}
-
-int message_status_rank(const char *s, size_t n)
-{
-    static const char *const order[] = {"pending", "sent", "delivered", "read", "played"};
-    for (size_t i = 0; i < ARRAY_LEN(order); i++)
-        if (strlen(order[i]) == n && memcmp(order[i], s, n) == 0)
-            return (int)i + 1;
-    return 0;
 }

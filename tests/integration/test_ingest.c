@@ -397,3 +397,14 @@ TEST(onboarding_burst_in_one_batch_ends_like_one_by_one)
     CHECK_EQ_INT(h_metric(S.http_port, "onboarding_tasks_processed_total{company_id=\"acme\",status=\"success_created\"}"), 1);
     CHECK_EQ_INT(h_metric(S.http_port, "onboarding_tasks_processed_total{company_id=\"acme\",status=\"success_exists\"}"), 4);
 }
+
+/* The rank behind "status never regresses" lives in SQL (the writer statements call it): tested there. */
+TEST(sql_status_rank_orders_the_delivery_statuses_and_leaves_others_off_the_ladder)
+{
+    REQUIRE(it_up(CO, NO_ENV));
+    char *ranks = h_pg_str(&P, "SELECT string_agg(" SCH ".mes_status_rank(s)::text, ',' ORDER BY o) FROM unnest("
+                               "ARRAY['pending','sent','delivered','read','played','failed','READ','sen','']) WITH"
+                               " ORDINALITY AS t(s, o)");
+    CHECK_EQ_STR(ranks, "1,2,3,4,5,0,0,0,0");
+    free(ranks);
+}

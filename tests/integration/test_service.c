@@ -71,6 +71,20 @@ TEST(health_ready_metrics_and_unknown_paths_answer_as_specified)
     free(body);
 }
 
+TEST(metrics_enabled_false_answers_404_saying_so_and_leaves_health_and_ready)
+{
+    static const char *const env[] = {"METRICS_ENABLED=false", NULL};
+    REQUIRE(it_up("acme", env));
+    char *body = NULL;
+    CHECK_EQ_INT(h_http(S.http_port, "GET", "/metrics", &body), 404);
+    CHECK_CONTAINS(body, "metrics are disabled (metrics.enabled is false)");
+    free(body);
+    CHECK_EQ_INT(h_http(S.http_port, "GET", "/health", &body), 200);
+    free(body);
+    CHECK_EQ_INT(h_http(S.http_port, "GET", "/ready", &body), 200);
+    free(body);
+}
+
 TEST(metrics_pass_promtool_and_export_every_contract_family)
 {
     REQUIRE(it_up("acme", NO_ENV));

@@ -619,19 +619,6 @@ TEST(date_helpers_are_exact)
     CHECK_EQ_STR(d, "9999-12-31");
 }
 
-TEST(status_rank_orders_the_delivery_statuses)
-{
-    CHECK_EQ_INT(message_status_rank("pending", 7), 1);
-    CHECK_EQ_INT(message_status_rank("sent", 4), 2);
-    CHECK_EQ_INT(message_status_rank("delivered", 9), 3);
-    CHECK_EQ_INT(message_status_rank("read", 4), 4);
-    CHECK_EQ_INT(message_status_rank("played", 6), 5);
-    CHECK_EQ_INT(message_status_rank("failed", 6), 0);
-    CHECK_EQ_INT(message_status_rank("READ", 4), 0);
-    CHECK_EQ_INT(message_status_rank("sen", 3), 0);
-    CHECK_EQ_INT(message_status_rank("", 0), 0);
-}
-
 /* ---- limits: exactly at the limit passes, one over fails naming the field and the limit ---- */
 
 /* Runs `et` on prefix + n copies of c + suffix and checks the outcome. */
