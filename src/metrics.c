@@ -231,25 +231,36 @@ static void agents_free(void)
     agents.cap = agents.used = 0;
 }
 
-/* Start of this process in Unix seconds: /proc/self/stat starttime is in clock ticks since boot (CLOCK_BOOTTIME),
- * so anchor it with the current REALTIME - BOOTTIME offset (finer than /proc/stat's whole-second btime). */
+/* Fields of /proc/self/stat the process families need: starttime (clock ticks since boot), vsize (bytes) and rss
+ * (pages). False when unreadable. The one reader of that file. */
+static bool proc_stat(unsigned long long *start_ticks, unsigned long long *vsize, long long *rss_pages)
+{
+    char buf[1024];
+    int fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return false;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return false;
+    buf[n] = '\0';
+    const char *p = strrchr(buf, ')'); /* comm may contain spaces and parentheses */
+    /* fields 3..24: state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime cutime cstime
+     * priority nice num_threads itrealvalue starttime vsize rss */
+    return p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d %*d %llu"
+                              " %llu %lld", start_ticks, vsize, rss_pages) == 3;
+}
+
+/* Start of this process in Unix seconds: starttime is in clock ticks since boot (CLOCK_BOOTTIME), so anchor it with
+ * the current REALTIME - BOOTTIME offset (finer than /proc/stat's whole-second btime). */
 static double process_start(void)
 {
     struct timespec rt, bt;
     clock_gettime(CLOCK_REALTIME, &rt);
     double now = (double)rt.tv_sec + rt.tv_nsec / 1e9;
-    char buf[1024];
-    int fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return now;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    unsigned long long ticks;
-    char *p = n > 0 ? (buf[n] = '\0', strrchr(buf, ')')) : NULL;
-    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d %*d %llu",
-                     &ticks) != 1)
-        return now;
-    if (clock_gettime(CLOCK_BOOTTIME, &bt) != 0)
+    unsigned long long ticks, vsize;
+    long long rss;
+    if (!proc_stat(&ticks, &vsize, &rss) || clock_gettime(CLOCK_BOOTTIME, &bt) != 0)
         return now;
     double boot = now - ((double)bt.tv_sec + bt.tv_nsec / 1e9);
     return boot + (double)ticks / (double)sysconf(_SC_CLK_TCK);
@@ -696,25 +707,6 @@ static void render_own(FILE *f)
     fprintf(f, "%s{version=\"%s\"} 1\n", name, version);
 }
 
-/* vsize (bytes) and rss (pages) from /proc/self/stat; false when unreadable. */
-static bool proc_stat(unsigned long long *vsize, long long *rss_pages)
-{
-    char buf[1024];
-    int fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return false;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0)
-        return false;
-    buf[n] = '\0';
-    const char *p = strrchr(buf, ')'); /* comm may contain spaces and parentheses */
-    /* fields 3..24: state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime cutime cstime
-     * priority nice num_threads itrealvalue starttime vsize rss */
-    return p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d %*d %*u"
-                              " %llu %lld", vsize, rss_pages) == 2;
-}
-
 static long long open_fds(void)
 {
     DIR *d = opendir("/proc/self/fd");
@@ -738,9 +730,9 @@ static void render_process(FILE *f)
     family(f, "process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.");
     fprintf(f, "process_cpu_seconds_total %.6f\n", cpu);
 
-    unsigned long long vsize = 0;
+    unsigned long long start_ticks = 0, vsize = 0;
     long long rss = 0;
-    if (proc_stat(&vsize, &rss)) {
+    if (proc_stat(&start_ticks, &vsize, &rss)) {
         plain(f, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.",
               rss * sysconf(_SC_PAGESIZE));
         plain(f, "process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.", (long long)vsize);
