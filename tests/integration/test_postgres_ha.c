@@ -236,7 +236,8 @@ TEST(postgres_primary_crash_with_standby_promoted_under_load_loses_nothing)
     CHECK_EQ_INT(before, 1000);
     int64_t t_crash = h_now_ms();
     h_pg_stop_immediate(&P);
-    fprintf(stderr, "primary crashed with %d events published\n", __atomic_load_n(&pub.published, __ATOMIC_SEQ_CST));
+    fprintf(stderr, "primary crashed (gone after %lld ms) with %d events published\n",
+            (long long)(h_now_ms() - t_crash), __atomic_load_n(&pub.published, __ATOMIC_SEQ_CST));
     REQUIRE(h_pg_promote(&standby));
     fprintf(stderr, "standby promoted %lld ms after the crash\n", (long long)(h_now_ms() - t_crash));
     pthread_join(pub.thread, NULL);
