@@ -35,7 +35,7 @@ db_conn_t *db_connect(const config_t *cfg, db_error_t *err);
 void db_close(db_conn_t *c); /* NULL-safe */
 /* True when the session is usable (cheap: looks at the socket state, no round trip). */
 bool db_ok(const db_conn_t *c);
-/* Round trip "SELECT 1". */
+/* Round trip: true when the server answers and takes writes (false on a standby or a read-only server). */
 bool db_ping(db_conn_t *c);
 
 /* Runs sql with text parameters. On success returns the result (caller PQclear's it). On failure returns NULL and
@@ -44,12 +44,20 @@ PGresult *db_exec(db_conn_t *c, const char *sql, int nparams, const char *const 
 /* db_exec for commands without parameters or interesting results. Returns 0 or -1. */
 int db_command(db_conn_t *c, const char *sql, db_error_t *err) __attribute__((warn_unused_result));
 
-/* Makes *c a usable session: reconnects with backoff (100 ms doubling to 5 s) until it works or *stop is set.
+/* Makes *c a usable session: reconnects with backoff (100 ms doubling to 5 s) until it works or *stop is set. A
+ * session this thread reconnected here less than 10 s ago that is broken again is redialled only after a pause
+ * (100 ms doubling to 5 s), so a server that accepts sessions but refuses the work (25006 on a standby) is not
+ * hammered.
  * While waiting it calls keepalive(ctx) every third of ack_wait_ms (at most every 5 s), so messages the caller holds
  * stay alive (in-progress acks) instead of being redelivered. `who` names the caller in the log. Returns false when
  * stopping first. */
 bool db_wait_usable(db_conn_t **c, const config_t *cfg, const atomic_bool *stop, void (*keepalive)(void *ctx),
                     void *ctx, int64_t ack_wait_ms, const char *who);
+
+/* For a failed connect's message: a short hint when retrying cannot help (TLS verification or TLS files: wrong CA,
+ * host name not in the certificate, unreadable sslrootcert/sslcert/sslkey, ssl off on a server that must speak TLS),
+ * else NULL. Startup stops on these at once instead of retrying until its deadline. */
+const char *db_connect_unfixable(const char *message);
 
 /* Best-effort ROLLBACK after a failed transaction (no-op on a broken session). */
 void db_rollback(db_conn_t *c);

@@ -19,8 +19,13 @@ void db_classify(const char *sqlstate, bool conn_bad, db_error_t *err)
         err->outage = true; /* lost connection: no SQLSTATE at all */
         return;
     }
+    /* 08 connection exceptions, 53 insufficient resources, 57P01-03 the server shutting down, crashing or still
+     * starting (a primary stopped for a switchover sends 57P01), and 25006 read_only_sql_transaction: the session
+     * reached a server that cannot take writes (a standby, or a primary demoted or fenced by an HA tool). None of
+     * them says anything about the events: the writer drops the session, reconnects (a multi-host DSN with
+     * target_session_attrs=read-write then finds the new primary) and retries the batch in hand. */
     if (strncmp(s, "08", 2) == 0 || strncmp(s, "53", 2) == 0 || strcmp(s, "57P01") == 0 ||
-        strcmp(s, "57P02") == 0 || strcmp(s, "57P03") == 0) {
+        strcmp(s, "57P02") == 0 || strcmp(s, "57P03") == 0 || strcmp(s, "25006") == 0) {
         err->outage = true;
         return;
     }
@@ -92,10 +97,16 @@ db_conn_t *db_connect(const config_t *cfg, db_error_t *err)
     }
     c->cfg = cfg;
     snprintf(c->schema_ident, sizeof c->schema_ident, "\"%s\"", cfg->schema); /* schema is [a-z0-9_]: safe */
-    /* connect_timeout bounds a hung TCP connect; keepalives detect a dead server under a long-idle session. */
-    const char *keys[] = {"dbname", "connect_timeout", "keepalives", "keepalives_idle", "keepalives_interval",
-                          "keepalives_count", "application_name", NULL};
-    const char *vals[] = {cfg->postgres_dsn, "5", "1", "10", "5", "3", "message-event-service", NULL};
+    /* Defaults first, the operator's DSN last: libpq applies the keywords in array order and the expanded dbname
+     * (the whole DSN) overrides what came before it, so every key the DSN names (sslmode, sslrootcert, host lists,
+     * target_session_attrs, connect_timeout, ...) reaches libpq untouched, and these only fill what it leaves out.
+     * connect_timeout bounds a hung TCP connect (per host of a multi-host DSN); keepalives detect a dead server under
+     * an idle session; tcp_user_timeout ends a session whose sent data stays unacknowledged (a primary host that
+     * vanished mid-COMMIT), which keepalives cannot detect while data is in flight: without it the writer would sit
+     * in the kernel's retransmission timeout (~15 min) instead of failing over. */
+    const char *keys[] = {"connect_timeout", "keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count",
+                          "tcp_user_timeout", "application_name", "dbname", NULL};
+    const char *vals[] = {"5", "1", "10", "5", "3", "30000", "message-event-service", cfg->postgres_dsn, NULL};
     c->pg = PQconnectdbParams(keys, vals, 1);
     if (!c->pg || PQstatus(c->pg) != CONNECTION_OK) {
         db_error_from(err, c->pg, NULL);
@@ -126,11 +137,14 @@ bool db_ok(const db_conn_t *c)
 bool db_ping(db_conn_t *c)
 {
     db_error_t err;
-    PGresult *r = db_exec(c, "SELECT 1", 0, NULL, &err);
+    /* A session on a standby (or a server made read-only) answers, but every write would fail with 25006. */
+    PGresult *r =
+        db_exec(c, "SELECT 1 WHERE pg_catalog.current_setting('transaction_read_only') = 'off'", 0, NULL, &err);
     if (!r)
         return false;
+    bool writable = PQntuples(r) == 1;
     PQclear(r);
-    return true;
+    return writable;
 }
 
 PGresult *db_exec(db_conn_t *c, const char *sql, int nparams, const char *const *params, db_error_t *err)
@@ -174,11 +188,76 @@ int db_command(db_conn_t *c, const char *sql, db_error_t *err)
     return -1;
 }
 
+const char *db_connect_unfixable(const char *message)
+{
+    /* libpq 15's texts (fe-secure-openssl.c, fe-connect.c). "SSL SYSCALL error" and an EOF during the handshake are
+     * not here: a server going down mid-handshake is an outage like any other. */
+    static const struct {
+        const char *needle, *hint;
+    } tls[] = {
+        {"certificate verify failed", "the server certificate does not verify against sslrootcert (wrong CA, or an "
+                                      "expired or self-signed server certificate)"},
+        {"does not match host name", "the server certificate does not name the host of the DSN (verify-full checks "
+                                     "the host name or IP against the certificate's SAN/CN)"},
+        {"root certificate file", "sslrootcert cannot be read"},
+        {"could not get home directory to locate root certificate", "sslrootcert is not set"},
+        {"could not open certificate file", "sslcert cannot be read"},
+        {"could not read certificate file", "sslcert cannot be read"},
+        {"private key file", "sslkey is missing, unreadable, too widely readable (must be 0600) or does not match "
+                             "sslcert"},
+        {"server does not support SSL, but SSL was required", "the server has ssl=off but sslmode requires TLS"},
+        {"alert unknown ca", "the server does not trust the client certificate (sslcert)"},
+        {"alert bad certificate", "the server rejected the client certificate (sslcert)"},
+        {"certificate required", "the server requires a client certificate (sslcert, sslkey)"},
+    };
+    if (!message)
+        return NULL;
+    for (size_t i = 0; i < sizeof tls / sizeof tls[0]; i++)
+        if (strstr(message, tls[i].needle))
+            return tls[i].hint;
+    return NULL;
+}
+
+/* When a session this thread opened here fails again soon after (a server that accepts sessions but refuses the
+ * work: a standby answering 25006, a server out of resources), reconnecting at once would spin. So the thread keeps
+ * when it last reconnected and, if that was under REDIAL_WINDOW_MS ago, waits before dialling again, doubling up to
+ * the same 5 s cap as a refused connect. A session that lived longer resets it: the first reconnect after a
+ * switchover is immediate. Thread-local, because every writer, DLQ worker and the maintenance thread owns its own
+ * session and its own loop. */
+#define REDIAL_WINDOW_MS 10000
+static _Thread_local int64_t tl_reconnected_at = INT64_MIN / 2;
+static _Thread_local int64_t tl_redial_ms;
+
+/* Sleeps ms in 100 ms steps, keeping held messages alive; false when stop is set. */
+static bool pause_ms(int64_t ms, const atomic_bool *stop, void (*keepalive)(void *ctx), void *ctx,
+                     int64_t keep_every_ms, int64_t *last_keepalive)
+{
+    for (int64_t slept = 0; slept < ms; slept += 100) {
+        if (atomic_load(stop))
+            return false;
+        if (keepalive && clock_mono_ms() - *last_keepalive >= keep_every_ms) {
+            keepalive(ctx);
+            *last_keepalive = clock_mono_ms();
+        }
+        clock_sleep_ms(ms - slept < 100 ? ms - slept : 100);
+    }
+    return !atomic_load(stop);
+}
+
 bool db_wait_usable(db_conn_t **c, const config_t *cfg, const atomic_bool *stop, void (*keepalive)(void *ctx),
                     void *ctx, int64_t ack_wait_ms, const char *who)
 {
     int64_t keep_every_ms = ack_wait_ms / 3 < 5000 ? ack_wait_ms / 3 : 5000;
     int64_t wait = 100, last_keepalive = clock_mono_ms();
+    if (db_ok(*c))
+        return true;
+    if (clock_mono_ms() - tl_reconnected_at < REDIAL_WINDOW_MS) {
+        tl_redial_ms = tl_redial_ms <= 0 ? 100 : clock_backoff_next(tl_redial_ms, 5000);
+        if (!pause_ms(tl_redial_ms, stop, keepalive, ctx, keep_every_ms, &last_keepalive))
+            return false;
+    } else {
+        tl_redial_ms = 0;
+    }
     while (!db_ok(*c)) {
         db_error_t err;
         db_close(*c);
@@ -190,16 +269,10 @@ bool db_wait_usable(db_conn_t **c, const config_t *cfg, const atomic_bool *stop,
         log_warn("db", "database unavailable; paused", LF_S("who", who), LF_S("error", err.message),
                  LF_I("retry_in_ms", wait));
         /* Sleep in small steps so stop and keep-alive stay responsive. */
-        for (int64_t slept = 0; slept < wait; slept += 100) {
-            if (atomic_load(stop))
-                return false;
-            if (keepalive && clock_mono_ms() - last_keepalive >= keep_every_ms) {
-                keepalive(ctx);
-                last_keepalive = clock_mono_ms();
-            }
-            clock_sleep_ms(100);
-        }
+        if (!pause_ms(wait, stop, keepalive, ctx, keep_every_ms, &last_keepalive))
+            return false;
         wait = clock_backoff_next(wait, 5000);
     }
+    tl_reconnected_at = clock_mono_ms();
     return true;
 }

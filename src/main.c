@@ -123,17 +123,27 @@ static bool ready(void *ctx, char *details, size_t len)
     return db && nats && consumers && dlq;
 }
 
-/* PostgreSQL with retry and backoff until the startup deadline; then the schema. */
+/* PostgreSQL with retry and backoff until the startup deadline; then the schema. Returns 0, -1, or CONFIG_EXIT_BAD
+ * when the connection cannot succeed without an operator's change (TLS verification or TLS files). */
 static int start_database(app_t *a, int64_t deadline)
 {
     db_error_t err;
     int64_t wait = 200;
     db_conn_t *db = NULL;
-    char masked[512];
+    char masked[1024];
     secrets_mask(a->cfg.postgres_dsn, masked, sizeof masked);
     while (!(db = db_connect(&a->cfg, &err))) {
         if (stopping())
             return -1;
+        /* A wrong CA or an unreadable key fails the same way until someone changes the DSN, the files or the
+         * server's certificate: retrying until the startup deadline would only hide the cause behind a timeout. */
+        const char *unfixable = db_connect_unfixable(err.message);
+        if (unfixable) {
+            log_error("main", "startup failed: PostgreSQL TLS setup is wrong; retrying cannot help",
+                      LF_S("key", "database.postgresDSN"), LF_S("problem", unfixable), LF_S("dsn", masked),
+                      LF_S("error", err.message));
+            return CONFIG_EXIT_BAD;
+        }
         if (clock_mono_ms() + wait > deadline) {
             log_error("main", "startup failed: cannot connect to PostgreSQL", LF_S("dsn", masked),
                       LF_S("error", err.message));
@@ -289,8 +299,12 @@ int main(int argc, char **argv)
                   LF_I("port", app.cfg.server_port));
         goto out;
     }
-    if (start_database(&app, deadline) != 0)
+    int dbrc = start_database(&app, deadline);
+    if (dbrc != 0) {
+        if (dbrc == CONFIG_EXIT_BAD)
+            rc = CONFIG_EXIT_BAD;
         goto out;
+    }
     if (!(app.maint = maintenance_start(&app.cfg, &g_stop)))
         goto out;
     publish_stage(STAGE_DB);

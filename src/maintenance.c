@@ -32,6 +32,10 @@ static void *run(void *arg)
             db = db_connect(m->cfg, &err);
         }
         bool up = db && db_ping(db);
+        if (db && !up) { /* also a read-only session: reconnect, a multi-host DSN may lead to the new primary */
+            db_close(db);
+            db = NULL;
+        }
         atomic_store(&m->db_up, up);
         metrics_db_up_set(up);
         if (up != was_up)

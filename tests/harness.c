@@ -1194,7 +1194,7 @@ static bool pg_answers(const char *dsn, char *err, size_t errlen)
 
 static bool pg_ctl_start(h_pg_t *p, bool quiet)
 {
-    char ctl[300], logf[300], opts[1024], pidfile[300];
+    char ctl[300], logf[300], opts[2600], pidfile[300];
     snprintf(ctl, sizeof ctl, "%s/pg_ctl", pg_bin());
     snprintf(logf, sizeof logf, "%s/pg.log", p->dir);
     snprintf(pidfile, sizeof pidfile, "%s/postmaster.pid", p->dir);
@@ -1202,8 +1202,8 @@ static bool pg_ctl_start(h_pg_t *p, bool quiet)
     const char *extra = getenv("MES_HARNESS_PG_OPTS");
     snprintf(opts, sizeof opts,
              "-c listen_addresses=127.0.0.1 -p %d -k %s -c fsync=off -c synchronous_commit=off "
-             "-c full_page_writes=off -c max_connections=200 %s",
-             p->port, p->dir, extra ? extra : "");
+             "-c full_page_writes=off -c max_connections=200 %s %s",
+             p->port, p->dir, extra ? extra : "", p->opts);
     snprintf(p->dsn, sizeof p->dsn, "host=127.0.0.1 port=%d user=postgres dbname=postgres", p->port);
     const char *argv[] = {ctl, "-D", p->dir, "-l", logf, "-o", opts, "-w", "-t", "60", "start", NULL};
     char *out = NULL;
@@ -1261,8 +1261,18 @@ static bool pg_ctl_start(h_pg_t *p, bool quiet)
 
 bool h_pg_start(h_pg_t *p)
 {
+    return h_pg_start_opts(p, NULL);
+}
+
+bool h_pg_start_opts(h_pg_t *p, const char *server_opts)
+{
     h_init();
     memset(p, 0, sizeof *p);
+    if (server_opts && strlen(server_opts) >= sizeof p->opts) {
+        fprintf(stderr, "harness: server options too long (%zu bytes)\n", strlen(server_opts));
+        return false;
+    }
+    snprintf(p->opts, sizeof p->opts, "%s", server_opts ? server_opts : "");
     char tmpl[256], from[300];
     if (!pg_template(tmpl, sizeof tmpl))
         return false;
@@ -1305,6 +1315,99 @@ void h_pg_stop(h_pg_t *p)
             while (!proc_gone(p->pid))
                 sleep_ms(5);
         }
+    }
+    reg_del(e);
+}
+
+bool h_pg_start_standby(h_pg_t *s, const h_pg_t *primary, const char *app_name, const char *server_opts)
+{
+    h_init();
+    memset(s, 0, sizeof *s);
+    if (server_opts && strlen(server_opts) >= sizeof s->opts) {
+        fprintf(stderr, "harness: server options too long (%zu bytes)\n", strlen(server_opts));
+        return false;
+    }
+    snprintf(s->opts, sizeof s->opts, "%s", server_opts ? server_opts : "");
+    if (!make_tmpdir(s->dir, sizeof s->dir, 0700) || !chown_postgres(s->dir))
+        return false;
+    char bb[300], port[16], conf[300], logf[300];
+    snprintf(bb, sizeof bb, "%s/pg_basebackup", pg_bin());
+    snprintf(port, sizeof port, "%d", primary->port);
+    /* -c fast: do not wait for a spread checkpoint; -N: the copy need not be fsynced (fsync=off everywhere). */
+    const char *argv[] = {bb, "-h", "127.0.0.1", "-p", port, "-U", "postgres", "-D", s->dir, "-R", "-X", "stream",
+                          "-c", "fast", "-N", NULL};
+    char *out = NULL;
+    int st = run_as_postgres(argv, s->dir, 120000, &out);
+    if (st != 0) {
+        fprintf(stderr, "harness: pg_basebackup from port %d failed (%d): %s\n", primary->port, st, out ? out : "");
+        free(out);
+        return false;
+    }
+    free(out);
+    chmod(s->dir, 0700);
+    /* The copy carries the primary's log; the standby writes its own. */
+    snprintf(logf, sizeof logf, "%s/pg.log", s->dir);
+    unlink(logf);
+    /* -R wrote a primary_conninfo without application_name; a later line of the same file wins. */
+    snprintf(conf, sizeof conf, "%s/postgresql.auto.conf", s->dir);
+    FILE *f = fopen(conf, "a");
+    if (!f) {
+        fprintf(stderr, "harness: %s: %s\n", conf, strerror(errno));
+        return false;
+    }
+    fprintf(f, "primary_conninfo = 'host=127.0.0.1 port=%d user=postgres application_name=%s'\n", primary->port,
+            app_name);
+    fclose(f);
+    bool started = false;
+    for (int attempt = 0; attempt < 3 && !started; attempt++) {
+        s->port = h_free_port();
+        started = pg_ctl_start(s, attempt < 2);
+    }
+    if (!started)
+        return false;
+    long long streaming = h_pg_wait_int(primary, 1, 30000,
+                                        "SELECT count(*) FROM pg_stat_replication WHERE application_name = '%s'"
+                                        " AND state = 'streaming'",
+                                        app_name);
+    if (streaming != 1) {
+        fprintf(stderr, "harness: standby %s (port %d) does not stream from port %d\n", app_name, s->port,
+                primary->port);
+        return false;
+    }
+    return true;
+}
+
+bool h_pg_promote(h_pg_t *p)
+{
+    h_init();
+    char ctl[300];
+    snprintf(ctl, sizeof ctl, "%s/pg_ctl", pg_bin());
+    const char *argv[] = {ctl, "-D", p->dir, "-w", "-t", "60", "promote", NULL};
+    char *out = NULL;
+    int st = run_as_postgres(argv, p->dir, 70000, &out);
+    if (st != 0) {
+        fprintf(stderr, "harness: pg_ctl promote (port %d) failed (%d): %s\n", p->port, st, out ? out : "");
+        free(out);
+        return false;
+    }
+    free(out);
+    return h_pg_wait_int(p, 0, 30000, "SELECT pg_is_in_recovery()::int") == 0;
+}
+
+void h_pg_stop_immediate(h_pg_t *p)
+{
+    struct reg_entry *e = reg_find(REG_PG, p->pid);
+    if (!e)
+        return;
+    kill(p->pid, SIGQUIT);
+    int64_t deadline = clock_mono_ms() + STOP_GRACE_MS;
+    while (!proc_gone(p->pid) && clock_mono_ms() < deadline)
+        sleep_ms(5);
+    if (!proc_gone(p->pid)) {
+        kill_children_of(p->pid, SIGKILL);
+        kill(p->pid, SIGKILL);
+        while (!proc_gone(p->pid))
+            sleep_ms(5);
     }
     reg_del(e);
 }

@@ -24,6 +24,7 @@ typedef struct {
     int port;
     char dir[256];     /* data dir (owned by postgres) */
     char dsn[256];     /* "host=127.0.0.1 port=N user=postgres dbname=postgres" */
+    char opts[1024];   /* extra server options of h_pg_start_opts / h_pg_start_standby, kept for h_pg_restart */
 } h_pg_t;
 
 typedef struct {
@@ -44,6 +45,20 @@ bool h_nats_restart(h_nats_t *n);
 bool h_pg_start(h_pg_t *p);
 void h_pg_stop(h_pg_t *p);   /* fast shutdown, by PID */
 bool h_pg_restart(h_pg_t *p); /* start again on the same dir and port */
+/* h_pg_start with extra server options appended after the harness's own, so a repeated -c wins (e.g.
+ * "-c ssl=on -c ssl_cert_file=/dir/server.crt -c ssl_key_file=/dir/server.key", "-c synchronous_commit=on").
+ * Passed through pg_ctl -o, i.e. a shell: quote values with blanks in single quotes. Every server gets its own
+ * copy of the template data dir, so options (or a standby made from it) never touch the template. */
+bool h_pg_start_opts(h_pg_t *p, const char *server_opts);
+/* A hot streaming standby of primary: pg_basebackup -R -X stream into a fresh data dir owned by postgres, its
+ * primary_conninfo carrying application_name=app_name (what the primary's synchronous_standby_names names), started
+ * on a free port with server_opts (may be NULL). Waits until the primary's pg_stat_replication shows it streaming. */
+bool h_pg_start_standby(h_pg_t *s, const h_pg_t *primary, const char *app_name, const char *server_opts);
+/* pg_ctl promote; waits until the server takes writes (pg_is_in_recovery() false). */
+bool h_pg_promote(h_pg_t *p);
+/* Immediate shutdown, what `pg_ctl stop -m immediate` does (SIGQUIT to the postmaster: no checkpoint, backends
+ * die at once, clients see their sessions end mid-statement): a primary lost in a crash. Waits until it is gone. */
+void h_pg_stop_immediate(h_pg_t *p);
 
 /* Starts $MES_SERVICE_BIN with COMPANY_ID=company, NATS_URL, POSTGRES_DSN, SERVER_PORT=<free port>,
  * SERVER_ADDRESS=127.0.0.1 and the extra "KEY=VALUE" strings in env (NULL-terminated, may be NULL).
