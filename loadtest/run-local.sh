@@ -139,9 +139,8 @@ wait_for "$READY_DEADLINE_S" "the services to be ready" apps_ready || die "the s
 log "4 service replicas ready: ${SVC_NAMES[*]} on ${SVC_ADDRS[*]} (port 8080)"
 
 # --- the compose service names the Prometheus config uses ---------------------------------------------------------
-{ dns_set tenant_app_A "$NET.11" "$NET.12" && dns_set tenant_app_B "$NET.21" "$NET.22" &&
-  dns_set loadgen "$LG_ADDR" && dns_set nats-exporter "$EXPORTER_ADDR" && dns_set prometheus "$PROM_ADDR"; } ||
-  die "dnsmasq does not answer the service names"
+dns_set "tenant_app_A $NET.11 $NET.12" "tenant_app_B $NET.21 $NET.22" "loadgen $LG_ADDR" \
+  "nats-exporter $EXPORTER_ADDR" "prometheus $PROM_ADDR" || die "dnsmasq does not answer the service names"
 
 # --- Prometheus: the shipped config and alert rules, as they are ------------------------------------------------
 cp "$PROM_CONFIG" "$REPORT/prometheus.yml"

@@ -137,7 +137,9 @@ localnet_pick() {
 }
 
 # dns_start DIR: dnsmasq on $NET.53:53, answering only the names of DIR/hosts (no upstream, not the machine's
-# /etc/hosts), and DIR/resolv.conf naming it. DIR must be readable by "nobody" (dnsmasq drops root after binding
+# /etc/hosts), and DIR/resolv.conf naming it. Any other name is NXDOMAIN (--local=/#/), as Docker's DNS answers a
+# service with no running container; without it dnsmasq answers REFUSED, which Prometheus's dns_sd takes for a
+# failed lookup and keeps the last targets, where NXDOMAIN empties the job. DIR must be readable by "nobody" (dnsmasq drops root after binding
 # and re-reads the hosts file as that user). Sets DNS_PID and DNS_DIR; on failure prints the log and returns 1.
 declare -A DNS_RECORDS=()
 DNS_PID="" DNS_DIR=""
@@ -147,7 +149,7 @@ dns_start() {
   chmod 644 "$DNS_DIR/hosts"
   echo "nameserver $NET.53" >"$DNS_DIR/resolv.conf"
   dnsmasq --keep-in-foreground --conf-file=/dev/null --listen-address="$NET.53" --bind-interfaces --port=53 \
-    --no-resolv --no-hosts --addn-hosts="$DNS_DIR/hosts" --local-ttl=0 --pid-file="$DNS_DIR/dnsmasq.pid" \
+    --no-resolv --no-hosts --addn-hosts="$DNS_DIR/hosts" --local=/#/ --local-ttl=0 --pid-file="$DNS_DIR/dnsmasq.pid" \
     --log-facility="$DNS_DIR/dnsmasq.log" >"$DNS_DIR/dnsmasq.out" 2>&1 &
   DNS_PID=$!
   dns_listening() { alive "$DNS_PID" && ss -Hlun "( sport = :53 )" 2>/dev/null | grep -qF "$NET.53:53"; }
@@ -155,47 +157,53 @@ dns_start() {
     { cat "$DNS_DIR/dnsmasq.out" "$DNS_DIR/dnsmasq.log" 2>/dev/null | tail -n 20; return 1; }
 }
 
-# dns_query NAME: the A records dnsmasq answers for NAME, sorted, space separated (empty: none), straight from
-# $NET.53 (the machine's resolver is not involved).
+# dns_query NAME...: one line per NAME: the A records dnsmasq answers for it, sorted, space separated (empty: none),
+# asked straight from $NET.53 (the machine's resolver is not involved).
 dns_query() {
-  python3 - "$NET.53" "$1" <<'PY'
+  python3 - "$NET.53" "$@" <<'PY'
 import random, socket, struct, sys
-server, name = sys.argv[1], sys.argv[2]
-tid = random.randrange(65536)
-q = struct.pack(">HHHHHH", tid, 0x0100, 1, 0, 0, 0)
-q += b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0" + struct.pack(">HH", 1, 1)
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.settimeout(2)
-s.sendto(q, (server, 53))
-r = s.recv(4096)
-ancount, i = struct.unpack(">H", r[6:8])[0], len(q)   # the answer section follows the echoed question
-addrs = []
-for _ in range(ancount):
-    i += 2 if r[i] & 0xC0 == 0xC0 else r.index(b"\0", i) - i + 1
-    rtype, _cls, _ttl, rdlen = struct.unpack(">HHIH", r[i:i + 10])
-    i += 10
-    if rtype == 1 and rdlen == 4:
-        addrs.append(socket.inet_ntoa(r[i:i + 4]))
-    i += rdlen
-print(" ".join(sorted(addrs, key=socket.inet_aton)))
+server = sys.argv[1]
+for name in sys.argv[2:]:
+    q = struct.pack(">HHHHHH", random.randrange(65536), 0x0100, 1, 0, 0, 0)
+    q += b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0" + struct.pack(">HH", 1, 1)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(2)
+    s.sendto(q, (server, 53))
+    r = s.recv(4096)
+    ancount, i = struct.unpack(">H", r[6:8])[0], len(q)   # the answer section follows the echoed question
+    addrs = []
+    for _ in range(ancount):
+        i += 2 if r[i] & 0xC0 == 0xC0 else r.index(b"\0", i) - i + 1
+        rtype, _cls, _ttl, rdlen = struct.unpack(">HHIH", r[i:i + 10])
+        i += 10
+        if rtype == 1 and rdlen == 4:
+            addrs.append(socket.inet_ntoa(r[i:i + 4]))
+        i += rdlen
+    print(" ".join(sorted(addrs, key=socket.inet_aton)))
 PY
 }
 
-# dns_set NAME [ADDR...]: NAME answers with exactly these A records (none: NAME no longer resolves, as a compose
-# service scaled to 0). Rewrites the hosts file, makes dnsmasq re-read it (SIGHUP) and waits until it answers so.
+# dns_set "NAME [ADDR...]"...: each NAME answers with exactly these A records (none: NAME no longer resolves, as a
+# compose service scaled to 0). Rewrites the hosts file, makes dnsmasq re-read it (SIGHUP) and waits until it
+# answers so.
 dns_set() {
-  local name=$1 n addr want
-  shift
-  DNS_RECORDS[$name]="$*"
+  local entry n addr names=() lines=() want
+  for entry in "$@"; do
+    read -r n addr <<<"$entry"
+    DNS_RECORDS[$n]=$addr
+    names+=("$n")
+    # shellcheck disable=SC2086 # one address per word
+    lines+=("$(printf '%s\n' $addr | sort -t. -k1,1n -k2,2n -k3,3n -k4,4n | xargs)")
+  done
+  want=$(printf '%s\n' "${lines[@]}" | paste -sd'|') # one field per name, empty ones kept
   for n in "${!DNS_RECORDS[@]}"; do
     for addr in ${DNS_RECORDS[$n]}; do echo "$addr $n"; done
   done >"$DNS_DIR/hosts.new"
   chmod 644 "$DNS_DIR/hosts.new"
   mv "$DNS_DIR/hosts.new" "$DNS_DIR/hosts"
   kill -HUP "$DNS_PID" || return 1
-  want=$(printf '%s\n' "$@" | sort -t. -k1,1n -k2,2n -k3,3n -k4,4n | xargs)
-  dns_answers() { [ "$(dns_query "$name" 2>/dev/null)" = "$want" ]; }
-  wait_for 10 "dnsmasq to answer $name with '$want'" dns_answers
+  dns_answers() { [ "$(dns_query "${names[@]}" 2>/dev/null | paste -sd'|')" = "$want" ]; }
+  wait_for 10 "dnsmasq to answer ${names[*]} as set" dns_answers
 }
 
 # prom_start_ns CONFIG ADDR DIR [ARGS...]: Prometheus with CONFIG (used as is) listening on ADDR:9090, data and log
