@@ -21,6 +21,7 @@
  * Memory is bounded for any run length: 4*concurrency slots, a fixed latency histogram, counters per tenant and
  * entity kind; with --verify also one bit per event for poison events and the (capped) list of failed publishes.
  * Out of memory is fatal: a load generator that guesses past it would report lies. */
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
@@ -341,6 +342,7 @@ typedef struct {
     double invalid_ratio;
     uint64_t seed;
     int metrics_port;
+    const char *metrics_address; /* NULL = every address */
     bool json, quiet, dry_run;
     const char *verify_dsn;
     char prefix[72];
@@ -364,6 +366,7 @@ static const char USAGE[] =
     "  --id-prefix P          Nats-Msg-Id/entity id prefix [A-Za-z0-9_.-]{1,64} (default from seed and start time)\n"
     "  --ack-timeout D        PubAck wait per event (default 10s)\n"
     "  --metrics-port N       serve Prometheus /metrics on this port (default 0 = off)\n"
+    "  --metrics-address A    IPv4 or IPv6 address /metrics binds (default: every address)\n"
     "  --verify DSN           after publishing, wait for the service to drain and prove nothing was lost\n"
     "  --verify-timeout D     how long to wait for the drain (default 120s)\n"
     "  --json                 print the final report as one JSON object on stdout\n"
@@ -541,7 +544,7 @@ static int parse_args(opts_t *o, int argc, char **argv)
         }
         static const char *const valued[] = {"--url", "--subjects", "--company_ids", "--rate", "--duration",
                                              "--count", "--concurrency", "--history-count", "--invalid-ratio",
-                                             "--seed", "--metrics-port", "--verify", "--id-prefix",
+                                             "--seed", "--metrics-port", "--metrics-address", "--verify", "--id-prefix",
                                              "--verify-timeout", "--ack-timeout", NULL};
         bool known = false;
         for (int j = 0; valued[j]; j++)
@@ -596,6 +599,11 @@ static int parse_args(opts_t *o, int argc, char **argv)
             if (!parse_u64(val, &u) || u > 65535)
                 return usage_error("--metrics-port: '%s' is not a port 0..65535", val);
             o->metrics_port = (int)u;
+        } else if (strcmp(arg, "--metrics-address") == 0) {
+            struct in6_addr probe;
+            if (inet_pton(AF_INET, val, &probe) != 1 && inet_pton(AF_INET6, val, &probe) != 1)
+                return usage_error("--metrics-address: '%s' is not an IPv4 or IPv6 address", val);
+            o->metrics_address = val;
         } else if (strcmp(arg, "--verify") == 0) {
             if (!*val)
                 return usage_error("--verify: the DSN is empty");
@@ -2346,10 +2354,22 @@ int main(int argc, char **argv)
 
     rc = 1;
     if (g->o.metrics_port) {
-        httpd = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, (uint16_t)g->o.metrics_port,
-                                 NULL, NULL, on_http, g, MHD_OPTION_CONNECTION_TIMEOUT, 10U, MHD_OPTION_END);
+        /* Validated by parse_opts: one of the two families parses. */
+        const char *addr = g->o.metrics_address ? g->o.metrics_address : "0.0.0.0";
+        struct sockaddr_in sa4 = {.sin_family = AF_INET, .sin_port = htons((uint16_t)g->o.metrics_port)};
+        struct sockaddr_in6 sa6 = {.sin6_family = AF_INET6, .sin6_port = htons((uint16_t)g->o.metrics_port)};
+        struct sockaddr *bind_sa = (struct sockaddr *)&sa4;
+        unsigned family_flag = 0;
+        if (inet_pton(AF_INET, addr, &sa4.sin_addr) != 1) {
+            inet_pton(AF_INET6, addr, &sa6.sin6_addr);
+            bind_sa = (struct sockaddr *)&sa6;
+            family_flag = MHD_USE_IPv6;
+        }
+        httpd = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG | family_flag,
+                                 (uint16_t)g->o.metrics_port, NULL, NULL, on_http, g, MHD_OPTION_SOCK_ADDR, bind_sa,
+                                 MHD_OPTION_CONNECTION_TIMEOUT, 10U, MHD_OPTION_END);
         if (!httpd) {
-            fprintf(stderr, "mes-loadgen: cannot serve /metrics on port %d\n", g->o.metrics_port);
+            fprintf(stderr, "mes-loadgen: cannot serve /metrics on %s port %d\n", addr, g->o.metrics_port);
             goto cleanup;
         }
     }

@@ -1,9 +1,17 @@
 #!/usr/bin/env bash
 # run-local.sh - the load test of docker-compose.loadtest.yaml without Docker: starts nats-server (JetStream and
-# monitoring), PostgreSQL, two tenants x two replicas of message-event-service, a real Prometheus scraping them as
-# the compose jobs do (tenant_app_A, tenant_app_B, loadgen, prometheus; static_configs instead of dns_sd), runs
-# mes-loadgen, then evaluates EVERY panel query of every dashboard in grafana/dashboards/ over the run and fails
-# when a query returns no data or returns series whose legends render identically. Stops everything by PID.
+# monitoring), PostgreSQL, two tenants x two replicas of message-event-service, a real Prometheus running the shipped
+# deploy/prometheus/prometheus.yml and alerts.yml unchanged (dns_sd jobs tenant_app_A/tenant_app_B, loadgen,
+# nats-exporter, prometheus), runs mes-loadgen, then evaluates EVERY panel query of every dashboard in
+# grafana/dashboards/ over the run and fails when a query returns no data or returns series whose legends render
+# identically. Stops everything by PID.
+#
+# Like compose, every "container" has its own address and its compose port: the replicas listen on 127.A.B.N:8080,
+# the load generator on 127.A.B.30:9102, Prometheus on 127.A.B.9:9090 (one 127.A.B.0/24 per run). A dnsmasq on
+# 127.A.B.53 answers the compose service names (tenant_app_A = one A record per replica), and Prometheus runs in a
+# private mount namespace whose /etc/resolv.conf names that dnsmasq (scripts/lib.sh, "compose network"); the
+# machine's resolver configuration is not touched. nats-exporter resolves to an address where nothing listens: its
+# target is down here. Exits 77 when the machine cannot do this (no dnsmasq, no mount namespaces).
 #
 #   bash loadtest/run-local.sh [DURATION [RATE]]        # defaults: 60s 2000 (events/s over both tenants)
 #
@@ -26,7 +34,7 @@ BUILD=${MES_BUILD_DIR:-$ROOT/build}
 SVC_BIN=${MES_SERVICE_BIN:-$BUILD/message-event-service}
 LOADGEN_BIN=${MES_LOADGEN_BIN:-$BUILD/loadtest/mes-loadgen}
 REPORTS=${MES_LOADTEST_REPORTS:-$ROOT/loadtest/reports}
-SCRAPE_S=2
+PROM_CONFIG=$ROOT/deploy/prometheus/prometheus.yml
 READY_DEADLINE_S=120
 
 log() { printf '[loadtest %(%H:%M:%S)T] %s\n' -1 "$*"; }
@@ -49,6 +57,11 @@ for tool in nats-server prometheus python3 curl gnuplot ss; do
   command -v "$tool" >/dev/null 2>&1 || die "$tool is not installed (bash scripts/install-deps.sh)"
 done
 find_pg_bin || die "cannot start PostgreSQL"
+# The scrape interval the panels are evaluated with is the shipped one.
+SCRAPE_S=$(python3 -c 'import re, sys, yaml
+m = re.fullmatch(r"(\d+)s", str(yaml.safe_load(open(sys.argv[1]))["global"]["scrape_interval"]))
+print(m.group(1) if m else "")' "$PROM_CONFIG") && [ -n "$SCRAPE_S" ] ||
+  die "$PROM_CONFIG: global.scrape_interval is not a whole number of seconds"
 
 if [ ! -x "$SVC_BIN" ] || [ ! -x "$LOADGEN_BIN" ]; then
   [ -z "${MES_SERVICE_BIN:-}${MES_LOADGEN_BIN:-}" ] || die "$SVC_BIN or $LOADGEN_BIN is missing"
@@ -63,32 +76,25 @@ fi
 
 
 WORK=$(mktemp -d /tmp/mes-loadtest.XXXXXX)
-chmod 755 "$WORK" # PostgreSQL runs as user postgres and must enter it
+chmod 755 "$WORK" # PostgreSQL (user postgres) and dnsmasq (user nobody, re-reading the hosts file) must enter it
+if ! reason=$(localnet_check "$WORK" 2>&1); then
+  rm -rf "$WORK"
+  echo "[loadtest] SKIP: cannot run the compose network locally: $reason" >&2
+  exit 77
+fi
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 REPORT=$REPORTS/$STAMP
 mkdir -p "$REPORT"
 
-NATS_PID="" PG_DATA="" PG_PID="" PROM_PID="" LOADGEN_PID=""
-SVC_PIDS=() SVC_NAMES=()
+NATS_PID="" PG_DATA="" PG_PID="" PROM_PID="" LOADGEN_PID="" DNS_PID=""
 
 stop_all() {
-  local rc=$? pid i
+  local rc=$? pid
   trap - EXIT INT TERM
   set +e
   alive "$LOADGEN_PID" && kill -TERM "$LOADGEN_PID"
-  # Services first (they drain into NATS/PostgreSQL), each by its PID; shutdown.timeout is 20s.
-  for pid in "${SVC_PIDS[@]}"; do alive "$pid" && kill -TERM "$pid"; done
-  for i in "${!SVC_PIDS[@]}"; do
-    pid=${SVC_PIDS[$i]}
-    for _ in $(seq 1 250); do alive "$pid" || break; sleep 0.1; done
-    alive "$pid" && { log "${SVC_NAMES[$i]} (pid $pid) ignored SIGTERM; killing it"; kill -9 "$pid"; }
-  done
-  for pid in "$LOADGEN_PID" "$PROM_PID" "$NATS_PID"; do
-    alive "$pid" || continue
-    kill -TERM "$pid"
-    for _ in $(seq 1 100); do alive "$pid" || break; sleep 0.1; done
-    alive "$pid" && kill -9 "$pid"
-  done
+  apps_stop # services first (they drain into NATS/PostgreSQL), each by its PID
+  for pid in "$LOADGEN_PID" "$PROM_PID" "$NATS_PID" "$DNS_PID"; do stop_pid "$pid"; done
   if alive "$PG_PID"; then
     (cd "$WORK" && as_postgres "$PG_BIN/pg_ctl" -D "$PG_DATA" -m fast -w -t 20 stop >/dev/null 2>&1)
     alive "$PG_PID" && kill -9 "$PG_PID"
@@ -107,14 +113,16 @@ trap stop_all EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-NATS_PORT=$(free_port) && NATS_MON=$(free_port) && PG_PORT=$(free_port) && PROM_PORT=$(free_port) &&
-  LG_PORT=$(free_port) || die "no free port found"
+PG_PORT=$(free_port) || die "no free port found"
 
-# --- nats-server ------------------------------------------------------------------------------------------------
-nats-server -js -a 127.0.0.1 -p "$NATS_PORT" -m "$NATS_MON" -sd "$WORK/nats" >"$WORK/nats.log" 2>&1 &
-NATS_PID=$!
-wait_for 20 "nats-server" curl -fs -o /dev/null "http://127.0.0.1:$NATS_MON/healthz?js-enabled-only=true" ||
-  { tail -n 20 "$WORK/nats.log"; die "nats-server did not start"; }
+# --- the compose network: one loopback address per container, dnsmasq answering the service names ----------------
+localnet_pick || die "no free loopback /24"
+dns_start "$WORK" || die "dnsmasq did not start"
+PROM_ADDR=$NET.9 LG_ADDR=$NET.30 EXPORTER_ADDR=$NET.31
+log "compose network $NET.0/24: dnsmasq pid $DNS_PID on $NET.53:53"
+
+# --- nats-server (no scrape job names it: it stays on 127.0.0.1 with free ports) --------------------------------
+nats_start "$WORK" || die "nats-server did not start"
 log "nats-server pid $NATS_PID on 127.0.0.1:$NATS_PORT (monitoring :$NATS_MON)"
 
 # --- PostgreSQL (runs as postgres; durability off: this measures the service, not the disk) --------------------
@@ -122,74 +130,36 @@ log "nats-server pid $NATS_PID on 127.0.0.1:$NATS_PORT (monitoring :$NATS_MON)"
 pg_start "$WORK/pg" "$PG_PORT" 300 || die "PostgreSQL did not start"
 log "PostgreSQL pid $PG_PID on 127.0.0.1:$PG_PORT"
 
-# --- two tenants x two replicas ---------------------------------------------------------------------------------
-declare -A JOB_TARGETS=()
-start_service() { # start_service JOB COMPANY REPLICA
-  local job=$1 company=$2 replica=$3 port name
-  port=$(free_port) || die "no free port found"
-  name="${job}_${replica}"
-  env COMPANY_ID="$company" NATS_URL="nats://127.0.0.1:$NATS_PORT" POSTGRES_DSN="$DSN" SERVER_PORT="$port" \
-    SERVER_ADDRESS=127.0.0.1 LOG_LEVEL=info "$SVC_BIN" >"$WORK/$name.log" 2>&1 &
-  SVC_PIDS+=($!)
-  SVC_NAMES+=("$name")
-  SVC_PORTS+=("$port")
-  JOB_TARGETS[$job]+="\"127.0.0.1:$port\", "
-}
-SVC_PORTS=()
+# --- two tenants x two replicas, each on its own address, port 8080 as in compose ------------------------------
 for r in 1 2; do
-  start_service tenant_app_A tenant_a "$r"
-  start_service tenant_app_B tenant_b "$r"
+  app_start "tenant_app_A_$r" tenant_a "$NET.$((10 + r))"
+  app_start "tenant_app_B_$r" tenant_b "$NET.$((20 + r))"
 done
-all_ready() {
-  local i
-  for i in "${!SVC_PIDS[@]}"; do
-    alive "${SVC_PIDS[$i]}" || { log "${SVC_NAMES[$i]} exited:"; tail -n 20 "$WORK/${SVC_NAMES[$i]}.log"; exit 1; }
-    curl -fs -o /dev/null --max-time 2 "http://127.0.0.1:${SVC_PORTS[$i]}/ready" || return 1
-  done
-}
-wait_for "$READY_DEADLINE_S" "the services to be ready" all_ready || die "the services did not become ready"
-log "4 service replicas ready: ${SVC_NAMES[*]} on ports ${SVC_PORTS[*]}"
+wait_for "$READY_DEADLINE_S" "the services to be ready" apps_ready || die "the services did not become ready"
+log "4 service replicas ready: ${SVC_NAMES[*]} on ${SVC_ADDRS[*]} (port 8080)"
 
-# --- Prometheus: the compose scrape jobs with static targets --------------------------------------------------
-cat >"$WORK/prometheus.yml" <<EOF
-# generated by loadtest/run-local.sh: deploy/prometheus/prometheus.yml with static targets instead of dns_sd
-global:
-  scrape_interval: ${SCRAPE_S}s
-  evaluation_interval: ${SCRAPE_S}s
-rule_files:
-  - $ROOT/deploy/prometheus/alerts.yml
-scrape_configs:
-  - job_name: tenant_app_A
-    static_configs:
-      - targets: [${JOB_TARGETS[tenant_app_A]%, }]
-  - job_name: tenant_app_B
-    static_configs:
-      - targets: [${JOB_TARGETS[tenant_app_B]%, }]
-  - job_name: loadgen
-    static_configs:
-      - targets: ["127.0.0.1:$LG_PORT"]
-  - job_name: prometheus
-    static_configs:
-      - targets: ["127.0.0.1:$PROM_PORT"]
-EOF
-cp "$WORK/prometheus.yml" "$REPORT/prometheus.yml"
-prometheus --config.file="$WORK/prometheus.yml" --storage.tsdb.path="$WORK/prom-data" \
-  --web.listen-address="127.0.0.1:$PROM_PORT" --log.level=warn >"$WORK/prometheus.log" 2>&1 &
-PROM_PID=$!
-PROM=http://127.0.0.1:$PROM_PORT
-wait_for 30 "Prometheus" curl -fs -o /dev/null "$PROM/-/ready" || { tail -n 20 "$WORK/prometheus.log"; die "Prometheus did not start"; }
+# --- the compose service names the Prometheus config uses ---------------------------------------------------------
+dns_set "tenant_app_A $NET.11 $NET.12" "tenant_app_B $NET.21 $NET.22" "loadgen $LG_ADDR" \
+  "nats-exporter $EXPORTER_ADDR" "prometheus $PROM_ADDR" || die "dnsmasq does not answer the service names"
+
+# --- Prometheus: the shipped config and alert rules, as they are ------------------------------------------------
+cp "$PROM_CONFIG" "$REPORT/prometheus.yml"
+prom_start_ns "$PROM_CONFIG" "$PROM_ADDR" "$WORK" || die "Prometheus did not start"
+PROM=http://$PROM_ADDR:9090
 targets_up() {
   curl -fs --data-urlencode 'query=count(up{job=~"tenant_app_.*"} == 1)' "$PROM/api/v1/query" 2>/dev/null |
     grep -q '"value":\[[0-9.]*,"4"\]'
 }
-wait_for 30 "Prometheus to scrape all 4 replicas" targets_up || die "Prometheus does not scrape the services"
-log "Prometheus pid $PROM_PID on $PROM (scrape interval ${SCRAPE_S}s, alert rules loaded)"
+wait_for 30 "Prometheus to discover and scrape all 4 replicas" targets_up ||
+  die "Prometheus does not scrape the 4 replicas; its targets: $(curl -fs "$PROM/api/v1/targets" | head -c 3000)"
+log "Prometheus pid $PROM_PID on $PROM ($PROM_CONFIG unchanged, scrape interval ${SCRAPE_S}s): dns_sd found 4 replicas"
 
 # --- load -------------------------------------------------------------------------------------------------------
 T_START=$(($(date +%s) - 4 * SCRAPE_S)) # a few idle scrapes before the load give rate() its baseline
 log "mes-loadgen: ${RATE} events/s for ${DUR_S}s over tenant_a,tenant_b, 1% invalid"
 "$LOADGEN_BIN" --url "nats://127.0.0.1:$NATS_PORT" --company_ids tenant_a,tenant_b --rate "$RATE" \
-  --duration "${DUR_S}s" --invalid-ratio 0.01 --metrics-port "$LG_PORT" >"$REPORT/loadgen.txt" 2>&1 &
+  --duration "${DUR_S}s" --invalid-ratio 0.01 --metrics-port 9102 --metrics-address "$LG_ADDR" \
+  >"$REPORT/loadgen.txt" 2>&1 &
 LOADGEN_PID=$!
 deadline=$((SECONDS + DUR_S + 90))
 while alive "$LOADGEN_PID"; do
@@ -223,7 +193,7 @@ if wait_for 60 "the services to drain" drained; then DRAINED=yes; else DRAINED="
 T_DRAINED=$(date +%s)
 # Two more scrapes so the range ends with the drained state (polls Prometheus's own view, no blind sleep).
 scraped_after() { local t; t=$(prom_scalar 'min(timestamp(up{job=~"tenant_app_.*"}))'); [ -n "$t" ] && [ "${t%.*}" -ge $((T_DRAINED + 2 * SCRAPE_S)) ]; }
-wait_for 20 "final scrapes" scraped_after || true
+wait_for $((6 * SCRAPE_S)) "final scrapes" scraped_after || true
 T_END=$(date +%s)
 log "drained: $DRAINED; evaluating dashboards over $((T_END - T_START))s of data"
 
@@ -379,6 +349,14 @@ with open(os.path.join(report, "summary.txt"), "a") as f:
     for a in alerts:
         f.write(f"  {a['state']:8} {a['labels'].get('alertname')} {a['labels'].get('job', '')} "
                 f"{a['labels'].get('company_id', a['labels'].get('event_type', ''))}\n")
+    with urllib.request.urlopen(prom + "/api/v1/targets", timeout=30) as r:
+        targets = json.load(r)["data"]["activeTargets"]
+    f.write("scrape targets at the end of the run (deploy/prometheus/prometheus.yml, names from the local DNS):\n")
+    for t in sorted(targets, key=lambda t: (t["labels"]["job"], t["labels"]["instance"])):
+        note = {"nats-exporter": " (no exporter in a local run)", "loadgen": " (exited after its run)"}
+        f.write(f"  {t['health']:7} {t['labels']['job']:13} {t['labels']['instance']:22} "
+                f"{t['discoveredLabels'].get('__meta_dns_name', 'static')}"
+                f"{note.get(t['labels']['job'], '') if t['health'] != 'up' else ''}\n")
 sys.exit(1 if failures else 0)
 PY
 CHECK_RC=$?

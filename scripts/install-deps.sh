@@ -15,7 +15,7 @@ PKGS=(
 case ${1:-all} in
   demo) ;;
   all) PKGS+=(prometheus docker-compose clang libclang-rt-14-dev valgrind gnuplot-nox python3 python3-yaml openssl
-              debootstrap) ;;
+              debootstrap dnsmasq-base) ;;
   *) echo "install-deps: usage: install-deps.sh [demo|all] (got '$1')" >&2; exit 2 ;;
 esac
 

@@ -1,4 +1,5 @@
-# lib.sh - shell helpers shared by scripts/demo.sh and loadtest/run-local.sh (source it; the caller defines log()).
+# lib.sh - shell helpers shared by scripts/demo.sh, loadtest/run-local.sh and tests/integration/dns_sd_discovery.sh
+# (source it; the caller defines log()).
 # Sourcing it only defines functions: nothing here may depend on a package the install step has not installed yet
 # (it is sourced before scripts/install-deps.sh runs, under set -euo pipefail).
 
@@ -72,4 +73,182 @@ pg_start() {
     >/dev/null) || { tail -n 20 "$home/pg.log"; return 1; }
   PG_PID=$(head -n 1 "$PG_DATA/postmaster.pid")
   DSN="host=127.0.0.1 port=$port user=postgres dbname=postgres"
+}
+
+# stop_pid PID [SECONDS]: SIGTERM, waits up to SECONDS (default 10) for it to exit, then SIGKILL. Only ever a PID
+# this script started.
+stop_pid() {
+  local pid=${1:-} n=$((${2:-10} * 10))
+  alive "$pid" || return 0
+  kill -TERM "$pid" 2>/dev/null
+  for _ in $(seq 1 "$n"); do alive "$pid" || return 0; sleep 0.1; done
+  kill -9 "$pid" 2>/dev/null
+  return 0
+}
+
+# nats_start DIR: nats-server with JetStream (store in DIR/store) and monitoring on 127.0.0.1, free ports. Sets
+# NATS_PID, NATS_PORT, NATS_MON; on failure prints the log and returns 1.
+nats_start() {
+  local dir=$1
+  NATS_PORT=$(free_port) && NATS_MON=$(free_port) || return 1
+  nats-server -js -a 127.0.0.1 -p "$NATS_PORT" -m "$NATS_MON" -sd "$dir/store" >"$dir/nats.log" 2>&1 &
+  NATS_PID=$!
+  wait_for 20 "nats-server" curl -fs -o /dev/null "http://127.0.0.1:$NATS_MON/healthz?js-enabled-only=true" ||
+    { tail -n 20 "$dir/nats.log"; return 1; }
+}
+
+# --- A local stand-in for the compose network -----------------------------------------------------------------
+# docker-compose.loadtest.yaml gives every container its own address; Docker's DNS answers a service name with one
+# A record per running replica, and Prometheus finds the replicas through deploy/prometheus/prometheus.yml's
+# dns_sd jobs. Without Docker: each "container" binds its own loopback address (127.A.B.N, one /24 per run) on its
+# compose port; dnsmasq on 127.A.B.53:53 answers the service names from a hosts file this script writes; Prometheus
+# runs in its own mount namespace (unshare -m) where /etc/resolv.conf is bind-mounted to a file naming that
+# dnsmasq. The machine's own /etc/resolv.conf is never written to: the bind mount exists only in that namespace.
+
+# localnet_check DIR: returns 1 with the reason on stderr when this machine cannot do that (dnsmasq or unshare
+# missing, no mount namespaces, /etc/resolv.conf cannot be bind-mounted over).
+localnet_check() {
+  local tool out
+  for tool in dnsmasq unshare mount python3; do
+    command -v "$tool" >/dev/null 2>&1 || { echo "$tool is not installed (bash scripts/install-deps.sh)" >&2; return 1; }
+  done
+  [ -e /etc/resolv.conf ] || { echo "/etc/resolv.conf does not exist: there is nothing to bind-mount over" >&2; return 1; }
+  echo "nameserver 127.0.0.1" >"$1/resolv.check"
+  if ! out=$(unshare --mount --propagation private -- sh -c 'mount --bind "$0" /etc/resolv.conf' "$1/resolv.check" 2>&1); then
+    echo "cannot bind-mount /etc/resolv.conf in a private mount namespace (unshare -m; needs CAP_SYS_ADMIN): $out" >&2
+    return 1
+  fi
+  rm -f "$1/resolv.check"
+}
+
+# localnet_pick: sets NET to "127.A.B", a /24 on which no socket of this machine is bound.
+NET=""
+localnet_pick() {
+  local a b
+  for _ in $(seq 1 100); do
+    a=$((16 + RANDOM % 230)) b=$((RANDOM % 256))
+    if ! ss -Hantu 2>/dev/null | grep -qE "[[:space:]]127\.$a\.$b\.[0-9]+:"; then
+      NET=127.$a.$b
+      return 0
+    fi
+  done
+  echo "no free 127.x.y.0/24 found" >&2
+  return 1
+}
+
+# dns_start DIR: dnsmasq on $NET.53:53, answering only the names of DIR/hosts (no upstream, not the machine's
+# /etc/hosts), and DIR/resolv.conf naming it. Any other name is NXDOMAIN (--local=/#/), as Docker's DNS answers a
+# service with no running container; without it dnsmasq answers REFUSED, which Prometheus's dns_sd takes for a
+# failed lookup and keeps the last targets, where NXDOMAIN empties the job. DIR must be readable by "nobody" (dnsmasq drops root after binding
+# and re-reads the hosts file as that user). Sets DNS_PID and DNS_DIR; on failure prints the log and returns 1.
+declare -A DNS_RECORDS=()
+DNS_PID="" DNS_DIR=""
+dns_start() {
+  DNS_DIR=$1
+  : >"$DNS_DIR/hosts"
+  chmod 644 "$DNS_DIR/hosts"
+  echo "nameserver $NET.53" >"$DNS_DIR/resolv.conf"
+  dnsmasq --keep-in-foreground --conf-file=/dev/null --listen-address="$NET.53" --bind-interfaces --port=53 \
+    --no-resolv --no-hosts --addn-hosts="$DNS_DIR/hosts" --local=/#/ --local-ttl=0 --pid-file="$DNS_DIR/dnsmasq.pid" \
+    --log-facility="$DNS_DIR/dnsmasq.log" >"$DNS_DIR/dnsmasq.out" 2>&1 &
+  DNS_PID=$!
+  dns_listening() { alive "$DNS_PID" && ss -Hlun "( sport = :53 )" 2>/dev/null | grep -qF "$NET.53:53"; }
+  wait_for 10 "dnsmasq on $NET.53:53" dns_listening ||
+    { cat "$DNS_DIR/dnsmasq.out" "$DNS_DIR/dnsmasq.log" 2>/dev/null | tail -n 20; return 1; }
+}
+
+# dns_query NAME...: one line per NAME: the A records dnsmasq answers for it, sorted, space separated (empty: none),
+# asked straight from $NET.53 (the machine's resolver is not involved).
+dns_query() {
+  python3 - "$NET.53" "$@" <<'PY'
+import random, socket, struct, sys
+server = sys.argv[1]
+for name in sys.argv[2:]:
+    q = struct.pack(">HHHHHH", random.randrange(65536), 0x0100, 1, 0, 0, 0)
+    q += b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0" + struct.pack(">HH", 1, 1)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(2)
+    s.sendto(q, (server, 53))
+    r = s.recv(4096)
+    ancount, i = struct.unpack(">H", r[6:8])[0], len(q)   # the answer section follows the echoed question
+    addrs = []
+    for _ in range(ancount):
+        i += 2 if r[i] & 0xC0 == 0xC0 else r.index(b"\0", i) - i + 1
+        rtype, _cls, _ttl, rdlen = struct.unpack(">HHIH", r[i:i + 10])
+        i += 10
+        if rtype == 1 and rdlen == 4:
+            addrs.append(socket.inet_ntoa(r[i:i + 4]))
+        i += rdlen
+    print(" ".join(sorted(addrs, key=socket.inet_aton)))
+PY
+}
+
+# dns_set "NAME [ADDR...]"...: each NAME answers with exactly these A records (none: NAME no longer resolves, as a
+# compose service scaled to 0). Rewrites the hosts file, makes dnsmasq re-read it (SIGHUP) and waits until it
+# answers so.
+dns_set() {
+  local entry n addr names=() lines=() want
+  for entry in "$@"; do
+    read -r n addr <<<"$entry"
+    DNS_RECORDS[$n]=$addr
+    names+=("$n")
+    # shellcheck disable=SC2086 # one address per word
+    lines+=("$(printf '%s\n' $addr | sort -t. -k1,1n -k2,2n -k3,3n -k4,4n | xargs)")
+  done
+  want=$(printf '%s\n' "${lines[@]}" | paste -sd'|') # one field per name, empty ones kept
+  for n in "${!DNS_RECORDS[@]}"; do
+    for addr in ${DNS_RECORDS[$n]}; do echo "$addr $n"; done
+  done >"$DNS_DIR/hosts.new"
+  chmod 644 "$DNS_DIR/hosts.new"
+  mv "$DNS_DIR/hosts.new" "$DNS_DIR/hosts"
+  kill -HUP "$DNS_PID" || return 1
+  dns_answers() { [ "$(dns_query "${names[@]}" 2>/dev/null | paste -sd'|')" = "$want" ]; }
+  wait_for 10 "dnsmasq to answer ${names[*]} as set" dns_answers
+}
+
+# prom_start_ns CONFIG ADDR DIR [ARGS...]: Prometheus with CONFIG (used as is) listening on ADDR:9090, data and log
+# in DIR, in a private mount namespace whose /etc/resolv.conf is $DNS_DIR/resolv.conf. `unshare` and `sh` exec, so
+# PROM_PID is Prometheus's own PID. Waits until it is ready; on failure prints its log and returns 1.
+PROM_PID=""
+prom_start_ns() {
+  local config=$1 addr=$2 dir=$3
+  shift 3
+  unshare --mount --propagation private -- sh -c 'mount --bind "$0" /etc/resolv.conf && exec "$@"' \
+    "$DNS_DIR/resolv.conf" prometheus --config.file="$config" --storage.tsdb.path="$dir/prom-data" \
+    --web.listen-address="$addr:9090" --log.level=warn "$@" >"$dir/prometheus.log" 2>&1 &
+  PROM_PID=$!
+  wait_for 30 "Prometheus" curl -fs -o /dev/null "http://$addr:9090/-/ready" || { tail -n 20 "$dir/prometheus.log"; return 1; }
+}
+
+# app_start NAME COMPANY ADDR: one replica of message-event-service ("container" NAME) on ADDR:8080, as compose runs
+# it, against NATS_PORT and DSN; log in $WORK/NAME.log. Appends to SVC_PIDS, SVC_NAMES, SVC_ADDRS.
+SVC_PIDS=() SVC_NAMES=() SVC_ADDRS=()
+app_start() {
+  env COMPANY_ID="$2" NATS_URL="nats://127.0.0.1:$NATS_PORT" POSTGRES_DSN="$DSN" SERVER_ADDRESS="$3" \
+    SERVER_PORT=8080 LOG_LEVEL=info "$SVC_BIN" >"$WORK/$1.log" 2>&1 &
+  SVC_PIDS+=($!)
+  SVC_NAMES+=("$1")
+  SVC_ADDRS+=("$3")
+}
+
+# apps_ready: every replica started by app_start answers /ready; exits the script when one of them died.
+apps_ready() {
+  local i
+  for i in "${!SVC_PIDS[@]}"; do
+    [ -n "${SVC_PIDS[$i]}" ] || continue # stopped on purpose
+    alive "${SVC_PIDS[$i]}" || { log "${SVC_NAMES[$i]} exited:"; tail -n 20 "$WORK/${SVC_NAMES[$i]}.log"; exit 1; }
+    curl -fs -o /dev/null --max-time 2 "http://${SVC_ADDRS[$i]}:8080/ready" || return 1
+  done
+}
+
+# apps_stop: SIGTERM to every replica (they drain into NATS/PostgreSQL; shutdown.timeout is 20s), then waits.
+apps_stop() {
+  local i pid
+  for pid in "${SVC_PIDS[@]}"; do alive "$pid" && kill -TERM "$pid"; done
+  for i in "${!SVC_PIDS[@]}"; do
+    pid=${SVC_PIDS[$i]}
+    for _ in $(seq 1 250); do alive "$pid" || break; sleep 0.1; done
+    alive "$pid" && { log "${SVC_NAMES[$i]} (pid $pid) ignored SIGTERM; killing it"; kill -9 "$pid"; }
+  done
+  return 0
 }

@@ -173,6 +173,7 @@ TEST(loadgen_rejects_bad_flags_with_status_2)
         {{"--count", "1", "--concurrency", "0"}, "--concurrency"},
         {{"--count", "1", "--history-count", "10001"}, "--history-count"},
         {{"--count", "1", "--dry-run", "--verify", "host=x"}, "--verify"},
+        {{"--count", "1", "--metrics-address", "localhost"}, "--metrics-address"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const char *argv[8] = {bin};
