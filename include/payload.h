@@ -69,7 +69,7 @@ typedef struct { /* v1.messages.update */
 } message_update_t;
 
 typedef struct { /* v1.contacts.upsert / v1.contacts.update / v1.history.contacts items */
-    str_t phone_number; /* normalised: digits only (phone_normalize) */
+    str_t phone_number; /* normalised: digits only (payload_phone_normalize) */
     str_t agent_id, chat_id, push_name, company_id;
 } contact_t;
 
@@ -125,13 +125,13 @@ str_t payload_jid(const event_t *ev);
 
 /* Identity phone normalisation (SPEC 2): drop any "@..." suffix, keep digits only. out needs n bytes. Returns the
  * new length (0 when no digits). The only such function in the program. */
-size_t phone_normalize(const char *in, size_t n, char *out);
+size_t payload_phone_normalize(const char *in, size_t n, char *out);
 /* Unix seconds from a timestamp that may be in milliseconds (> 1e11 -> / 1000). */
-int64_t timestamp_normalize(int64_t ts);
+int64_t payload_timestamp_normalize(int64_t ts);
 /* Days since 1970-01-01 of a normalised timestamp; 0 when ts <= 0. */
-int32_t timestamp_days(int64_t ts);
+int32_t payload_timestamp_days(int64_t ts);
 /* "YYYY-MM-DD" of days since epoch into out[11]. */
-void days_to_date(int32_t days, char out[11]);
+void payload_days_to_date(int32_t days, char out[11]);
 
 
 #endif

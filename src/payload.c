@@ -293,7 +293,7 @@ static int get_timestamp(pstate_t *st, const char *name, uint32_t tok, int64_t l
     int64_t v;
     if (get_int(st, name, tok, lo, INT64_MAX, &v))
         return -1;
-    v = timestamp_normalize(v);
+    v = payload_timestamp_normalize(v);
     if (v > PAYLOAD_MAX_TIMESTAMP)
         return fail(st, "field '%s' is %lld seconds after normalisation, limit %lld", name, (long long)v,
                     PAYLOAD_MAX_TIMESTAMP);
@@ -327,7 +327,7 @@ static int get_phone(pstate_t *st, const char *name, uint32_t tok, uint32_t limi
     char *p = arena_alloc(st->ctx->arena, out->len + 1);
     if (!p)
         return oom(st);
-    size_t n = phone_normalize(out->p, out->len, p);
+    size_t n = payload_phone_normalize(out->p, out->len, p);
     if (n == 0)
         return fail(st, "%s has no digits", name);
     p[n] = '\0';
@@ -522,7 +522,7 @@ static void parse_object(pstate_t *st, event_type_t et, uint32_t obj, event_t *e
     if (apply(st, tables[et].f, tables[et].n, obj, &ev->u, NULL))
         return;
     if (et == ET_MESSAGES_UPSERT)
-        ev->u.msg.message_date = ev->u.msg.message_timestamp.set ? timestamp_days(ev->u.msg.message_timestamp.v) : 0;
+        ev->u.msg.message_date = ev->u.msg.message_timestamp.set ? payload_timestamp_days(ev->u.msg.message_timestamp.v) : 0;
 }
 
 static void parse_history(pstate_t *st, event_type_t et, event_t *ev)
@@ -672,7 +672,7 @@ str_t payload_jid(const event_t *ev)
     }
 }
 
-size_t phone_normalize(const char *in, size_t n, char *out)
+size_t payload_phone_normalize(const char *in, size_t n, char *out)
 {
     const char *at = memchr(in, '@', n);
     if (at)
@@ -684,12 +684,12 @@ size_t phone_normalize(const char *in, size_t n, char *out)
     return k;
 }
 
-int64_t timestamp_normalize(int64_t ts)
+int64_t payload_timestamp_normalize(int64_t ts)
 {
     return ts > 100000000000LL ? ts / 1000 : ts;
 }
 
-int32_t timestamp_days(int64_t ts)
+int32_t payload_timestamp_days(int64_t ts)
 {
     if (ts <= 0)
         return 0;
@@ -699,7 +699,7 @@ int32_t timestamp_days(int64_t ts)
 
 /* Howard Hinnant's civil_from_days: exact proleptic Gregorian for any day count. Years outside 0..9999 do not fit
  * the fixed-width output and are clamped to 0000-01-01 / 9999-12-31. */
-void days_to_date(int32_t days, char out[11])
+void payload_days_to_date(int32_t days, char out[11])
 {
     const int64_t min_days = -719528, max_days = 2932896; /* 0000-01-01 and 9999-12-31 */
     int64_t z = days < min_days ? min_days : days > max_days ? max_days : days;

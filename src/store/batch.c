@@ -123,7 +123,7 @@ static void row_message(row_t *r, const store_item_t *it)
     f_str(r, "agent_id", m->agent_id);
     f_str(r, "status", m->status);
     f_i64(r, "message_timestamp", m->message_timestamp);
-    days_to_date(m->message_date, date);
+    payload_days_to_date(m->message_date, date);
     key(r, "message_date");
     buf_putc(r->b, '"');
     buf_puts(r->b, date);
@@ -172,7 +172,7 @@ static bool onboardable(const store_item_t *it, char phone[PAYLOAD_MAX_PHONE + 1
     if (!it->onboard || !m->flow.p || m->flow.len != 2 || memcmp(m->flow.p, "IN", 2) != 0 || !m->from_phone.p)
         return false;
     size_t n = m->from_phone.len > PAYLOAD_MAX_PHONE ? PAYLOAD_MAX_PHONE : m->from_phone.len;
-    *plen = phone_normalize(m->from_phone.p, n, phone);
+    *plen = payload_phone_normalize(m->from_phone.p, n, phone);
     phone[*plen] = '\0';
     return *plen > 0;
 }

@@ -556,8 +556,8 @@ TEST(timestamps_above_1e11_are_milliseconds)
     CHECK_EQ_INT(ev.u.chat_update.conversation_timestamp.v, 100000000);
     REQUIRE(parse(ET_CHATS_UPDATE, "{\"chat_id\":\"c\",\"conversation_timestamp\":1.7e12}") == ERR_NONE);
     CHECK_EQ_INT(ev.u.chat_update.conversation_timestamp.v, 1700000000);
-    CHECK_EQ_INT(timestamp_normalize(1700000000999LL), 1700000000);
-    CHECK_EQ_INT(timestamp_normalize(-5), -5);
+    CHECK_EQ_INT(payload_timestamp_normalize(1700000000999LL), 1700000000);
+    CHECK_EQ_INT(payload_timestamp_normalize(-5), -5);
 }
 
 TEST(timestamp_limit_applies_after_normalisation)
@@ -596,26 +596,26 @@ TEST(message_date_follows_the_timestamp_and_is_zero_when_missing_or_negative)
 TEST(date_helpers_are_exact)
 {
     char d[11];
-    CHECK_EQ_INT(timestamp_days(0), 0);
-    CHECK_EQ_INT(timestamp_days(-86400 * 3), 0);
-    CHECK_EQ_INT(timestamp_days(86399), 0);
-    CHECK_EQ_INT(timestamp_days(86400), 1);
-    CHECK_EQ_INT(timestamp_days(PAYLOAD_MAX_TIMESTAMP), 2932896);
-    days_to_date(0, d);
+    CHECK_EQ_INT(payload_timestamp_days(0), 0);
+    CHECK_EQ_INT(payload_timestamp_days(-86400 * 3), 0);
+    CHECK_EQ_INT(payload_timestamp_days(86399), 0);
+    CHECK_EQ_INT(payload_timestamp_days(86400), 1);
+    CHECK_EQ_INT(payload_timestamp_days(PAYLOAD_MAX_TIMESTAMP), 2932896);
+    payload_days_to_date(0, d);
     CHECK_EQ_STR(d, "1970-01-01");
-    days_to_date(19675, d);
+    payload_days_to_date(19675, d);
     CHECK_EQ_STR(d, "2023-11-14");
-    days_to_date(11016, d);
+    payload_days_to_date(11016, d);
     CHECK_EQ_STR(d, "2000-02-29");
-    days_to_date(11017, d);
+    payload_days_to_date(11017, d);
     CHECK_EQ_STR(d, "2000-03-01");
-    days_to_date(789, d);
+    payload_days_to_date(789, d);
     CHECK_EQ_STR(d, "1972-02-29");
-    days_to_date(2932896, d);
+    payload_days_to_date(2932896, d);
     CHECK_EQ_STR(d, "9999-12-31");
-    days_to_date(-25508, d);
+    payload_days_to_date(-25508, d);
     CHECK_EQ_STR(d, "1900-03-01");
-    days_to_date(INT32_MAX, d); /* clamped, never garbage */
+    payload_days_to_date(INT32_MAX, d); /* clamped, never garbage */
     CHECK_EQ_STR(d, "9999-12-31");
 }
 
@@ -874,12 +874,12 @@ TEST(big_integers_in_objects_are_kept_as_exact_raw_text)
 TEST(phone_normalize_keeps_digits_before_the_at_sign)
 {
     char out[64];
-    CHECK_EQ_INT(phone_normalize("+62 812-3456@s.whatsapp.net", 27, out), 9);
+    CHECK_EQ_INT(payload_phone_normalize("+62 812-3456@s.whatsapp.net", 27, out), 9);
     CHECK(memcmp(out, "628123456", 9) == 0);
-    CHECK_EQ_INT(phone_normalize("@123", 4, out), 0);
-    CHECK_EQ_INT(phone_normalize("abc", 3, out), 0);
-    CHECK_EQ_INT(phone_normalize("", 0, out), 0);
-    CHECK_EQ_INT(phone_normalize("1@2@3", 5, out), 1);
+    CHECK_EQ_INT(payload_phone_normalize("@123", 4, out), 0);
+    CHECK_EQ_INT(payload_phone_normalize("abc", 3, out), 0);
+    CHECK_EQ_INT(payload_phone_normalize("", 0, out), 0);
+    CHECK_EQ_INT(payload_phone_normalize("1@2@3", 5, out), 1);
 }
 
 TEST(contact_phone_without_digits_is_rejected)
