@@ -51,7 +51,8 @@ typedef struct {
     bool postgres_auto_migrate;
     int64_t statement_timeout_ms;
     int64_t lock_timeout_ms;
-    int db_pool_size; /* database.poolSize (own key) */
+    int db_max_connections; /* database.maxConnections (database.poolSize, its old name, is an alias): sessions */
+    int db_writers;         /* database.writers: sessions of the lanes' writers; resolved from 0 (auto) at load */
 
     char *company_id;  /* company.id / COMPANY_ID, validated ^[A-Za-z0-9_]{1,48}$ */
     char schema[64];   /* derived: "daisi_" + lower(company_id), unquoted */

@@ -18,8 +18,10 @@
 
 typedef struct consumer consumer_t;
 
-/* Creates the lane for event type et (one of the ten bases); does not subscribe yet. Caller owns (consumer_destroy). */
-consumer_t *consumer_create(const config_t *cfg, mes_nats_t *nats, event_type_t et, const atomic_bool *stop);
+/* Creates the lane for event type et (one of the ten bases); does not subscribe yet. Its commits borrow a session of
+ * pool (the writers' sessions, shared by the lanes; it must outlive the lane). Caller owns (consumer_destroy). */
+consumer_t *consumer_create(const config_t *cfg, mes_nats_t *nats, db_pool_t *pool, event_type_t et,
+                            const atomic_bool *stop);
 /* Ensures/binds the durable consumer. */
 int consumer_subscribe(consumer_t *c) __attribute__((warn_unused_result));
 /* Starts the lane thread. */

@@ -33,6 +33,24 @@ typedef struct {
  * Returns NULL and fills err on failure. Caller owns the result (db_close). */
 db_conn_t *db_connect(const config_t *cfg, db_error_t *err);
 void db_close(db_conn_t *c); /* NULL-safe */
+
+/* The session budget (database.maxConnections): from now on db_connect refuses (as an outage) a session that would
+ * make more than max open at once. Set once at startup, before any session. */
+void db_budget_set(int max);
+int db_sessions_open(void); /* sessions open right now */
+
+/* A fixed set of sessions shared by several threads (the writers' lanes, the DLQ workers and maintenance): a thread
+ * holds one only while it talks to PostgreSQL and waits for one rather than opening its own, so the sessions of a
+ * process are bounded by the sum of its pools' sizes. */
+typedef struct db_pool db_pool_t;
+db_pool_t *db_pool_create(int size);
+void db_pool_destroy(db_pool_t *p); /* NULL-safe; closes its sessions; none may be held any more */
+/* Takes one of the pool's sessions, waiting while all are held: up to wait_ms (< 0: until *stop is set), calling
+ * keepalive(ctx) (may be NULL) every keep_every_ms meanwhile. Returns the slot, or NULL when the wait ended first.
+ * The session in the slot may be missing or broken: db_wait_usable(slot, ...) reconnects it in place. */
+db_conn_t **db_pool_acquire(db_pool_t *p, int64_t wait_ms, const atomic_bool *stop, void (*keepalive)(void *ctx),
+                            void *ctx, int64_t keep_every_ms) __attribute__((warn_unused_result));
+void db_pool_release(db_pool_t *p, db_conn_t **slot); /* NULL-safe */
 /* True when the session is usable (cheap: looks at the socket state, no round trip). */
 bool db_ok(const db_conn_t *c);
 /* Round trip: true when the server answers and takes writes (false on a standby or a read-only server). */
@@ -58,6 +76,10 @@ bool db_wait_usable(db_conn_t **c, const config_t *cfg, const atomic_bool *stop,
  * host name not in the certificate, unreadable sslrootcert/sslcert/sslkey, ssl off on a server that must speak TLS),
  * else NULL. Startup stops on these at once instead of retrying until its deadline. */
 const char *db_connect_unfixable(const char *message);
+
+/* How often a thread waiting for PostgreSQL sends in-progress acks for messages with that ack wait: a third of it,
+ * at most every 5 s. */
+int64_t db_keepalive_every_ms(int64_t ack_wait_ms);
 
 /* Best-effort ROLLBACK after a failed transaction (no-op on a broken session). */
 void db_rollback(db_conn_t *c);

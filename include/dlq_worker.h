@@ -7,13 +7,15 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "db.h"
 #include "nats_setup.h"
 
 typedef struct dlq_worker dlq_worker_t;
 
 /* db_up (may be NULL) tells whether PostgreSQL answers: while it says no, the fetcher takes nothing new, so an outage
- * does not burn DLQ attempts. Caller owns the result (dlq_worker_destroy). */
-dlq_worker_t *dlq_worker_create(const config_t *cfg, mes_nats_t *nats, const atomic_bool *stop,
+ * does not burn DLQ attempts. The workers share the sessions of pool (it must outlive the worker). Caller owns the
+ * result (dlq_worker_destroy). */
+dlq_worker_t *dlq_worker_create(const config_t *cfg, mes_nats_t *nats, db_pool_t *pool, const atomic_bool *stop,
                                 bool (*db_up)(void *ctx), void *db_up_ctx);
 /* Ensures/binds v1_dlq_worker_<co> on <dlqSubject>.<co>. */
 int dlq_worker_subscribe(dlq_worker_t *w) __attribute__((warn_unused_result));

@@ -32,6 +32,7 @@ typedef enum { C_TEXT, C_LEVEL, C_IP, C_NAME, C_SUBJECT, C_RT_BASES, C_HIST_BASE
 #define F_REQUIRED 2u /* no default: unset or empty is an error */
 #define F_OPTIONAL 4u /* no default: unset or empty leaves the field to an earlier key with the same offset */
 #define F_LIST 8u     /* the YAML file may give a sequence, joined with ',' */
+#define F_ALIAS 16u   /* an old name of the key before it (same field): accepted, wins when set, never dumped */
 
 typedef struct {
     const char *name; /* dotted YAML path; the env name is derived from it */
@@ -108,7 +109,10 @@ static const cfkey_t keys[] = {
     {"database.postgresAutoMigrate", T_BOOL, "true", 0, 1, OFF(postgres_auto_migrate)},
     {"database.statementTimeout", T_DUR, "30s", 0, MS_D, OFF(statement_timeout_ms)}, /* 0 = PostgreSQL's "off" */
     {"database.lockTimeout", T_DUR, "5s", 0, MS_D, OFF(lock_timeout_ms)},
-    {"database.poolSize", T_INT, "16", 1, 256, OFF(db_pool_size)},
+    /* Every PostgreSQL session of the process: writers, DLQ workers, maintenance, startup (db.c enforces it). */
+    {"database.maxConnections", T_INT, "4", 2, 1000, OFF(db_max_connections)},
+    {"database.poolSize", T_INT, NULL, 2, 1000, OFF(db_max_connections), F_OPTIONAL | F_ALIAS},
+    {"database.writers", T_INT, "0", 0, 999, OFF(db_writers)}, /* 0: min(2, maxConnections - 1) */
     {"database.partitionCheckInterval", T_DUR, "1h", MS_S, 7 * MS_D, OFF(partition_check_interval_ms)},
 
     {"company.id", T_STR, NULL, 1, 48, OFF(company_id), F_REQUIRED, C_COMPANY, "COMPANY_ID"},
@@ -582,6 +586,23 @@ static int check_ordered(load_t *ld, const config_t *cfg)
     return 0;
 }
 
+/* database.writers leaves at least one session of database.maxConnections for the DLQ workers and maintenance;
+ * 0 picks min(2, maxConnections - 1) (two writers measured best on two cores; see README). */
+static int check_writers(load_t *ld, config_t *cfg)
+{
+    int budget = cfg->db_max_connections;
+    if (cfg->db_writers == 0)
+        cfg->db_writers = budget - 1 < 2 ? budget - 1 : 2;
+    if (cfg->db_writers <= budget - 1)
+        return 0;
+    size_t m = effective(ld, (size_t)key_index("database.maxConnections"));
+    char why[MAX_PATH + 96], shown[220];
+    show(&keys[m], ld->raw[m].text ? ld->raw[m].text : keys[m].def, shown, sizeof shown);
+    snprintf(why, sizeof why, "must be at most %s - 1 (\"%s\"): one session stays for the DLQ workers and maintenance",
+             keys[m].name, shown);
+    return bad_value(ld, (size_t)key_index("database.writers"), why);
+}
+
 /* Environment over file: empty variables count as unset, as in the reference (viper without AllowEmptyEnv). */
 static void read_env(load_t *ld)
 {
@@ -879,6 +900,8 @@ int config_load(config_t *cfg, int argc, char **argv, char *err, size_t errlen)
     }
     if ((rc = check_ordered(ld, cfg)) != 0)
         goto cleanup;
+    if ((rc = check_writers(ld, cfg)) != 0)
+        goto cleanup;
     snprintf(cfg->schema, sizeof cfg->schema, "daisi_%s", cfg->company_id);
     for (char *c = cfg->schema; *c; c++)
         *c = (char)tolower((unsigned char)*c);
@@ -924,9 +947,9 @@ void config_log(const config_t *cfg)
         const cfkey_t *k = &keys[i];
         const void *field = (const char *)cfg + k->off;
         /* Keys sharing a field are shown once, as the effective duration under the last key's name. */
-        bool shadowed = false;
+        bool shadowed = k->flags & F_ALIAS;
         for (size_t j = i + 1; j < NKEYS; j++)
-            shadowed |= keys[j].off == k->off;
+            shadowed |= keys[j].off == k->off && !(keys[j].flags & F_ALIAS);
         if (shadowed)
             continue;
         switch (k->type) {

@@ -78,7 +78,8 @@ struct consumer {
     _Atomic uint64_t done_seq;
     _Atomic int64_t idle_since_ms;
 
-    db_conn_t *db;
+    db_pool_t *pool; /* the writers' sessions, shared by every lane */
+    db_conn_t **db;  /* the pool's session this lane holds while it commits a batch, else NULL (lane thread) */
     payload_ctx_t pctx;
     store_scratch_t scratch;
     dlq_batch_t *dlqb; /* publishes a batch's DLQ records together */
@@ -90,7 +91,8 @@ struct consumer {
 
 /* ---- lifecycle -------------------------------------------------------------------------------------------- */
 
-consumer_t *consumer_create(const config_t *cfg, mes_nats_t *nats, event_type_t et, const atomic_bool *stop)
+consumer_t *consumer_create(const config_t *cfg, mes_nats_t *nats, db_pool_t *pool, event_type_t et,
+                            const atomic_bool *stop)
 {
     consumer_t *c = calloc(1, sizeof *c);
     if (!c)
@@ -100,6 +102,7 @@ consumer_t *consumer_create(const config_t *cfg, mes_nats_t *nats, event_type_t 
     c->lane = event_type_lane(et);
     c->lc = c->lane == LANE_HISTORICAL ? &cfg->historical : &cfg->realtime;
     c->nats = nats;
+    c->pool = pool;
     c->stop = stop;
     mes_nats_consumer_names(cfg, et, false, c->durable, sizeof c->durable, c->filter, sizeof c->filter);
     store_scratch_init(&c->scratch);
@@ -121,7 +124,6 @@ void consumer_destroy(consumer_t *c)
         return;
     mes_nats_unsubscribe(&c->sub);
     natsMsgList_Destroy(&c->carry); /* unacked: redelivered after the ack wait */
-    db_close(c->db);
     payload_ctx_free(&c->pctx);
     store_scratch_free(&c->scratch);
     dlq_batch_destroy(c->dlqb);
@@ -186,7 +188,7 @@ static void keep_alive(void *arg)
 static bool ensure_db(consumer_t *c, size_t held)
 {
     hold_t h = {c, held};
-    return db_wait_usable(&c->db, c->cfg, c->stop, keep_alive, &h, c->lc->ack_wait_ms, c->durable);
+    return db_wait_usable(c->db, c->cfg, c->stop, keep_alive, &h, c->lc->ack_wait_ms, c->durable);
 }
 
 /* ---- per-message preparation ---------------------------------------------------------------------------------- */
@@ -390,7 +392,7 @@ static int commit_range(consumer_t *c, size_t from, size_t to, size_t held, db_e
         if (!ensure_db(c, held))
             return -1;
         double t0 = clock_mono_s();
-        int rc = store_commit(c->db, &c->items[first], last - first, &c->scratch, err);
+        int rc = store_commit(*c->db, &c->items[first], last - first, &c->scratch, err);
         double dt = clock_mono_s() - t0;
         bool any_onb = false;
         for (uint32_t k = first; k < last && !any_onb; k++)
@@ -412,8 +414,8 @@ static int commit_range(consumer_t *c, size_t from, size_t to, size_t held, db_e
             return 1;
         log_warn("consumer", "database outage during a batch; will retry it", LF_S("durable", c->durable),
                  LF_S("error", err->message));
-        db_close(c->db);
-        c->db = NULL;
+        db_close(*c->db);
+        *c->db = NULL;
     }
 }
 
@@ -670,13 +672,22 @@ static void process_batch(consumer_t *c, natsMsg **msgs, size_t n, double fetch_
     /* Commit in chunks of at most MAX_TX_ITEMS rows: a fetched history batch can hold thousands of items, and one
      * huge transaction would hold its row locks long enough to stall every other lane writing the same rows. */
     int rc = 0;
-    for (size_t from = 0; from < n && rc != -1;) {
+    if (nitems > 0) {
+        /* A session of the writers' pool, held for the commits only. The wait ignores a stop request: sessions are
+         * held briefly (a holder in an outage lets go when stopping), and a batch in hand is committed on shutdown. */
+        hold_t h = {c, n};
+        if (!(c->db = db_pool_acquire(c->pool, -1, NULL, keep_alive, &h, db_keepalive_every_ms(c->lc->ack_wait_ms))))
+            rc = -1;
+    }
+    for (size_t from = 0; from < n && rc != -1 && nitems > 0;) {
         size_t to = from, rows = 0;
         while (to < n && (to == from || rows + c->slots[to].n_items <= MAX_TX_ITEMS))
             rows += c->slots[to++].n_items;
         rc = commit_chunk(c, from, to, n);
         from = to;
     }
+    db_pool_release(c->pool, c->db);
+    c->db = NULL;
     if (rc == -1) { /* stopping while the database is down: what was not committed stays unacked */
         for (size_t i = 0; i < n; i++)
             if (c->slots[i].out == OUT_ACK && c->slots[i].n_items > 0 && !c->slots[i].committed)
@@ -862,8 +873,6 @@ static void *run(void *arg)
             list.Msgs[i] = NULL; /* each message was destroyed by its owner in finish() */
         natsMsgList_Destroy(&list);
     }
-    db_close(c->db);
-    c->db = NULL;
     log_info("consumer", "lane stopped", LF_S("durable", c->durable));
     return NULL;
 }

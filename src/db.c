@@ -1,6 +1,8 @@
 /* db.c - PostgreSQL sessions: connect with session timeouts and the tenant search_path; SPEC 4 error classes. */
 #include "db.h"
 
+#include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -86,10 +88,35 @@ static int set_session(db_conn_t *c, db_error_t *err)
     return 0;
 }
 
+/* The process's session budget (database.maxConnections). Every session is made by db_connect and ended by
+ * db_close, so counting there makes exceeding the budget impossible, whatever a caller does: the pools are sized to
+ * fit it, and a session beyond it is refused like an outage (the caller waits and tries again). */
+static atomic_int sessions_open;
+static atomic_int sessions_max = INT_MAX;
+
+void db_budget_set(int max)
+{
+    atomic_store(&sessions_max, max > 0 ? max : INT_MAX);
+}
+
+int db_sessions_open(void)
+{
+    return atomic_load(&sessions_open);
+}
+
 db_conn_t *db_connect(const config_t *cfg, db_error_t *err)
 {
+    if (atomic_fetch_add(&sessions_open, 1) >= atomic_load(&sessions_max)) {
+        atomic_fetch_sub(&sessions_open, 1);
+        snprintf(err->message, sizeof err->message, "connection budget (database.maxConnections = %d) in use",
+                 atomic_load(&sessions_max));
+        err->sqlstate[0] = '\0';
+        db_classify(NULL, true, err);
+        return NULL;
+    }
     db_conn_t *c = calloc(1, sizeof *c);
     if (!c) {
+        atomic_fetch_sub(&sessions_open, 1);
         snprintf(err->message, sizeof err->message, "out of memory");
         err->sqlstate[0] = '\0';
         db_classify(NULL, true, err);
@@ -127,6 +154,92 @@ void db_close(db_conn_t *c)
     if (c->pg)
         PQfinish(c->pg);
     free(c);
+    atomic_fetch_sub(&sessions_open, 1);
+}
+
+/* ---- pools ------------------------------------------------------------------------------------------------ */
+
+struct db_pool {
+    pthread_mutex_t mu;
+    pthread_cond_t freed;
+    int size;
+    db_conn_t **conns; /* conns[i] belongs to whoever holds slot i (busy[i]); NULL until first connected */
+    bool *busy;
+};
+
+db_pool_t *db_pool_create(int size)
+{
+    db_pool_t *p = calloc(1, sizeof *p);
+    if (!p)
+        return NULL;
+    p->size = size;
+    p->conns = calloc((size_t)size, sizeof *p->conns);
+    p->busy = calloc((size_t)size, sizeof *p->busy);
+    if (!p->conns || !p->busy) {
+        free(p->conns);
+        free(p->busy);
+        free(p);
+        return NULL;
+    }
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->freed, NULL);
+    return p;
+}
+
+void db_pool_destroy(db_pool_t *p)
+{
+    if (!p)
+        return;
+    for (int i = 0; i < p->size; i++)
+        db_close(p->conns[i]);
+    free(p->conns);
+    free(p->busy);
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->freed);
+    free(p);
+}
+
+db_conn_t **db_pool_acquire(db_pool_t *p, int64_t wait_ms, const atomic_bool *stop, void (*keepalive)(void *ctx),
+                            void *ctx, int64_t keep_every_ms)
+{
+    int64_t start = clock_mono_ms(), last_keepalive = start;
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        /* A connected idle session first (its prepared statements are there already), else any idle slot. */
+        int pick = -1;
+        for (int i = 0; i < p->size; i++)
+            if (!p->busy[i] && (pick < 0 || (p->conns[i] && !p->conns[pick])))
+                pick = i;
+        if (pick >= 0) {
+            p->busy[pick] = true;
+            pthread_mutex_unlock(&p->mu);
+            return &p->conns[pick];
+        }
+        int64_t now = clock_mono_ms();
+        if ((wait_ms >= 0 && now - start >= wait_ms) || (stop && atomic_load(stop)))
+            break;
+        if (keepalive && now - last_keepalive >= keep_every_ms) {
+            pthread_mutex_unlock(&p->mu); /* keepalive publishes to NATS: never under the pool's lock */
+            keepalive(ctx);
+            last_keepalive = clock_mono_ms();
+            pthread_mutex_lock(&p->mu);
+            continue;
+        }
+        struct timespec ts = clock_deadline_in_ms(100);
+        pthread_cond_timedwait(&p->freed, &p->mu, &ts);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+void db_pool_release(db_pool_t *p, db_conn_t **slot)
+{
+    if (!p || !slot)
+        return;
+    pthread_mutex_lock(&p->mu);
+    p->busy[slot - p->conns] = false;
+    pthread_cond_signal(&p->freed);
+    pthread_mutex_unlock(&p->mu);
 }
 
 bool db_ok(const db_conn_t *c)
@@ -244,10 +357,15 @@ static bool pause_ms(int64_t ms, const atomic_bool *stop, void (*keepalive)(void
     return !atomic_load(stop);
 }
 
+int64_t db_keepalive_every_ms(int64_t ack_wait_ms)
+{
+    return ack_wait_ms / 3 < 5000 ? ack_wait_ms / 3 : 5000;
+}
+
 bool db_wait_usable(db_conn_t **c, const config_t *cfg, const atomic_bool *stop, void (*keepalive)(void *ctx),
                     void *ctx, int64_t ack_wait_ms, const char *who)
 {
-    int64_t keep_every_ms = ack_wait_ms / 3 < 5000 ? ack_wait_ms / 3 : 5000;
+    int64_t keep_every_ms = db_keepalive_every_ms(ack_wait_ms);
     int64_t wait = 100, last_keepalive = clock_mono_ms();
     if (db_ok(*c))
         return true;

@@ -35,6 +35,7 @@ struct dlq_worker {
     const atomic_bool *stop;
     bool (*db_up)(void *ctx);
     void *db_up_ctx;
+    db_pool_t *pool; /* sessions the workers share (with maintenance): they wait for one, never open their own */
     natsSubscription *sub;
     natsMsgList carry; /* delivered beyond the queue's room; fetched first next time (mes_nats_fetch) */
     mes_fetch_watch_t watch; /* main's until the fetcher starts, then the fetcher's */
@@ -51,7 +52,7 @@ struct dlq_worker {
 /* One worker's private state. */
 typedef struct {
     dlq_worker_t *w;
-    db_conn_t *db;
+    db_conn_t **db; /* the pool's session this worker holds for the record in hand, else NULL */
     payload_ctx_t pctx;
     store_scratch_t scratch;
     json_doc_t doc;
@@ -315,8 +316,13 @@ static bool ensure_db(worker_t *wk)
 {
     char who[32];
     snprintf(who, sizeof who, "dlq-worker-%d", wk->id);
-    /* While stopping we still finish the record in hand if the database is there; we never wait for it. */
-    return db_wait_usable(&wk->db, wk->w->cfg, wk->w->stop, keep_alive, wk, wk->w->cfg->dlq_ack_wait_ms, who);
+    const config_t *cfg = wk->w->cfg;
+    /* A session of the pool the workers share (with maintenance), held until the record is finished. While
+     * stopping we still finish the record in hand if a session and the database are there; we never wait for them. */
+    if (!wk->db && !(wk->db = db_pool_acquire(wk->w->pool, atomic_load(wk->w->stop) ? 0 : -1, wk->w->stop, keep_alive,
+                                              wk, db_keepalive_every_ms(cfg->dlq_ack_wait_ms))))
+        return false;
+    return db_wait_usable(wk->db, cfg, wk->w->stop, keep_alive, wk, cfg->dlq_ack_wait_ms, who);
 }
 
 /* last_metadata for a DLQ replay: the original message's metadata plus "dlq_attempt". */
@@ -428,11 +434,11 @@ static result_t apply(worker_t *wk, const record_t *r, int attempt, const char *
         if (!ensure_db(wk))
             return RES_LEAVE;
         db_error_t err;
-        if (store_commit(wk->db, items, k, &wk->scratch, &err) == 0)
+        if (store_commit(*wk->db, items, k, &wk->scratch, &err) == 0)
             break;
         if (err.outage) { /* pause, keep the record alive, try again: an outage must not burn attempts */
-            db_close(wk->db);
-            wk->db = NULL;
+            db_close(*wk->db);
+            *wk->db = NULL;
             if (atomic_load(wk->w->stop))
                 return RES_LEAVE;
             continue;
@@ -536,11 +542,11 @@ static result_t exhaust(worker_t *wk, const char *data, size_t len, const record
             break;
         }
         db_error_t err;
-        if (store_exhausted_insert(wk->db, &e, &err) == 0)
+        if (store_exhausted_insert(*wk->db, &e, &err) == 0)
             break;
         if (err.outage && !atomic_load(wk->w->stop)) { /* pause and try again: an outage must not burn attempts */
-            db_close(wk->db);
-            wk->db = NULL;
+            db_close(*wk->db);
+            *wk->db = NULL;
             continue;
         }
         /* A data-class refusal (22xxx, 23xxx, ...) would refuse the same row on every delivery until JetStream gives
@@ -667,6 +673,8 @@ static void *work_loop(void *arg)
         metrics_dlq_workers_active_add(1);
         wk->msg = m;
         process(wk);
+        db_pool_release(wk->w->pool, wk->db);
+        wk->db = NULL;
         natsMsg_Destroy(m);
         wk->msg = NULL;
         pthread_mutex_lock(&wk->w->q.mu);
@@ -675,7 +683,6 @@ static void *work_loop(void *arg)
         pthread_mutex_unlock(&wk->w->q.mu);
         metrics_dlq_workers_active_add(-1);
     }
-    db_close(wk->db);
     payload_ctx_free(&wk->pctx);
     store_scratch_free(&wk->scratch);
     json_doc_free(&wk->doc);
@@ -686,7 +693,7 @@ static void *work_loop(void *arg)
 
 /* ---- lifecycle ------------------------------------------------------------------------------------------------ */
 
-dlq_worker_t *dlq_worker_create(const config_t *cfg, mes_nats_t *nats, const atomic_bool *stop,
+dlq_worker_t *dlq_worker_create(const config_t *cfg, mes_nats_t *nats, db_pool_t *pool, const atomic_bool *stop,
                                 bool (*db_up)(void *ctx), void *db_up_ctx)
 {
     dlq_worker_t *w = calloc(1, sizeof *w);
@@ -697,6 +704,7 @@ dlq_worker_t *dlq_worker_create(const config_t *cfg, mes_nats_t *nats, const ato
     w->stop = stop;
     w->db_up = db_up;
     w->db_up_ctx = db_up_ctx;
+    w->pool = pool;
     w->nworkers = cfg->dlq_workers;
     mes_nats_consumer_names(cfg, ET_UNKNOWN, true, w->durable, sizeof w->durable, w->filter, sizeof w->filter);
     w->workers = calloc((size_t)w->nworkers, sizeof *w->workers);

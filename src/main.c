@@ -35,6 +35,9 @@ typedef struct {
     dlq_worker_t *dlq;
     maintenance_t *maint;
     http_server_t *http;
+    /* The session budget (database.maxConnections), split once: the lanes' writers, the DLQ workers, maintenance
+     * (its own session when the budget leaves two or more beside the writers, else it shares the DLQ workers'). */
+    db_pool_t *writers_pool, *dlq_pool, *maint_pool;
 } app_t;
 
 static void on_signal(int sig)
@@ -172,7 +175,7 @@ static int start_consumers(app_t *a)
     for (int et = 0; et < ET_BASE_COUNT; et++) {
         if (!a->cfg.consume[et])
             continue;
-        consumer_t *c = consumer_create(&a->cfg, &a->nats, (event_type_t)et, &g_stop);
+        consumer_t *c = consumer_create(&a->cfg, &a->nats, a->writers_pool, (event_type_t)et, &g_stop);
         if (!c)
             return -1;
         a->lanes[a->nlanes++] = c;
@@ -194,11 +197,36 @@ static bool db_up(void *ctx)
 /* The DLQ worker pool (SPEC 5.2): its own durable, fetcher, bounded queue and workers. */
 static int start_dlq_worker(app_t *a)
 {
-    if (!(a->dlq = dlq_worker_create(&a->cfg, &a->nats, &g_stop, db_up, a)))
+    if (!(a->dlq = dlq_worker_create(&a->cfg, &a->nats, a->dlq_pool, &g_stop, db_up, a)))
         return -1;
     if (dlq_worker_subscribe(a->dlq) != 0 || dlq_worker_start(a->dlq) != 0)
         return -1;
     return 0;
+}
+
+static int pools_create(app_t *a)
+{
+    int writers = a->cfg.db_writers, rest = a->cfg.db_max_connections - writers; /* rest >= 1 (config.c) */
+    db_budget_set(a->cfg.db_max_connections);
+    a->writers_pool = db_pool_create(writers);
+    a->dlq_pool = db_pool_create(rest >= 2 ? rest - 1 : 1);
+    a->maint_pool = rest >= 2 ? db_pool_create(1) : a->dlq_pool;
+    if (!a->writers_pool || !a->dlq_pool || !a->maint_pool)
+        return -1;
+    log_info("main", "PostgreSQL sessions budgeted", LF_I("max_connections", a->cfg.db_max_connections),
+             LF_I("writers", writers), LF_I("dlq_workers", rest >= 2 ? rest - 1 : 1),
+             LF_S("maintenance", rest >= 2 ? "own session" : "shares the DLQ workers' session"));
+    return 0;
+}
+
+/* After every user of a pool has ended. */
+static void pools_destroy(app_t *a)
+{
+    if (a->maint_pool != a->dlq_pool)
+        db_pool_destroy(a->maint_pool);
+    db_pool_destroy(a->dlq_pool);
+    db_pool_destroy(a->writers_pool);
+    a->maint_pool = a->dlq_pool = a->writers_pool = NULL;
 }
 
 /* Stop intake, let lanes finish, commit and ack their batches, then close connections. */
@@ -229,6 +257,7 @@ static int shutdown_all(app_t *a)
     for (int i = 0; i < a->nlanes; i++)
         consumer_destroy(a->lanes[i]);
     a->nlanes = 0;
+    pools_destroy(a);
     mes_nats_close(&a->nats);
     log_info("main", "shutdown complete");
     return 0;
@@ -299,13 +328,17 @@ int main(int argc, char **argv)
                   LF_I("port", app.cfg.server_port));
         goto out;
     }
+    if (pools_create(&app) != 0) {
+        log_error("main", "startup failed: out of memory");
+        goto out;
+    }
     int dbrc = start_database(&app, deadline);
     if (dbrc != 0) {
         if (dbrc == CONFIG_EXIT_BAD)
             rc = CONFIG_EXIT_BAD;
         goto out;
     }
-    if (!(app.maint = maintenance_start(&app.cfg, &g_stop)))
+    if (!(app.maint = maintenance_start(&app.cfg, app.maint_pool, &g_stop)))
         goto out;
     publish_stage(STAGE_DB);
     if (mes_nats_connect(&app.nats, &app.cfg, deadline, &g_stop) != 0) {

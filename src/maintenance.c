@@ -15,6 +15,7 @@
 struct maintenance {
     const config_t *cfg;
     const atomic_bool *stop;
+    db_pool_t *pool;
     atomic_bool db_up;
     pthread_t thread;
 };
@@ -22,19 +23,21 @@ struct maintenance {
 static void *run(void *arg)
 {
     maintenance_t *m = arg;
-    db_conn_t *db = NULL;
     int64_t next_partitions = 0; /* now: the first check also covers a month that turned during startup */
     bool was_up = true;
     while (!atomic_load(m->stop)) {
         db_error_t err;
-        if (!db_ok(db)) {
-            db_close(db);
-            db = db_connect(m->cfg, &err);
+        db_conn_t **db = db_pool_acquire(m->pool, 1000, m->stop, NULL, NULL, 0);
+        if (!db)
+            continue; /* every session busy (they are usable, then), or stopping: the last verdict stands */
+        if (!db_ok(*db)) {
+            db_close(*db);
+            *db = db_connect(m->cfg, &err);
         }
-        bool up = db && db_ping(db);
-        if (db && !up) { /* also a read-only session: reconnect, a multi-host DSN may lead to the new primary */
-            db_close(db);
-            db = NULL;
+        bool up = *db && db_ping(*db);
+        if (*db && !up) { /* also a read-only session: reconnect, a multi-host DSN may lead to the new primary */
+            db_close(*db);
+            *db = NULL;
         }
         atomic_store(&m->db_up, up);
         metrics_db_up_set(up);
@@ -42,24 +45,25 @@ static void *run(void *arg)
             log_info("maintenance", up ? "database reachable" : "database unreachable");
         was_up = up;
         if (up && clock_mono_ms() >= next_partitions) {
-            if (store_ensure_partitions(db, time(NULL), &err) != 0)
+            if (store_ensure_partitions(*db, time(NULL), &err) != 0)
                 log_warn("maintenance", "partition upkeep failed; will retry", LF_S("error", err.message));
             else
                 next_partitions = clock_mono_ms() + m->cfg->partition_check_interval_ms;
         }
+        db_pool_release(m->pool, db);
         clock_sleep_ms_unless(1000, m->stop);
     }
-    db_close(db);
     return NULL;
 }
 
-maintenance_t *maintenance_start(const config_t *cfg, const atomic_bool *stop)
+maintenance_t *maintenance_start(const config_t *cfg, db_pool_t *pool, const atomic_bool *stop)
 {
     maintenance_t *m = calloc(1, sizeof *m);
     if (!m)
         return NULL;
     m->cfg = cfg;
     m->stop = stop;
+    m->pool = pool;
     atomic_store(&m->db_up, true);
     if (pthread_create(&m->thread, NULL, run, m) != 0) {
         free(m);

@@ -193,7 +193,8 @@ TEST(defaults_load_with_only_company_id_set)
     CHECK(c.postgres_auto_migrate);
     CHECK_EQ_INT(c.statement_timeout_ms, 30000);
     CHECK_EQ_INT(c.lock_timeout_ms, 5000);
-    CHECK_EQ_INT(c.db_pool_size, 16);
+    CHECK_EQ_INT(c.db_max_connections, 4);
+    CHECK_EQ_INT(c.db_writers, 2);
     CHECK_EQ_INT(c.partition_check_interval_ms, 3600000);
     CHECK_EQ_STR(c.company_id, "Acme_01");
     CHECK_EQ_STR(c.schema, "daisi_acme_01");
@@ -316,7 +317,7 @@ TEST(long_env_names_work_and_short_names_win_when_both_are_set)
     REQUIRE(load(&c) == 0);
     CHECK_EQ_STR(c.postgres_dsn, "host=long");
     CHECK_EQ_STR(c.log_level, "error");
-    CHECK_EQ_INT(c.db_pool_size, 4);
+    CHECK_EQ_INT(c.db_max_connections, 4); /* database.poolSize: the old name of database.maxConnections */
     config_free(&c);
     setenv("POSTGRES_DSN", "host=short", 1);
     setenv("LOG_LEVEL", "debug", 1);
@@ -819,5 +820,25 @@ TEST(config_free_is_null_safe_and_idempotent)
     config_free(&c);
     config_free(&c);
     CHECK(c.nats_url == NULL);
+    end();
+}
+
+TEST(connection_budget_and_writers_are_validated_naming_the_key)
+{
+    config_t c;
+    begin();
+    setenv("DATABASE_MAXCONNECTIONS", "3", 1);
+    REQUIRE(load(&c) == 0);
+    CHECK_EQ_INT(c.db_max_connections, 3);
+    CHECK_EQ_INT(c.db_writers, 2); /* auto: min(2, maxConnections - 1) */
+    config_free(&c);
+    setenv("DATABASE_MAXCONNECTIONS", "2", 1);
+    REQUIRE(load(&c) == 0);
+    CHECK_EQ_INT(c.db_writers, 1);
+    config_free(&c);
+    setenv("DATABASE_WRITERS", "2", 1);
+    expect_bad(__LINE__, load(&c), "database.writers", "must be at most database.maxConnections - 1", "\"2\"");
+    setenv("DATABASE_MAXCONNECTIONS", "1", 1);
+    expect_bad(__LINE__, load(&c), "database.maxConnections", "DATABASE_MAXCONNECTIONS", "\"1\"");
     end();
 }
