@@ -259,3 +259,38 @@ TEST(an_event_exhausted_while_the_service_runs_is_stored_without_a_restart)
     CHECK_EQ_INT(metric_of(&S, "wa_events_stream"), 1);
     CHECK_EQ_INT(h_svc_signal(&S, SIGTERM, 20000), 0);
 }
+
+/* After a NATS restart the advisory consumer re-subscribes (pull requests do not survive one): /ready is 200 again
+ * and an event exhausted afterwards is stored. */
+TEST(the_advisory_consumer_resubscribes_after_a_nats_restart)
+{
+    static const char *const env[] = {"NATS_REALTIME_MAXDELIVER=2", "NATS_REALTIME_ACKWAIT=1s",
+                                      "NATS_REALTIME_SUBJECTLIST=v1.chats.upsert", NULL};
+    REQUIRE(it_up(CO, env));
+    REQUIRE(h_nats_restart(&N));
+    int status = 0;
+    for (int64_t end = h_now_ms() + 30000; h_now_ms() < end && status != 200; h_sleep_ms(100)) {
+        char *body = NULL;
+        status = h_http(S.http_port, "GET", "/ready", &body);
+        free(body);
+    }
+    CHECK_EQ_INT(status, 200);
+    REQUIRE(foreign_connect());
+    jsConsumerConfig cc;
+    jsConsumerConfig_Init(&cc);
+    cc.Durable = "wa_listener_acme_contacts_update";
+    cc.AckPolicy = js_AckExplicit;
+    cc.AckWait = 1000000000LL;
+    cc.MaxDeliver = 2;
+    cc.FilterSubject = "v1.contacts.update.acme";
+    jsErrCode jerr = 0;
+    REQUIRE(js_AddConsumer(NULL, fjs, "wa_events_stream", &cc, NULL, &jerr) == NATS_OK);
+    REQUIRE(it_pub("v1.contacts.update", CO, "{\"phone_number\":\"1\",\"agent_id\":\"a\"}", NULL));
+    CHECK_EQ_INT(exhaust_outside("wa_events_stream", "wa_listener_acme_contacts_update", "v1.contacts.update.acme",
+                                 ADV_SUBJECT("wa_events_stream", "wa_listener_acme_contacts_update")),
+                 2);
+    CHECK_EQ_INT(h_pg_wait_int(&P, 1, 30000, "SELECT count(*) FROM " SCH ".exhausted_events"
+                                             " WHERE source_subject = 'v1.contacts.update.acme'"),
+                 1);
+    CHECK_EQ_INT(h_svc_signal(&S, SIGTERM, 20000), 0);
+}
