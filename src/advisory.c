@@ -233,8 +233,8 @@ static outcome_t handle(advisory_t *a, natsMsg *msg)
     if (orig && t.dlq) {
         /* A DLQ record: stored as the DLQ worker's exhaustion stores it, its original inside. The worker keys its row
          * by the record's Nats-Msg-Id: a row there means the record is stored already. */
-        in.record = natsMsg_GetData(orig);
-        in.len = (size_t)natsMsg_GetDataLength(orig);
+        in.record = natsMsg_GetData(orig) ? natsMsg_GetData(orig) : "";
+        in.len = natsMsg_GetData(orig) ? (size_t)natsMsg_GetDataLength(orig) : 0;
         in.attempts = (int)v.deliveries;
         in.also_known_as = usable_msg_id(orig);
     } else if (orig) {
