@@ -28,6 +28,7 @@ typedef struct {
     int item_index;                /* -1 unless one item of a history batch */
     const char *source_metadata;   /* last_metadata JSON of the source (so a replay writes the original's) */
     size_t source_metadata_len;
+    const char *ts; /* RFC 3339 time of the failure; NULL: now */
 } dlq_record_t;
 
 /* Originals larger than this (base64 grows them by 4/3 and NATS caps a message at 1 MiB) embed a base64 prefix of the original and say so ("original_payload_truncated"), so a

@@ -70,6 +70,12 @@ void metrics_nats_connected_set(bool up);
 void metrics_db_up_set(bool up);
 void metrics_consumer_pending_set(event_type_t et, uint64_t pending);
 
+/* Events JetStream stopped delivering (max-deliveries advisories) stored in exhausted_events, by the stream that
+ * held them. metrics_streams_set names the three streams (after metrics_init) so each has a zero series. */
+typedef enum { MSTREAM_REALTIME = 0, MSTREAM_HISTORICAL, MSTREAM_DLQ, MSTREAM_COUNT } metrics_stream_t;
+void metrics_streams_set(const char *realtime, const char *historical, const char *dlq);
+void metrics_jetstream_exhausted(metrics_stream_t s);
+
 /* Renders the whole exposition (text format 0.0.4). Returns a malloc'd buffer (caller frees), NULL on OOM. */
 char *metrics_render(size_t *len);
 

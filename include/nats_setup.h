@@ -92,5 +92,22 @@ typedef enum { MES_SRC_OK = 0, MES_SRC_GONE, MES_SRC_MISMATCH, MES_SRC_FAILED } 
  * more), MISMATCH (another subject at that sequence), FAILED (NATS did not answer: try again later). */
 mes_source_t mes_nats_get_source(mes_nats_t *n, const char *stream, uint64_t seq, const char *subject, buf_t *out,
                                  char *why, size_t whylen) __attribute__((warn_unused_result));
+/* Message seq of stream, whole (subject, headers, data, time), into *out (caller destroys) when OK. GONE and FAILED as
+ * for mes_nats_get_source. */
+mes_source_t mes_nats_get_msg(mes_nats_t *n, const char *stream, uint64_t seq, natsMsg **out, char *why, size_t whylen)
+    __attribute__((warn_unused_result));
+
+/* ---- max-deliveries advisories (advisory.c) ---- */
+
+/* The stream that keeps this tenant's max-deliveries advisories ("mes_advisories_<co>") and the durable on it that
+ * the replicas share ("mes_advisory_worker_<co>"). */
+void mes_nats_advisory_names(const config_t *cfg, char *stream, size_t slen, char *durable, size_t dlen);
+/* Creates that stream if missing: file storage, limits retention, max age nats.dlqMaxAgeDays, one subject per durable
+ * of the tenant ($JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<stream>.<durable>, the 10 lanes and the DLQ worker,
+ * whatever nats.<lane>.subjectList says). Present: only missing subjects are added, limits are never reset. */
+int mes_nats_ensure_advisory_stream(mes_nats_t *n) __attribute__((warn_unused_result));
+/* Creates the durable if missing (deliver all, explicit ack, ack wait nats.dlqAckWait, unlimited deliveries; an
+ * existing one is never changed) and binds a pull subscription to it. */
+int mes_nats_subscribe_advisories(mes_nats_t *n, natsSubscription **sub) __attribute__((warn_unused_result));
 
 #endif

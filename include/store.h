@@ -77,9 +77,13 @@ typedef struct {
     const char *dlq_payload;  /* the record (JSON text) */
     const char *original_json;
     const char *dlq_message_id; /* the record's Nats-Msg-Id: a redelivered exhaustion never writes two rows */
+    const char *also_known_as;  /* NULL, or another dlq_message_id under which the same event may be stored already
+                                 * (a max-deliveries advisory about a record the DLQ worker exhausted): no row then */
 } store_exhausted_t;
 
-/* Inserts the exhausted_events row; a row with the same dlq_message_id already there counts as success. */
-int store_exhausted_insert(db_conn_t *c, const store_exhausted_t *e, db_error_t *err) __attribute__((warn_unused_result));
+/* Inserts the exhausted_events row; a row with the same dlq_message_id (or also_known_as) already there counts as
+ * success. *inserted (may be NULL) tells whether this call wrote the row. */
+int store_exhausted_insert(db_conn_t *c, const store_exhausted_t *e, bool *inserted, db_error_t *err)
+    __attribute__((warn_unused_result));
 
 #endif

@@ -56,7 +56,7 @@ void dlq_record_build(buf_t *b, const char *company, const dlq_record_t *r)
         buf_puts(b, ",\"source_metadata\":");
         buf_append(b, r->source_metadata, r->source_metadata_len);
     }
-    kstr(b, "ts", ts);
+    kstr(b, "ts", r->ts ? r->ts : ts);
     buf_putc(b, '}');
 }
 

@@ -35,7 +35,7 @@ struct dlq_worker {
     const atomic_bool *stop;
     bool (*db_up)(void *ctx);
     void *db_up_ctx;
-    db_pool_t *pool; /* sessions the workers share (with maintenance): they wait for one, never open their own */
+    db_pool_t *pool; /* sessions the workers share (with maintenance, advisories): they wait for one, never open one */
     natsSubscription *sub;
     natsMsgList carry; /* delivered beyond the queue's room; fetched first next time (mes_nats_fetch) */
     mes_fetch_watch_t watch; /* main's until the fetcher starts, then the fetcher's */
@@ -315,10 +315,14 @@ static void keep_alive(void *arg)
 static bool ensure_db(worker_t *wk)
 {
     char who[32];
-    snprintf(who, sizeof who, "dlq-worker-%d", wk->id);
+    if (wk->id < 0)
+        snprintf(who, sizeof who, "advisories");
+    else
+        snprintf(who, sizeof who, "dlq-worker-%d", wk->id);
     const config_t *cfg = wk->w->cfg;
-    /* A session of the pool the workers share (with maintenance), held until the record is finished. While
-     * stopping we still finish the record in hand if a session and the database are there; we never wait for them. */
+    /* A session of the pool the workers share (with maintenance and the advisories), held until the record is
+     * finished. While stopping we still finish the record in hand if a session and the database are there; we never
+     * wait for them. */
     if (!wk->db && !(wk->db = db_pool_acquire(wk->w->pool, atomic_load(wk->w->stop) ? 0 : -1, wk->w->stop, keep_alive,
                                               wk, db_keepalive_every_ms(cfg->dlq_ack_wait_ms))))
         return false;
@@ -494,6 +498,94 @@ static void degrade(worker_t *wk, store_exhausted_t *e, buf_t *payload, buf_t *o
         e->last_error = why;
 }
 
+/* How a row is keyed and counted (exhaust for the DLQ consumer's records, dlq_exhauster_store for the others). */
+typedef struct {
+    const char *msg_id;        /* dlq_message_id */
+    const char *also_known_as; /* NULL or a second key that means "stored already" */
+    int retry_count;
+    bool last_chance; /* a retryable refusal stores the degraded row at once: there is no later delivery */
+    const char *origin; /* for the log line */
+    const char *original_json; /* NULL, or the full JSON original when the record holds a truncated copy */
+    bool inserted;      /* out: this call wrote the row */
+} row_key_t;
+
+/* Stores the exhausted_events row of record data[0..len) (parsed into r): the record as dlq_payload, its JSON
+ * original as original_payload. Waits out a database outage; a data-class refusal stores the degraded row. Returns
+ * RES_EXHAUST when the row is there (written now or before), RES_RETRY when it is not, RES_LEAVE when stopping. */
+static result_t store_row(worker_t *wk, const char *data, size_t len, const record_t *r, const char *why, row_key_t *k)
+{
+    const config_t *cfg = wk->w->cfg;
+    const char *hid = k->msg_id;
+    why = shown(wk, why, strlen(why), 4096);
+    /* dlq_payload is jsonb: a record that is not JSON is kept as base64 inside an object. */
+    const char *payload = data;
+    buf_t wrapped, orig_b64;
+    buf_init(&wrapped);
+    buf_init(&orig_b64);
+    if (!r->valid && json_parse(&wk->doc, data, len, NULL, 0) != JSON_OK) {
+        buf_puts(&wrapped, "{\"invalid_record_base64\":\"");
+        text_base64_append(&wrapped, (const unsigned char *)data, len);
+        buf_puts(&wrapped, "\"}");
+        payload = wrapped.data ? wrapped.data : "{}";
+    }
+    char *orig = NULL;
+    if (k->original_json)
+        orig = strdup(k->original_json);
+    else if (r->valid && !r->orig_base64)
+        orig = strndup(r->orig, r->orig_len);
+    store_exhausted_t e = {
+        .company_id = cfg->company_id,
+        .source_subject = r->subject[0] ? shown(wk, r->subject, strlen(r->subject), 255) : "unknown",
+        .last_error = why,
+        .retry_count = k->retry_count,
+        .event_ts = clock_rfc3339_valid(r->ts, false) ? r->ts : NULL,
+        .dlq_payload = payload,
+        .original_json = orig,
+        .dlq_message_id = hid,
+        .also_known_as = k->also_known_as,
+    };
+    result_t res = RES_EXHAUST;
+    bool degraded = false;
+    k->inserted = false;
+    for (;;) {
+        if (!ensure_db(wk)) {
+            res = RES_LEAVE;
+            break;
+        }
+        db_error_t err;
+        if (store_exhausted_insert(*wk->db, &e, &k->inserted, &err) == 0)
+            break;
+        if (err.outage && !atomic_load(wk->w->stop)) { /* pause and try again: an outage must not burn attempts */
+            db_close(*wk->db);
+            *wk->db = NULL;
+            continue;
+        }
+        /* A data-class refusal (22xxx, 23xxx, ...) would refuse the same row on every delivery until JetStream gives
+         * up, and the record would leave without a row: store a row made only of safe text instead. A retryable
+         * failure is retried, except at the record's last delivery, where the safe row is the last chance. */
+        if (!degraded && !atomic_load(wk->w->stop) && (!err.retryable || k->last_chance)) {
+            log_warn("dlq", "exhausted event refused by PostgreSQL as it is; storing a degraded row",
+                     LF_S("error", err.message), LF_S("dlq_message_id", hid));
+            degrade(wk, &e, &wrapped, &orig_b64, data, len, r, why, err.message);
+            degraded = true;
+            continue;
+        }
+        /* FIX: never ack a record that is not stored; try again later */
+        log_warn("dlq", "cannot store exhausted event; will retry", LF_S("error", err.message),
+                 LF_S("dlq_message_id", hid));
+        res = RES_RETRY;
+        break;
+    }
+    free(orig);
+    buf_free(&wrapped);
+    buf_free(&orig_b64);
+    if (res == RES_EXHAUST)
+        log_warn("dlq", k->origin, LF_S("source_subject", e.source_subject), LF_S("error", e.last_error),
+                 LF_I("retry_count", e.retry_count), LF_S("dlq_message_id", hid), LF_B("degraded", degraded),
+                 LF_B("already_stored", !k->inserted));
+    return res;
+}
+
 static result_t exhaust(worker_t *wk, const char *data, size_t len, const record_t *r, int attempt, const char *why)
 {
     const config_t *cfg = wk->w->cfg;
@@ -509,68 +601,13 @@ static result_t exhaust(worker_t *wk, const char *data, size_t len, const record
         jsMsgMetaData_Destroy(md);
         hid = msgid;
     }
-    why = shown(wk, why, strlen(why), 4096);
-    /* dlq_payload is jsonb: a record that is not JSON is kept as base64 inside an object. */
-    const char *payload = data;
-    buf_t wrapped, orig_b64;
-    buf_init(&wrapped);
-    buf_init(&orig_b64);
-    if (!r->valid && json_parse(&wk->doc, data, len, NULL, 0) != JSON_OK) {
-        buf_puts(&wrapped, "{\"invalid_record_base64\":\"");
-        text_base64_append(&wrapped, (const unsigned char *)data, len);
-        buf_puts(&wrapped, "\"}");
-        payload = wrapped.data ? wrapped.data : "{}";
-    }
-    char *orig = NULL;
-    if (r->valid && !r->orig_base64)
-        orig = strndup(r->orig, r->orig_len);
-    store_exhausted_t e = {
-        .company_id = cfg->company_id,
-        .source_subject = r->subject[0] ? shown(wk, r->subject, strlen(r->subject), 255) : "unknown",
-        .last_error = why,
+    row_key_t k = {
+        .msg_id = hid,
         .retry_count = (int)r->retry_count + attempt,
-        .event_ts = clock_rfc3339_valid(r->ts, false) ? r->ts : NULL,
-        .dlq_payload = payload,
-        .original_json = orig,
-        .dlq_message_id = hid,
+        .last_chance = attempt >= cfg->dlq_max_deliver,
+        .origin = "DLQ record exhausted",
     };
-    result_t res = RES_EXHAUST;
-    bool degraded = false;
-    for (;;) {
-        if (!ensure_db(wk)) {
-            res = RES_LEAVE;
-            break;
-        }
-        db_error_t err;
-        if (store_exhausted_insert(*wk->db, &e, &err) == 0)
-            break;
-        if (err.outage && !atomic_load(wk->w->stop)) { /* pause and try again: an outage must not burn attempts */
-            db_close(*wk->db);
-            *wk->db = NULL;
-            continue;
-        }
-        /* A data-class refusal (22xxx, 23xxx, ...) would refuse the same row on every delivery until JetStream gives
-         * up, and the record would leave without a row: store a row made only of safe text instead. A retryable
-         * failure is retried, except at the record's last delivery, where the safe row is the last chance. */
-        if (!degraded && !atomic_load(wk->w->stop) && (!err.retryable || attempt >= cfg->dlq_max_deliver)) {
-            log_warn("dlq", "exhausted event refused by PostgreSQL as it is; storing a degraded row",
-                     LF_S("error", err.message), LF_S("dlq_message_id", hid));
-            degrade(wk, &e, &wrapped, &orig_b64, data, len, r, why, err.message);
-            degraded = true;
-            continue;
-        }
-        /* FIX: never ack a record that is not stored; try again later */
-        log_warn("dlq", "cannot store exhausted event; will retry", LF_S("error", err.message));
-        res = RES_RETRY;
-        break;
-    }
-    free(orig);
-    buf_free(&wrapped);
-    buf_free(&orig_b64);
-    if (res == RES_EXHAUST)
-        log_warn("dlq", "DLQ record exhausted", LF_S("source_subject", e.source_subject), LF_S("error", e.last_error),
-                 LF_I("retry_count", e.retry_count), LF_S("dlq_message_id", hid), LF_B("degraded", degraded));
-    return res;
+    return store_row(wk, data, len, r, why, &k);
 }
 
 static void settle(worker_t *wk, result_t res, int attempt)
@@ -789,4 +826,75 @@ void dlq_worker_destroy(dlq_worker_t *w)
     queue_free(&w->q);
     free(w->workers);
     free(w);
+}
+
+/* ---- exhaustion for records from elsewhere ------------------------------------------------------------------ */
+
+/* A worker outside the DLQ worker's pool of threads (its sessions come from the same db_pool): the same parsing, row, degraded row and session handling as the workers' exhaustion. */
+struct dlq_exhauster {
+    dlq_worker_t w; /* only cfg, nats and stop are set */
+    worker_t wk;
+};
+
+dlq_exhauster_t *dlq_exhauster_create(const config_t *cfg, mes_nats_t *nats, db_pool_t *pool, const atomic_bool *stop)
+{
+    dlq_exhauster_t *x = calloc(1, sizeof *x);
+    if (!x)
+        return NULL;
+    x->w.cfg = cfg;
+    x->w.nats = nats;
+    x->w.stop = stop;
+    x->w.pool = pool;
+    x->wk.w = &x->w;
+    x->wk.id = -1;
+    store_scratch_init(&x->wk.scratch);
+    json_doc_init(&x->wk.doc);
+    buf_init(&x->wk.buf);
+    if (payload_ctx_init(&x->wk.pctx, cfg->company_id) != 0) {
+        dlq_exhauster_destroy(x);
+        return NULL;
+    }
+    return x;
+}
+
+void dlq_exhauster_destroy(dlq_exhauster_t *x)
+{
+    if (!x)
+        return;
+    payload_ctx_free(&x->wk.pctx);
+    store_scratch_free(&x->wk.scratch);
+    json_doc_free(&x->wk.doc);
+    buf_free(&x->wk.buf);
+    free(x);
+}
+
+dlq_exh_result_t dlq_exhauster_store(dlq_exhauster_t *x, const dlq_exhaust_t *in, bool *inserted)
+{
+    worker_t *wk = &x->wk;
+    arena_reset(wk->pctx.arena);
+    wk->msg = in->held;
+    record_t r;
+    parse_record(wk, in->record, in->len, &r);
+    const char *why = in->why;
+    if (r.valid && r.error[0] && strcmp(r.error, why) != 0) { /* a DLQ record: its own error says what failed */
+        const char *both = arena_printf(wk->pctx.arena, "%s; the record's error: %s", why,
+                                        shown(wk, r.error, strlen(r.error), 2048));
+        if (both)
+            why = both;
+    }
+    row_key_t k = {
+        .msg_id = in->msg_id,
+        .also_known_as = in->also_known_as,
+        .retry_count = (int)r.retry_count + in->attempts,
+        .origin = in->origin ? in->origin : "exhausted event stored",
+        .original_json = in->original_json,
+    };
+    result_t res = store_row(wk, in->record, in->len, &r, why, &k);
+    db_pool_release(x->w.pool, wk->db); /* held for this record only, as a worker holds one */
+    wk->db = NULL;
+    free(r.orig_decoded);
+    wk->msg = NULL;
+    if (inserted)
+        *inserted = res == RES_EXHAUST && k.inserted;
+    return res == RES_EXHAUST ? DLQ_EXH_STORED : res == RES_LEAVE ? DLQ_EXH_STOPPING : DLQ_EXH_NOT_STORED;
 }

@@ -8,6 +8,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "advisory.h"
 #include "clock.h"
 #include "config.h"
 #include "consumer.h"
@@ -33,6 +34,7 @@ typedef struct {
     consumer_t *lanes[ET_BASE_COUNT];
     int nlanes;
     dlq_worker_t *dlq;
+    advisory_t *adv;
     maintenance_t *maint;
     http_server_t *http;
     /* The session budget (database.maxConnections), split once: the lanes' writers, the DLQ workers, maintenance
@@ -105,9 +107,12 @@ static bool ready(void *ctx, char *details, size_t len)
         subscribed += consumer_subscribed(a->lanes[i]);
     bool consumers = nlanes > 0 && subscribed == nlanes;
     bool dlq = stage >= STAGE_ALL && dlq_worker_subscribed(a->dlq);
+    bool adv = stage >= STAGE_ALL && advisory_subscribed(a->adv);
     int k = snprintf(details, len,
-                     "\"postgres\":\"%s\",\"nats\":\"%s\",\"consumers\":\"%d/%d subscribed\",\"dlq_worker\":\"%s\"",
-                     db ? "up" : "down", nats ? "up" : "down", subscribed, nlanes, dlq ? "subscribed" : "not subscribed");
+                     "\"postgres\":\"%s\",\"nats\":\"%s\",\"consumers\":\"%d/%d subscribed\",\"dlq_worker\":\"%s\","
+                     "\"advisories\":\"%s\"",
+                     db ? "up" : "down", nats ? "up" : "down", subscribed, nlanes, dlq ? "subscribed" : "not subscribed",
+                     adv ? "subscribed" : "not subscribed");
     /* Name the durables being re-created (after a reconnect, a stall, or a durable or stream deleted at runtime);
      * durable names are [A-Za-z0-9_] (SPEC 1: the company id rule), so they need no escaping. */
     if (stage >= STAGE_LANES && (!consumers || (stage >= STAGE_ALL && !dlq)) && k > 0 && (size_t)k < len) {
@@ -123,7 +128,7 @@ static bool ready(void *ctx, char *details, size_t len)
         if ((size_t)k < len)
             snprintf(details + k, len - (size_t)k, "]");
     }
-    return db && nats && consumers && dlq;
+    return db && nats && consumers && dlq && adv;
 }
 
 /* PostgreSQL with retry and backoff until the startup deadline; then the schema. Returns 0, -1, or CONFIG_EXIT_BAD
@@ -229,6 +234,16 @@ static void pools_destroy(app_t *a)
     a->maint_pool = a->dlq_pool = a->writers_pool = NULL;
 }
 
+/* The safety net for what JetStream gives up on (issue 13): max-deliveries advisories -> exhausted_events. */
+static int start_advisories(app_t *a)
+{
+    if (!(a->adv = advisory_create(&a->cfg, &a->nats, a->dlq_pool, &g_stop, db_up, a)))
+        return -1;
+    if (advisory_subscribe(a->adv) != 0 || advisory_start(a->adv) != 0)
+        return -1;
+    return 0;
+}
+
 /* Stop intake, let lanes finish, commit and ack their batches, then close connections. */
 static int shutdown_all(app_t *a)
 {
@@ -247,6 +262,10 @@ static int shutdown_all(app_t *a)
         log_error("main", "shutdown timeout: DLQ workers did not finish; exiting with their records unacked");
         return 1;
     }
+    if (!advisory_join(a->adv, deadline)) {
+        log_error("main", "shutdown timeout: the advisory consumer did not finish; exiting with its advisory unacked");
+        return 1;
+    }
     /* /ready reads the components: stop HTTP (it waits for requests in progress) before freeing them. */
     http_stop(a->http);
     a->http = NULL;
@@ -254,6 +273,8 @@ static int shutdown_all(app_t *a)
     a->maint = NULL;
     dlq_worker_destroy(a->dlq);
     a->dlq = NULL;
+    advisory_destroy(a->adv);
+    a->adv = NULL;
     for (int i = 0; i < a->nlanes; i++)
         consumer_destroy(a->lanes[i]);
     a->nlanes = 0;
@@ -308,6 +329,7 @@ int main(int argc, char **argv)
         log_error("main", "startup failed: metrics");
         return 1;
     }
+    metrics_streams_set(app.cfg.realtime.stream, app.cfg.historical.stream, app.cfg.dlq_stream);
     /* HTTP first (deviation from the reference order, on purpose): /health answers and /ready says what is still
      * missing while we wait for PostgreSQL or NATS. */
     app.maint = NULL;
@@ -351,6 +373,12 @@ int main(int argc, char **argv)
             log_error("main", "startup failed: streams");
         goto out;
     }
+    /* Before the consumers: an advisory about one of them is kept from the moment it can be published. */
+    if (mes_nats_ensure_advisory_stream(&app.nats) != 0) {
+        if (!stopping())
+            log_error("main", "startup failed: the advisory stream (max-deliveries safety net)");
+        goto out;
+    }
     publish_stage(STAGE_NATS);
     if (start_consumers(&app) != 0) {
         if (!stopping())
@@ -361,6 +389,11 @@ int main(int argc, char **argv)
     if (start_dlq_worker(&app) != 0) {
         if (!stopping())
             log_error("main", "startup failed: DLQ worker");
+        goto out;
+    }
+    if (start_advisories(&app) != 0) {
+        if (!stopping())
+            log_error("main", "startup failed: advisory consumer");
         goto out;
     }
     publish_stage(STAGE_ALL);

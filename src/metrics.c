@@ -91,11 +91,13 @@ static struct {
     hist_t batch[LANE_COUNT];
     atomic_int nats_connected, db_up;
     counter_t consumer_pending[ET_COUNT];
+    counter_t js_exhausted[MSTREAM_COUNT];
 } m;
 
 /* Label values escaped once at init; constant afterwards. */
 static char company[LABEL_OUT_MAX];
 static char version[LABEL_OUT_MAX];
+static char stream_names[MSTREAM_COUNT][LABEL_OUT_MAX]; /* set once at startup (metrics_streams_set) */
 static double start_time;
 
 /* Distinct (agent_id, jid) label pairs, escaped. Open addressing with linear probing, never shrinks; at most
@@ -273,6 +275,7 @@ int metrics_init(const char *company_id, const char *ver, int max_agent_labels, 
     metrics_shutdown();
     /* Single-threaded by contract (before any other call), so a plain reset of the atomics is fine. */
     memset(&m, 0, sizeof m);
+    memset(stream_names, 0, sizeof stream_names);
     label_value(company_id, strlen(company_id), company);
     label_value(ver, strlen(ver), version);
     start_time = process_start();
@@ -446,6 +449,19 @@ void metrics_nats_connected_set(bool up)
 void metrics_db_up_set(bool up)
 {
     atomic_store_explicit(&m.db_up, up, memory_order_relaxed);
+}
+
+void metrics_streams_set(const char *realtime, const char *historical, const char *dlq)
+{
+    const char *names[MSTREAM_COUNT] = {realtime, historical, dlq};
+    for (int i = 0; i < MSTREAM_COUNT; i++)
+        label_value(names[i] ? names[i] : "", names[i] ? strlen(names[i]) : 0, stream_names[i]);
+}
+
+void metrics_jetstream_exhausted(metrics_stream_t s)
+{
+    if ((unsigned)s < MSTREAM_COUNT)
+        inc(&m.js_exhausted[s]);
 }
 
 void metrics_consumer_pending_set(event_type_t et, uint64_t pending)
@@ -701,6 +717,24 @@ static void render_own(FILE *f)
     for (unsigned et = 0; et < ET_BASE_COUNT; et++) {
         snprintf(lb, sizeof lb, "event_type=\"%s\"", event_type_base((event_type_t)et));
         sample(f, name, lb, load(&m.consumer_pending[et]));
+    }
+    name = "message_event_service_jetstream_exhausted_total";
+    family(f, name, "counter",
+           "Events JetStream stopped delivering (max-deliveries advisory) stored in exhausted_events, by stream.");
+    for (unsigned i = 0; i < MSTREAM_COUNT; i++) {
+        if (!stream_names[i][0])
+            continue;
+        uint64_t v = 0;
+        bool first = true; /* two keys may name one stream: one series, with the sum */
+        for (unsigned k = 0; k < MSTREAM_COUNT; k++) {
+            if (strcmp(stream_names[k], stream_names[i]) == 0) {
+                first = first && k >= i;
+                v += load(&m.js_exhausted[k]);
+            }
+        }
+        if (!first)
+            continue;
+        fprintf(f, "%s{company_id=\"%s\",stream=\"%s\"} %llu\n", name, company, stream_names[i], (unsigned long long)v);
     }
     name = "message_event_service_build_info";
     family(f, name, "gauge", "Build information; the value is always 1.");

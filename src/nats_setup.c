@@ -583,23 +583,35 @@ natsStatus mes_nats_fetch(natsSubscription *sub, natsMsgList *carry, int batch, 
 
 /* ---- a message by stream sequence ---------------------------------------------------------------------------- */
 
-mes_source_t mes_nats_get_source(mes_nats_t *n, const char *stream, uint64_t seq, const char *subject, buf_t *out,
-                                 char *why, size_t whylen)
+mes_source_t mes_nats_get_msg(mes_nats_t *n, const char *stream, uint64_t seq, natsMsg **out, char *why, size_t whylen)
 {
-    natsMsg *m = NULL;
     jsErrCode jerr = 0;
-    natsStatus s = js_GetMsg(&m, n->js, stream, seq, NULL, &jerr);
+    *out = NULL;
+    natsStatus s = js_GetMsg(out, n->js, stream, seq, NULL, &jerr);
     if (s == NATS_NOT_FOUND || jerr == JSNoMessageFoundErr || jerr == JSStreamNotFoundErr) {
+        natsMsg_Destroy(*out);
+        *out = NULL;
         snprintf(why, whylen, "the full message is gone from stream %s (sequence %llu)", stream,
                  (unsigned long long)seq);
         return MES_SRC_GONE;
     }
     if (s != NATS_OK) {
+        natsMsg_Destroy(*out);
+        *out = NULL;
         snprintf(why, whylen, "reading the full original from stream %s sequence %llu: %s (js error %d)", stream,
                  (unsigned long long)seq, natsStatus_GetText(s), (int)jerr);
         return MES_SRC_FAILED;
     }
-    mes_source_t rc = MES_SRC_OK;
+    return MES_SRC_OK;
+}
+
+mes_source_t mes_nats_get_source(mes_nats_t *n, const char *stream, uint64_t seq, const char *subject, buf_t *out,
+                                 char *why, size_t whylen)
+{
+    natsMsg *m = NULL;
+    mes_source_t rc = mes_nats_get_msg(n, stream, seq, &m, why, whylen);
+    if (rc != MES_SRC_OK)
+        return rc;
     if (strcmp(natsMsg_GetSubject(m), subject) != 0) {
         snprintf(why, whylen, "stream %s sequence %llu holds a message of subject %s, not %s", stream,
                  (unsigned long long)seq, natsMsg_GetSubject(m), subject);
@@ -609,4 +621,75 @@ mes_source_t mes_nats_get_source(mes_nats_t *n, const char *stream, uint64_t seq
     }
     natsMsg_Destroy(m);
     return rc;
+}
+
+/* ---- max-deliveries advisories -------------------------------------------------------------------------------- */
+
+#define ADVISORY_MAX_ACK_PENDING 64
+
+void mes_nats_advisory_names(const config_t *cfg, char *stream, size_t slen, char *durable, size_t dlen)
+{
+    snprintf(stream, slen, "mes_advisories_%s", cfg->company_id);
+    snprintf(durable, dlen, "mes_advisory_worker_%s", cfg->company_id);
+}
+
+int mes_nats_ensure_advisory_stream(mes_nats_t *n)
+{
+    const config_t *cfg = n->cfg;
+    char subj[ET_BASE_COUNT + 1][600], durable[256], filter[256], name[128], dummy[128];
+    const char *subjects[ET_BASE_COUNT + 1];
+    for (int i = 0; i <= ET_BASE_COUNT; i++) {
+        bool dlq = i == ET_BASE_COUNT;
+        event_type_t et = dlq ? ET_UNKNOWN : (event_type_t)i;
+        const char *stream = dlq ? cfg->dlq_stream
+                                 : event_type_lane(et) == LANE_HISTORICAL ? cfg->historical.stream : cfg->realtime.stream;
+        mes_nats_consumer_names(cfg, et, dlq, durable, sizeof durable, filter, sizeof filter);
+        snprintf(subj[i], sizeof subj[i], "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.%s.%s", stream, durable);
+        subjects[i] = subj[i];
+    }
+    mes_nats_advisory_names(cfg, name, sizeof name, dummy, sizeof dummy);
+    return ensure_stream(n, name, subjects, ET_BASE_COUNT + 1, cfg->dlq_max_age_days);
+}
+
+int mes_nats_subscribe_advisories(mes_nats_t *n, natsSubscription **sub)
+{
+    char stream[128], durable[128];
+    jsErrCode jerr = 0;
+    jsConsumerInfo *ci = NULL;
+    mes_nats_advisory_names(n->cfg, stream, sizeof stream, durable, sizeof durable);
+    natsStatus s = js_GetConsumerInfo(&ci, n->js, stream, durable, NULL, &jerr);
+    if (s == NATS_NOT_FOUND || jerr == JSConsumerNotFoundErr) {
+        jsConsumerConfig cc;
+        jsConsumerConfig_Init(&cc);
+        cc.Durable = durable;
+        cc.DeliverPolicy = js_DeliverAll;
+        cc.AckPolicy = js_AckExplicit;
+        cc.AckWait = n->cfg->dlq_ack_wait_ms * 1000000LL;
+        cc.MaxDeliver = -1; /* the safety net never gives up itself: an advisory stays until its row is stored */
+        cc.MaxAckPending = ADVISORY_MAX_ACK_PENDING;
+        s = js_AddConsumer(&ci, n->js, stream, &cc, NULL, &jerr);
+        if (s == NATS_OK)
+            log_info("nats", "consumer created", LF_S("stream", stream), LF_S("durable", durable));
+        else if (jerr == JSConsumerNameExistErr || jerr == JSConsumerExistingActiveErr)
+            s = js_GetConsumerInfo(&ci, n->js, stream, durable, NULL, &jerr);
+    }
+    jsConsumerInfo_Destroy(ci);
+    if (s != NATS_OK) {
+        log_error("nats", "cannot create the advisory consumer", LF_S("stream", stream), LF_S("durable", durable),
+                  LF_S("error", natsStatus_GetText(s)), LF_I("js_error", jerr), LF_S("detail", nats_GetLastError(NULL)));
+        return -1;
+    }
+    jsSubOptions so;
+    jsSubOptions_Init(&so);
+    so.Stream = stream;
+    so.Consumer = durable;
+    natsSubscription *fresh = NULL;
+    s = js_PullSubscribe(&fresh, n->js, "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>", durable, NULL, &so, &jerr);
+    if (s != NATS_OK) {
+        log_error("nats", "cannot subscribe", LF_S("durable", durable), LF_S("error", natsStatus_GetText(s)),
+                  LF_I("js_error", jerr), LF_S("detail", nats_GetLastError(NULL)));
+        return -1;
+    }
+    *sub = fresh;
+    return 0;
 }

@@ -126,6 +126,8 @@ TEST(render_passes_promtool_check_metrics)
         return;
     }
     REQUIRE(metrics_init(CO, "0.1.0-\"dev\"", 2, true) == 0);
+    metrics_streams_set("wa_events_stream", "wa_history_events_stream", "dlq\"stream\n");
+    metrics_jetstream_exhausted(MSTREAM_DLQ);
     metrics_event_received(ET_CHATS_UPSERT, LANE_REALTIME);
     metrics_event_action(ET_HISTORY_CHATS, LANE_HISTORICAL, ACT_DLQ_PUBLISHED_ACK_SUCCESS, ERR_VALIDATION);
     metrics_event_action(ET_CHATS_UPSERT, LANE_HISTORICAL, ACT_ACK_SUCCESS, ERR_NONE); /* odd pair: still valid */
@@ -480,5 +482,34 @@ TEST(init_resets_values_and_rejects_bad_arguments)
     metrics_shutdown();
     CHECK(metrics_init(NULL, "0.1.0", 10, false) != 0);
     CHECK(metrics_init(CO, "0.1.0", -1, false) != 0);
+    metrics_shutdown();
+}
+
+TEST(jetstream_exhausted_has_a_zero_series_per_stream_and_one_series_for_a_shared_name)
+{
+    REQUIRE(metrics_init(CO, "0.1.0", 10, false) == 0);
+    metrics_streams_set("rt", "hist", "dlq");
+    metrics_jetstream_exhausted(MSTREAM_HISTORICAL);
+    char *text = render();
+    REQUIRE(text);
+    CHECK_CONTAINS(text, "# TYPE message_event_service_jetstream_exhausted_total counter\n");
+    CHECK_EQ_INT(value_of(text, "message_event_service_jetstream_exhausted_total{company_id=\"" CO "\",stream=\"rt\"}"), 0);
+    CHECK_EQ_INT(value_of(text, "message_event_service_jetstream_exhausted_total{company_id=\"" CO "\",stream=\"hist\"}"),
+                 1);
+    CHECK_EQ_INT(value_of(text, "message_event_service_jetstream_exhausted_total{company_id=\"" CO "\",stream=\"dlq\"}"), 0);
+    free(text);
+    /* Both lanes on one stream: one series with the sum, never a duplicate label set. */
+    REQUIRE(metrics_init(CO, "0.1.0", 10, false) == 0);
+    metrics_streams_set("events", "events", "dlq");
+    metrics_jetstream_exhausted(MSTREAM_REALTIME);
+    metrics_jetstream_exhausted(MSTREAM_HISTORICAL);
+    text = render();
+    REQUIRE(text);
+    const char *first = strstr(text, "stream=\"events\"");
+    CHECK(first && !strstr(first + 1, "stream=\"events\""));
+    CHECK_EQ_INT(value_of(text, "message_event_service_jetstream_exhausted_total{company_id=\"" CO
+                                "\",stream=\"events\"}"),
+                 2);
+    free(text);
     metrics_shutdown();
 }
