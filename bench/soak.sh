@@ -10,15 +10,15 @@
 # 2. nats-server (JetStream, monitoring on -m PORT) and PostgreSQL on free loopback ports; two replicas of the
 #    service for tenant "soak" (same COMPANY_ID, same durables).
 # 3. mes-loadgen runs the same mix at 50% of that rate with 1% poison (--invalid-ratio 0.01) for DURATION, plus
-#    10 probe events/s published by mes-publish that carry their publish time (bench-latency's method: latency =
+#    20 probe events/s published by mes-publish that carry their publish time (bench-latency's method: latency =
 #    the row's updated_at - publish time).
 # 4. Every 10 s: RSS, open fds and threads of each replica (/proc), PostgreSQL sessions of the service
 #    (pg_stat_activity, application_name message-event-service), NATS client connections (/connz).
 # 5. At the end mes-loadgen --verify proves every published event is stored, in the DLQ or an exhausted event, and
 #    every probe must be in PostgreSQL. p99 publish->commit per 10 s window comes from the probes' rows.
 # 6. Verdict: RSS and fd slope over the second half ~ 0 (fitted change over the second half within max(2 MiB, 5%)
-#    of the replica's RSS and within 2 fds), p99 stable (median window p99 of the second half <= 1.5 x that of the
-#    first half + 10 ms), nothing lost. Samples and the verdict go to SOAK_OUT, the chart to SOAK_OUT/soak.png.
+#    of the replica's RSS and within 2 fds), p99 stable (median window p99 of the second half <= 2 x that of the
+#    first half + 20 ms: these machines are shared, single windows spike), nothing lost. Samples and the verdict go to SOAK_OUT, the chart to SOAK_OUT/soak.png.
 #
 # Environment: SOAK_RATE (skip the drain measurement), SOAK_DRAIN_COUNT (events for it, default 60000),
 # SOAK_BUILD_DIR (default <repo>/build-bench, shared with bench/run.sh), SOAK_SERVICE_BIN (another service binary,
@@ -33,7 +33,7 @@ OUT=${SOAK_OUT:-$BUILD/soak-results/$(date +%Y%m%d-%H%M%S)}
 DURATION=${1:-10m}
 COMPANY=soak
 SAMPLE_S=10
-PROBES_PER_S=10
+PROBES_PER_S=20
 MIX=v1.chats.upsert:8,v1.chats.update:10,v1.messages.upsert:40,v1.messages.update:24,v1.contacts.upsert:6
 MIX=$MIX,v1.contacts.update:4,v1.connection.update:2,v1.history.chats:2,v1.history.messages:3,v1.history.contacts:1
 T0=$SECONDS
@@ -116,7 +116,7 @@ else
 fi
 RATE=$((DRAIN / 2 - PROBES_PER_S))
 [ "$RATE" -gt 0 ] || die "the drain rate ($DRAIN events/s) is too low for a soak"
-log "drain rate $DRAIN events/s: the soak runs at $RATE events/s + $PROBES_PER_S probes/s (50%) for ${DUR_S}s"
+log "drain rate $DRAIN events/s$([ -z "${SOAK_RATE:-}" ] || echo " (2 x SOAK_RATE)"): the soak runs at $RATE events/s + $PROBES_PER_S probes/s (50%) for ${DUR_S}s"
 
 # --- 2. servers and two replicas --------------------------------------------------------------------------------
 WORK=$(mktemp -d /tmp/mes-soak.XXXXXX)
@@ -265,9 +265,11 @@ DLQ_ROWS=$(psql "$DSN" -XAtq -c "SELECT count(*) FROM daisi_$COMPANY.exhausted_e
 # --- 6. verdict and chart ----------------------------------------------------------------------------------------
 grep -E '^verify|published|rate|loss|DLQ' "$WORK/loadgen.log" | tail -n 12 >"$OUT/loadgen-summary.txt"
 python3 - "$SAMPLES" "$OUT/p99.tsv" "$RUN_S" "$LG_RC" "${PROBES_SENT:-0}" "${PROBES_FAILED:-0}" \
-  "${PROBES_STORED:-0}" "$OUT/verdict.txt" "$RATE" "$DRAIN" "$DLQ_ROWS" "$CRASH" <<'PY'
+  "${PROBES_STORED:-0}" "$OUT/verdict.txt" "$RATE" "$DRAIN" "$DLQ_ROWS" "$CRASH" "$PROBES_PER_S" <<'PY'
 import math, statistics, sys
-samples_f, p99_f, dur, lg_rc, sent, pfail, stored, verdict_f, rate, drain, exhausted, crash = sys.argv[1:13]
+samples_f, p99_f, dur, lg_rc, sent, pfail, stored, verdict_f, rate, drain, exhausted, crash, probes_per_s = \
+    sys.argv[1:14]
+probes_per_s = int(probes_per_s)
 dur, lg_rc, sent, pfail, stored = int(dur), int(lg_rc), int(sent), int(pfail), int(stored)
 rows = [l.rstrip("\n").split("\t") for l in open(samples_f)][1:]
 cols = ["t", "rss1", "rss2", "fds1", "fds2", "thr1", "thr2", "pg", "nats", "processed", "failed"]
@@ -290,7 +292,8 @@ def slope(key):
     return s, mv
 lines, ok = [], True
 span = (half[-1]["t"] - half[0]["t"]) if len(half) > 1 else 0
-lines.append(f"soak: {dur}s{' (ended early)' if crash else ''} at {rate} events/s (+10 probes/s) = 50% of the {drain} events/s drain rate, "
+lines.append(f"soak: {dur}s{' (ended early)' if crash else ''} at {rate} events/s (+{probes_per_s} probes/s) = "
+             f"50% of {drain} events/s, "
              f"1% poison, tenant soak x 2 replicas; {len(load)} samples every 10s")
 for r in ("1", "2"):
     s, mv = slope("rss" + r)
@@ -318,13 +321,14 @@ lines.append(f"PostgreSQL sessions of the service: {min(pg):.0f}..{max(pg):.0f};
 win = []
 for l in open(p99_f):
     f = l.split("\t")
-    if len(f) == 5 and float(f[0]) <= dur + 10:
+    if len(f) == 5 and float(f[0]) <= dur + 10 and float(f[0]) > 0:
         win.append((float(f[0]), int(f[1]), float(f[2]), float(f[3]), float(f[4])))
+win = [w for w in win if w[1] >= 5 * probes_per_s]   # a partial window at the end says little
 first = [w[3] for w in win if w[0] > 10 and w[0] <= dur / 2]   # the first window is the warm-up
 second = [w[3] for w in win if w[0] > dur / 2]
 if first and second:
     m1, m2 = statistics.median(first), statistics.median(second)
-    good = m2 <= 1.5 * m1 + 10
+    good = m2 <= 2 * m1 + 20
     ok &= good
     allp = [w[3] for w in win if w[0] > 10]
     lines.append(f"p99 publish->commit per 10s window: median {m1:.1f} ms (first half) vs {m2:.1f} ms (second half), "
