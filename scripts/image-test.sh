@@ -190,7 +190,7 @@ log "built $TAG (${new_id:0:12}) in ${BUILD_S}s; $cached of $steps steps from th
 # Old images are removed after a rebuild so that storage does not grow with every commit: the previous image of
 # the tag and the previous final image of each earlier stage (an untagged image that only the layer cache
 # uses; podman rmi also removes its parents that nothing else needs). Layers the new build shares stay.
-STAGES_FILE=$CACHE/image-stages.$(tr -c 'A-Za-z0-9_.-' '_' <<<"$TAG")
+STAGES_FILE=$CACHE/image-stages.$(printf '%s' "$TAG" | tr -c 'A-Za-z0-9_.-' _)
 new_stages=$(awk '/^--> [0-9a-f]+$/ {last = $2} /^\[[0-9]+\/[0-9]+\] STEP 1\// && last != "" {print last}' \
   "$WORK/build.log")
 removed=0
