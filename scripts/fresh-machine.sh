@@ -31,15 +31,8 @@ for tool in debootstrap chroot mount umount git tar timeout flock; do
   command -v "$tool" >/dev/null 2>&1 || skip "$tool is not installed (bash scripts/install-deps.sh installs it)"
 done
 
-# The machine's configured Debian mirror: the first non-security Debian URI of its apt sources.
-mirror() {
-  local uri
-  uri=$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '/^URIs:/ {for (i = 2; i <= NF; i++) print $i}' |
-    grep -E '/debian/?$' | head -n 1)
-  [ -n "$uri" ] || uri=$(grep -hsE '^deb[[:space:]]' /etc/apt/sources.list /etc/apt/sources.list.d/*.list |
-    awk '{print $2}' | grep -E '/debian/?$' | head -n 1)
-  echo "${uri:-http://deb.debian.org/debian}"
-}
+# shellcheck source=lib.sh
+. "$ROOT/scripts/lib.sh" # debian_mirror
 
 cleanup() {
   local rc=$? pid i
@@ -73,7 +66,7 @@ exec 9>"$CACHE/lock"
 flock -w 1800 9 || fail "another fresh-machine run holds $CACHE/lock"
 
 # --- the root filesystem (cached) ----------------------------------------------------------------------------
-MIRROR=$(mirror)
+MIRROR=$(debian_mirror)
 if [ ! -s "$TARBALL" ]; then
   if ! curl -fsS --max-time 20 -o /dev/null "${MIRROR%/}/dists/bookworm/Release" 2>/dev/null &&
      ! (exec 3<>"/dev/tcp/$(sed -E 's#^[a-z]+://([^/:]+).*#\1#' <<<"$MIRROR")/80") 2>/dev/null; then

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # install-deps.sh [demo|all] - installs the Debian 12 packages the project needs: "demo" what scripts/demo.sh
 # needs (build, NATS, PostgreSQL, curl), "all" (the default) everything (tests, sanitizers, fuzzing, load-test
-# tooling, the fresh-machine check). Idempotent: a no-op that only asks dpkg when everything is already present.
+# tooling, the fresh-machine check, podman for the image check). Idempotent: a no-op that only asks dpkg when
+# everything is already present (and rewrites nothing when the podman settings below are already in place).
 # The postgresql package is installed without starting or creating the system cluster: tests and the demo run
 # their own throwaway servers (tests/harness.c, scripts/demo.sh), never the system one.
 set -euo pipefail
@@ -15,9 +16,36 @@ PKGS=(
 case ${1:-all} in
   demo) ;;
   all) PKGS+=(prometheus docker-compose clang libclang-rt-14-dev valgrind gnuplot-nox python3 python3-yaml openssl
-              debootstrap dnsmasq-base) ;;
+              debootstrap dnsmasq-base podman runc clang-format) ;;
   *) echo "install-deps: usage: install-deps.sh [demo|all] (got '$1')" >&2; exit 2 ;;
 esac
+
+# podman's settings for these machines (scripts/image-test.sh passes the same as flags): runc, because crun refuses
+# the hybrid cgroup v1 hierarchy of this kernel; cgroupfs, because there is no systemd; and nofile/nproc limits at
+# or below the host's hard limits (podman's default nofile, 1048576, exceeds them, so every container would fail
+# with "error setting rlimits"). Only a file this script wrote is rewritten; someone else's is left alone.
+podman_conf() {
+  local conf=/etc/containers/containers.conf marker="# written by message-event-service scripts/install-deps.sh"
+  local n u want as=()
+  [ "${1:-}" = all ] && command -v podman >/dev/null 2>&1 || return 0
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 || { echo "install-deps: not root: $conf not checked" >&2; return 0; }
+    as=(sudo)
+  fi
+  n=$(ulimit -Hn) u=$(ulimit -Hu)
+  if [ "$n" = unlimited ] || [ "$n" -gt 16384 ]; then n=16384; fi
+  if [ "$u" = unlimited ] || [ "$u" -gt 32768 ]; then u=32768; fi
+  want=$(printf '%s\n' "$marker" "[containers]" "default_ulimits = [\"nofile=$n:$n\", \"nproc=$u:$u\"]" "" \
+    "[engine]" 'runtime = "runc"' 'cgroup_manager = "cgroupfs"' 'events_logger = "file"')
+  [ "$(cat "$conf" 2>/dev/null)" = "$want" ] && return 0
+  if [ -s "$conf" ] && ! grep -qxF "$marker" "$conf"; then
+    echo "install-deps: $conf exists and was not written here; left as is (scripts/image-test.sh passes flags)" >&2
+    return 0
+  fi
+  "${as[@]}" mkdir -p /etc/containers
+  printf '%s\n' "$want" | "${as[@]}" tee "$conf" >/dev/null
+  echo "install-deps: wrote $conf (runc, cgroupfs, nofile $n, nproc $u)"
+}
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -28,6 +56,7 @@ done
 
 if [ "${#missing[@]}" -eq 0 ]; then
   echo "install-deps: all ${#PKGS[@]} packages already present"
+  podman_conf "${1:-all}"
   exit 0
 fi
 
@@ -69,3 +98,4 @@ if ! { "${SUDO[@]}" apt-get "${apt_opts[@]}" update -q &&
   exit 1
 fi
 echo "install-deps: installed ${missing[*]}"
+podman_conf "${1:-all}"

@@ -252,3 +252,14 @@ apps_stop() {
   done
   return 0
 }
+
+# debian_mirror: the machine's configured Debian mirror, the first non-security Debian URI of its apt sources
+# (scripts/fresh-machine.sh and scripts/image-test.sh build root filesystems from it with debootstrap).
+debian_mirror() {
+  local uri
+  uri=$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '/^URIs:/ {for (i = 2; i <= NF; i++) print $i}' |
+    grep -E '/debian/?$' | head -n 1)
+  [ -n "$uri" ] || uri=$(grep -hsE '^deb[[:space:]]' /etc/apt/sources.list /etc/apt/sources.list.d/*.list |
+    awk '{print $2}' | grep -E '/debian/?$' | head -n 1)
+  echo "${uri:-http://deb.debian.org/debian}"
+}

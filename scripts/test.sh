@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # test.sh - the project's test command (README, CI): installs dependencies, builds build/ (RelWithDebInfo) and
-# runs every test, then builds build-asan/ (ASan+UBSan) and runs every test again, then a short fuzz run.
+# runs every test, then builds build-asan/ (ASan+UBSan) and runs every test again, then the fresh-machine check,
+# the container image check (scripts/image-test.sh) and a short fuzz run.
 # Exits non-zero when any step fails; ends with a one-line-per-step summary.
 #
 # Knobs:
@@ -80,6 +81,9 @@ if step "install dependencies" bash scripts/install-deps.sh; then
 
   # The README's first command on a minimal Debian 12 chroot (scripts/fresh-machine.sh; cached root filesystem).
   step "fresh machine: demo in a minimal Debian 12 chroot" bash scripts/fresh-machine.sh
+
+  # deploy/Dockerfile built with podman (layers cached) and run against its own NATS and PostgreSQL.
+  step "image: deploy/Dockerfile built and run with podman" bash scripts/image-test.sh
 
   if [ -f scripts/fuzz.sh ]; then
     step "fuzz (${MES_FUZZ_SECONDS:-30}s)" bash scripts/fuzz.sh "${MES_FUZZ_SECONDS:-30}"
