@@ -12,6 +12,7 @@
 #include "buf.h"
 #include "config.h"
 #include "event.h"
+#include "pull.h"
 
 typedef struct {
     natsConnection *nc;
@@ -51,7 +52,7 @@ void mes_nats_consumer_names(const config_t *cfg, event_type_t et, bool dlq, cha
  * binds a pull subscription to it. A missing stream of the service's own is re-created first (SPEC 1.2: created if
  * missing). A new durable delivers all, unless w knows where a durable of that name stood on the same stream (it was
  * deleted at runtime): then it starts after that ack floor. w (may be NULL) learns the durable's position. */
-int mes_nats_subscribe(mes_nats_t *n, event_type_t et, bool dlq, mes_fetch_watch_t *w, natsSubscription **sub)
+int mes_nats_subscribe(mes_nats_t *n, event_type_t et, bool dlq, mes_fetch_watch_t *w, pull_t **sub)
     __attribute__((warn_unused_result));
 
 /* Call after every fetch. Returns true when the pull subscription must be re-created: after a reconnect (pull
@@ -62,27 +63,13 @@ int mes_nats_subscribe(mes_nats_t *n, event_type_t et, bool dlq, mes_fetch_watch
  * old inbox is not lost: it is redelivered after the ack wait. Every 5 s, busy or not, it asks the server about the
  * durable: that refreshes its ack floor in w and, for live lanes, message_event_service_consumer_pending. */
 bool mes_nats_fetch_watch(mes_nats_t *n, mes_fetch_watch_t *w, event_type_t et, bool dlq, bool got_messages);
-/* One Fetch of at most `batch` messages from a pull subscription, shaped around two defects of nats.c 3.4.1 (the
- * version Debian ships):
- * - a no-wait request without an expiry returns as soon as nothing is queued locally, before the server's reply has
- *   arrived: partial batches, with the rest of the reply left queued in the subscription;
- * - a Fetch that starts with such leftovers counts its loop against the reduced request size: it can return more
- *   messages than asked and write past the array it allocated (heap corruption under load; a core showed 256
- *   messages returned for a request of 255, ASan a read past a 3-entry array).
- * So every request carries an expiry (no-wait ones 50 ms at most: the server answers them at once, the expiry only
- * bounds a reply that never ends), and with leftovers queued the request is sized so that nats.c's loop ends inside
- * its array. What exceeds `batch` is kept in *carry (owned by the caller, one per subscription; free it with
- * natsMsgList_Destroy) and returned first by the next call, so no delivery is dropped. */
-natsStatus mes_nats_fetch(natsSubscription *sub, natsMsgList *carry, int batch, bool no_wait, int64_t wait_ms,
-                          natsMsgList *out);
-
 /* Unsubscribes *sub (NULL-safe) and sets it to NULL; the subscription itself is freed later (see nats_setup.c), by
  * mes_nats_close at the latest. */
 void mes_nats_unsubscribe(natsSubscription **sub);
-/* Unsubscribes *sub (freed later: see mes_nats_unsubscribe), then binds a new pull subscription to the same durable, retrying with backoff
- * (200 ms doubling to 5 s) until it works or *stop is set. *subscribed (what /ready reports) is false meanwhile.
- * Only call right after this thread's Fetch returned (no pull request of ours is still in flight to the old inbox). */
-void mes_nats_resubscribe(mes_nats_t *n, event_type_t et, bool dlq, mes_fetch_watch_t *w, natsSubscription **sub,
+/* Destroys the pull subscription *sub (pull_destroy), then binds a new one to the same durable (re-creating the
+ * durable or its stream when missing), retrying with backoff (200 ms doubling to 5 s) until it works or *stop is set.
+ * *subscribed (what /ready reports) is false meanwhile. Messages already delivered stay ackable. */
+void mes_nats_resubscribe(mes_nats_t *n, event_type_t et, bool dlq, mes_fetch_watch_t *w, pull_t **sub,
                           atomic_bool *subscribed, const atomic_bool *stop);
 
 /* What mes_nats_get_source found. */
@@ -108,6 +95,6 @@ void mes_nats_advisory_names(const config_t *cfg, char *stream, size_t slen, cha
 int mes_nats_ensure_advisory_stream(mes_nats_t *n) __attribute__((warn_unused_result));
 /* Creates the durable if missing (deliver all, explicit ack, ack wait nats.dlqAckWait, unlimited deliveries; an
  * existing one is never changed) and binds a pull subscription to it. */
-int mes_nats_subscribe_advisories(mes_nats_t *n, natsSubscription **sub) __attribute__((warn_unused_result));
+int mes_nats_subscribe_advisories(mes_nats_t *n, pull_t **sub) __attribute__((warn_unused_result));
 
 #endif

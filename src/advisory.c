@@ -29,8 +29,7 @@ struct advisory {
     const atomic_bool *stop;
     bool (*db_up)(void *ctx);
     void *db_up_ctx;
-    natsSubscription *sub;
-    natsMsgList carry; /* delivered beyond a batch (mes_nats_fetch); handled first next time */
+    pull_t *sub;
     char stream[128], durable[128];
     atomic_bool subscribed;
     dlq_exhauster_t *exh; /* the DLQ workers' exhaustion, with the one session this thread uses (opened on first use) */
@@ -281,30 +280,28 @@ static void settle(advisory_t *a, natsMsg *msg, outcome_t out)
     if (out == OUT_LEAVE)
         return; /* unacked: redelivered after the ack wait, here or to another replica */
     if (out == OUT_DONE) {
-        s = natsMsg_AckSync(msg, NULL, NULL);
+        s = pull_ack_sync(a->nats->nc, msg, 5000);
     } else {
         jsMsgMetaData *md = NULL;
         int n = 1;
         if (natsMsg_GetMetaData(&md, msg) == NATS_OK && md)
             n = (int)md->NumDelivered;
         jsMsgMetaData_Destroy(md);
-        s = natsMsg_NakWithDelay(
-            msg, clock_backoff_ms(a->cfg->realtime.nak_base_delay_ms, a->cfg->realtime.nak_max_delay_ms, n, false),
-            NULL);
+        s = pull_nak(a->nats->nc, msg,
+                     clock_backoff_ms(a->cfg->realtime.nak_base_delay_ms, a->cfg->realtime.nak_max_delay_ms, n, false));
     }
     if (s != NATS_OK) /* the advisory comes back; its row is keyed, so it is stored once whatever happens */
         log_warn("advisory", "advisory ack/nak failed; it will be redelivered", LF_S("error", natsStatus_GetText(s)));
 }
 
-/* Re-creates the pull subscription (after a reconnect or a stall). Only called with no message of the old one in
- * hand; what it over-delivered (carry) is dropped unacked and comes back after the ack wait. */
+/* Re-creates the pull subscription (after a reconnect or a stall). Deliveries still queued in the old one are dropped
+ * unacked and come back after the ack wait. */
 static void resubscribe(advisory_t *a)
 {
     atomic_store(&a->subscribed, false);
-    natsMsgList_Destroy(&a->carry);
-    memset(&a->carry, 0, sizeof a->carry);
-    for (int64_t wait = 200; !atomic_load(a->stop); wait = wait * 2 > 5000 ? 5000 : wait * 2) {
-        mes_nats_unsubscribe(&a->sub);
+    for (int64_t wait = 200; !atomic_load(a->stop); wait = clock_backoff_next(wait, 5000)) {
+        pull_destroy(a->sub);
+        a->sub = NULL;
         if (mes_nats_subscribe_advisories(a->nats, &a->sub) == 0) {
             atomic_store(&a->subscribed, true);
             log_info("advisory", "consumer re-subscribed", LF_S("durable", a->durable));
@@ -351,7 +348,7 @@ static void *run(void *arg)
         }
         natsMsgList list = {0};
         int64_t t0 = clock_mono_ms();
-        natsStatus s = mes_nats_fetch(a->sub, &a->carry, ADV_BATCH, false, ADV_FETCH_WAIT_MS, &list);
+        natsStatus s = pull_fetch(a->sub, ADV_BATCH, false, ADV_FETCH_WAIT_MS, &list);
         if (s == NATS_OK) {
             backoff = 100;
             last_msg = clock_mono_ms();
@@ -437,8 +434,7 @@ void advisory_destroy(advisory_t *a)
 {
     if (!a)
         return;
-    mes_nats_unsubscribe(&a->sub);
-    natsMsgList_Destroy(&a->carry); /* unacked: redelivered after the ack wait */
+    pull_destroy(a->sub); /* what it still holds is unacked: redelivered after the ack wait */
     dlq_exhauster_destroy(a->exh);
     json_doc_free(&a->doc);
     buf_free(&a->rec);

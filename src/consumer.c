@@ -52,8 +52,7 @@ struct consumer {
     event_type_t et;
     lane_t lane;
     const atomic_bool *stop;
-    natsSubscription *sub;
-    natsMsgList carry; /* delivered beyond a batch; the fetcher's next batch starts with them (mes_nats_fetch) */
+    pull_t *sub; /* the fetcher's (main's before it starts) */
     mes_fetch_watch_t watch; /* main's until the fetcher starts, then the fetcher's */
     char durable[256];
     char filter[256];
@@ -122,8 +121,7 @@ void consumer_destroy(consumer_t *c)
 {
     if (!c)
         return;
-    mes_nats_unsubscribe(&c->sub);
-    natsMsgList_Destroy(&c->carry); /* unacked: redelivered after the ack wait */
+    pull_destroy(c->sub); /* deliveries still queued in it are unacked: redelivered after the ack wait */
     payload_ctx_free(&c->pctx);
     store_scratch_free(&c->scratch);
     dlq_batch_destroy(c->dlqb);
@@ -176,11 +174,11 @@ static void keep_alive(void *arg)
     hold_t *h = arg;
     for (size_t i = 0; i < h->held; i++)
         if (h->c->slots[i].msg)
-            natsMsg_InProgress(h->c->slots[i].msg, NULL);
+            pull_in_progress(h->c->nats->nc, h->c->slots[i].msg);
     pthread_mutex_lock(&h->c->ho_mu); /* the prefetched batch waits too */
     if (h->c->ho_full)
         for (int i = 0; i < h->c->ho_list.Count; i++)
-            natsMsg_InProgress(h->c->ho_list.Msgs[i], NULL);
+            pull_in_progress(h->c->nats->nc, h->c->ho_list.Msgs[i]);
     pthread_mutex_unlock(&h->c->ho_mu);
 }
 
@@ -505,7 +503,7 @@ static void dlq_sent_log(consumer_t *c, const slot_t *s, const char *error, erro
 static void nak(consumer_t *c, slot_t *s)
 {
     int64_t d = clock_backoff_ms(c->lc->nak_base_delay_ms, c->lc->nak_max_delay_ms, deliveries(s), true);
-    natsMsg_NakWithDelay(s->msg, d, NULL);
+    pull_nak(c->nats->nc, s->msg, d);
 }
 
 static void finish(consumer_t *c, slot_t *s)
@@ -532,7 +530,7 @@ static void finish(consumer_t *c, slot_t *s)
     }
     switch (s->out) {
     case OUT_ACK:
-        natsMsg_Ack(s->msg, NULL);
+        pull_ack(c->nats->nc, s->msg);
         metrics_event_processed(c->et, c->lane);
         metrics_event_action(c->et, c->lane, bad_items ? ACT_DLQ_PUBLISHED_ACK_SUCCESS : ACT_ACK_SUCCESS,
                              bad_items ? ERR_VALIDATION : ERR_NONE);
@@ -552,7 +550,7 @@ static void finish(consumer_t *c, slot_t *s)
             break;
         }
         dlq_sent_log(c, s, s->err, s->cls, -1);
-        natsMsg_Ack(s->msg, NULL);
+        pull_ack(c->nats->nc, s->msg);
         metrics_event_action(c->et, c->lane, ACT_DLQ_PUBLISHED_ACK_SUCCESS, s->cls);
         break;
     case OUT_LEAVE:
@@ -772,7 +770,7 @@ static natsStatus fetch_batch(consumer_t *c, natsMsgList *out)
 {
     int batch = c->lc->batch_size;
     int64_t wait_ms = c->lc->fetch_wait_ms;
-    natsStatus s = mes_nats_fetch(c->sub, &c->carry, batch, true, wait_ms, out);
+    natsStatus s = pull_fetch(c->sub, batch, true, wait_ms, out);
     if (s == NATS_OK && out->Count > 0) {
         atomic_store(&c->idle_since_ms, 0);
         return NATS_OK;
@@ -782,12 +780,12 @@ static natsStatus fetch_batch(consumer_t *c, natsMsgList *out)
         return s;
     /* Nothing left for this lane right now: update lanes waiting on it may go on (wait_for_upserts). */
     atomic_store(&c->idle_since_ms, clock_mono_ms());
-    s = mes_nats_fetch(c->sub, &c->carry, 1, false, wait_ms, out);
+    s = pull_fetch(c->sub, 1, false, wait_ms, out);
     if (s != NATS_OK || out->Count == 0)
         return s;
     atomic_store(&c->idle_since_ms, 0);
     natsMsgList more = {0};
-    if (batch > 1 && mes_nats_fetch(c->sub, &c->carry, batch - 1, true, wait_ms, &more) == NATS_OK && more.Count > 0)
+    if (batch > 1 && pull_fetch(c->sub, batch - 1, true, wait_ms, &more) == NATS_OK && more.Count > 0)
         list_append(out, &more);
     natsMsgList_Destroy(&more);
     return NATS_OK;

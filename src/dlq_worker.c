@@ -36,8 +36,7 @@ struct dlq_worker {
     bool (*db_up)(void *ctx);
     void *db_up_ctx;
     db_pool_t *pool; /* sessions the workers share (with maintenance, advisories): they wait for one, never open one */
-    natsSubscription *sub;
-    natsMsgList carry; /* delivered beyond the queue's room; fetched first next time (mes_nats_fetch) */
+    pull_t *sub;
     mes_fetch_watch_t watch; /* main's until the fetcher starts, then the fetcher's */
     char durable[256], filter[256];
     atomic_bool subscribed;
@@ -195,7 +194,7 @@ static void *fetch_loop(void *arg)
         natsMsgList list = {0};
         metrics_dlq_fetch_request();
         int64_t t0 = clock_mono_ms();
-        natsStatus s = mes_nats_fetch(w->sub, &w->carry, room, false, 500, &list); /* never more than the queue has room for */
+        natsStatus s = pull_fetch(w->sub, room, false, 500, &list); /* never more than the queue has room for */
         bool resub = mes_nats_fetch_watch(w->nats, &w->watch, ET_UNKNOWN, true, s == NATS_OK && list.Count > 0);
         if (s == NATS_OK) {
             backoff = 100;
@@ -309,7 +308,7 @@ static void keep_alive(void *arg)
 {
     worker_t *wk = arg;
     if (wk->msg)
-        natsMsg_InProgress(wk->msg, NULL);
+        pull_in_progress(wk->w->nats->nc, wk->msg);
 }
 
 static bool ensure_db(worker_t *wk)
@@ -616,17 +615,17 @@ static void settle(worker_t *wk, result_t res, int attempt)
     natsStatus s = NATS_OK;
     switch (res) {
     case RES_ACK:
-        s = natsMsg_AckSync(wk->msg, NULL, NULL);
+        s = pull_ack_sync(wk->w->nats->nc, wk->msg, 5000);
         if (s == NATS_OK)
             metrics_dlq_ack_success();
         break;
     case RES_EXHAUST:
-        s = natsMsg_AckSync(wk->msg, NULL, NULL);
+        s = pull_ack_sync(wk->w->nats->nc, wk->msg, 5000);
         if (s == NATS_OK)
             metrics_dlq_task_dropped();
         break;
     case RES_RETRY:
-        s = natsMsg_NakWithDelay(wk->msg, dlq_worker_backoff_ms(cfg, attempt), NULL);
+        s = pull_nak(wk->w->nats->nc, wk->msg, dlq_worker_backoff_ms(cfg, attempt));
         if (s == NATS_OK)
             metrics_dlq_task_retry();
         break;
@@ -821,8 +820,7 @@ void dlq_worker_destroy(dlq_worker_t *w)
 {
     if (!w)
         return;
-    mes_nats_unsubscribe(&w->sub);
-    natsMsgList_Destroy(&w->carry); /* unacked: redelivered after the ack wait */
+    pull_destroy(w->sub); /* what it still holds is unacked: redelivered after the ack wait */
     queue_free(&w->q);
     free(w->workers);
     free(w);

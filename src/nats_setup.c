@@ -298,7 +298,7 @@ static int64_t stream_created(mes_nats_t *n, const char *stream, uint64_t *last_
     return created;
 }
 
-int mes_nats_subscribe(mes_nats_t *n, event_type_t et, bool dlq, mes_fetch_watch_t *w, natsSubscription **sub)
+int mes_nats_subscribe(mes_nats_t *n, event_type_t et, bool dlq, mes_fetch_watch_t *w, pull_t **sub)
 {
     const config_t *cfg = n->cfg;
     char durable[256], filter[256];
@@ -393,19 +393,12 @@ int mes_nats_subscribe(mes_nats_t *n, event_type_t et, bool dlq, mes_fetch_watch
         return -1;
     }
 
-    jsSubOptions so;
-    jsSubOptions_Init(&so);
-    so.Stream = stream;
-    so.Consumer = durable;
-    natsSubscription *fresh = NULL; /* adopted only on success: a failed call must not leave us a pointer */
-    s = js_PullSubscribe(&fresh, n->js, filter, durable, NULL, &so, &jerr);
-    if (s == NATS_OK)
-        *sub = fresh;
-    if (s != NATS_OK) {
-        log_error("nats", "cannot subscribe", LF_S("durable", durable), LF_S("error", natsStatus_GetText(s)),
-                  LF_I("js_error", jerr), LF_S("detail", nats_GetLastError(NULL)));
+    pull_t *fresh = pull_create(n->nc, stream, durable); /* adopted only on success */
+    if (!fresh) {
+        log_error("nats", "cannot subscribe", LF_S("durable", durable), LF_S("detail", nats_GetLastError(NULL)));
         return -1;
     }
+    *sub = fresh;
     return 0;
 }
 
@@ -502,12 +495,13 @@ void mes_nats_unsubscribe(natsSubscription **sub)
     *sub = NULL;
 }
 
-void mes_nats_resubscribe(mes_nats_t *n, event_type_t et, bool dlq, mes_fetch_watch_t *w, natsSubscription **sub,
+void mes_nats_resubscribe(mes_nats_t *n, event_type_t et, bool dlq, mes_fetch_watch_t *w, pull_t **sub,
                           atomic_bool *subscribed, const atomic_bool *stop)
 {
     atomic_store(subscribed, false);
     for (int64_t wait = 200; !atomic_load(stop); wait = clock_backoff_next(wait, 5000)) {
-        mes_nats_unsubscribe(sub);
+        pull_destroy(*sub);
+        *sub = NULL;
         if (mes_nats_subscribe(n, et, dlq, w, sub) == 0) {
             char durable[256], filter[256];
             mes_nats_consumer_names(n->cfg, et, dlq, durable, sizeof durable, filter, sizeof filter);
@@ -517,68 +511,6 @@ void mes_nats_resubscribe(mes_nats_t *n, event_type_t et, bool dlq, mes_fetch_wa
         }
         clock_sleep_ms(wait);
     }
-}
-
-/* ---- fetching ------------------------------------------------------------------------------------------- */
-
-#define NOWAIT_EXPIRES_MS 50
-
-/* Moves up to max messages from the front of `from` into a new list *to (both from nats.c's allocator: malloc). */
-static void list_take(natsMsgList *from, int max, natsMsgList *to)
-{
-    int n = from->Count < max ? from->Count : max;
-    memset(to, 0, sizeof *to);
-    if (n <= 0)
-        return;
-    natsMsg **m = malloc((size_t)n * sizeof *m);
-    if (!m)
-        return; /* out of memory: they stay in `from` for the next call */
-    memcpy(m, from->Msgs, (size_t)n * sizeof *m);
-    memmove(from->Msgs, from->Msgs + n, (size_t)(from->Count - n) * sizeof *m);
-    from->Count -= n;
-    to->Msgs = m;
-    to->Count = n;
-}
-
-natsStatus mes_nats_fetch(natsSubscription *sub, natsMsgList *carry, int batch, bool no_wait, int64_t wait_ms,
-                          natsMsgList *out)
-{
-    memset(out, 0, sizeof *out);
-    if (carry->Count > 0) { /* delivered earlier than anything a new request would bring: they go first */
-        list_take(carry, batch, out);
-        if (out->Count > 0)
-            return NATS_OK;
-    }
-    jsFetchRequest req;
-    int pending = 0, pending_bytes = 0;
-    jsFetchRequest_Init(&req); /* Fetch writes into the request: initialise it every time */
-    req.Batch = batch;
-    req.NoWait = no_wait;
-    if (natsSubscription_GetPending(sub, &pending, &pending_bytes) == NATS_OK && pending > 0) {
-        /* nats.c takes the u <= pending queued user messages first and then loops until its count equals the
-         * reduced size Batch - u. With Batch = batch + 2 * pending that size stays above u, so the loop ends exactly
-         * there, inside the array it allocated for Batch entries. */
-        req.Batch = batch + 2 * pending;
-        req.NoWait = true;
-    }
-    if (req.NoWait && wait_ms > NOWAIT_EXPIRES_MS)
-        wait_ms = NOWAIT_EXPIRES_MS;
-    req.Expires = wait_ms * 1000000LL;
-    natsStatus s = natsSubscription_FetchRequest(out, sub, &req);
-    if (out->Count > batch) { /* more than the caller can hold: the rest waits in carry, in delivery order */
-        natsMsgList rest = {.Msgs = out->Msgs + batch, .Count = out->Count - batch};
-        natsMsg **grown = realloc(carry->Msgs, (size_t)(carry->Count + rest.Count) * sizeof *grown);
-        if (grown) {
-            memcpy(grown + carry->Count, rest.Msgs, (size_t)rest.Count * sizeof *grown);
-            carry->Msgs = grown;
-            carry->Count += rest.Count;
-        } else { /* out of memory: unacked, they come back after the ack wait */
-            for (int i = 0; i < rest.Count; i++)
-                natsMsg_Destroy(rest.Msgs[i]);
-        }
-        out->Count = batch;
-    }
-    return s;
 }
 
 /* ---- a message by stream sequence ---------------------------------------------------------------------------- */
@@ -651,7 +583,7 @@ int mes_nats_ensure_advisory_stream(mes_nats_t *n)
     return ensure_stream(n, name, subjects, ET_BASE_COUNT + 1, cfg->dlq_max_age_days);
 }
 
-int mes_nats_subscribe_advisories(mes_nats_t *n, natsSubscription **sub)
+int mes_nats_subscribe_advisories(mes_nats_t *n, pull_t **sub)
 {
     char stream[128], durable[128];
     jsErrCode jerr = 0;
@@ -679,15 +611,9 @@ int mes_nats_subscribe_advisories(mes_nats_t *n, natsSubscription **sub)
                   LF_S("error", natsStatus_GetText(s)), LF_I("js_error", jerr), LF_S("detail", nats_GetLastError(NULL)));
         return -1;
     }
-    jsSubOptions so;
-    jsSubOptions_Init(&so);
-    so.Stream = stream;
-    so.Consumer = durable;
-    natsSubscription *fresh = NULL;
-    s = js_PullSubscribe(&fresh, n->js, "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>", durable, NULL, &so, &jerr);
-    if (s != NATS_OK) {
-        log_error("nats", "cannot subscribe", LF_S("durable", durable), LF_S("error", natsStatus_GetText(s)),
-                  LF_I("js_error", jerr), LF_S("detail", nats_GetLastError(NULL)));
+    pull_t *fresh = pull_create(n->nc, stream, durable);
+    if (!fresh) {
+        log_error("nats", "cannot subscribe", LF_S("durable", durable), LF_S("detail", nats_GetLastError(NULL)));
         return -1;
     }
     *sub = fresh;
