@@ -456,14 +456,14 @@ static char *bases_list(const char *s, lane_t lane)
             b--;
         event_type_t et = event_type_from_base(a, (size_t)(b - a));
         if (et == ET_UNKNOWN || event_type_lane(et) != lane)
-            goto bad;
+            goto cleanup;
         if (!seen[et])
             n += (size_t)sprintf(out + n, "%s%s", n ? "," : "", event_type_base(et));
         seen[et] = true;
         s = *end ? end + 1 : end;
     }
     return out;
-bad:
+cleanup:
     free(out);
     return NULL;
 }

@@ -509,7 +509,7 @@ static void nak(consumer_t *c, slot_t *s)
 static void finish(consumer_t *c, slot_t *s)
 {
     if (s->out == OUT_LEAVE)
-        goto done;
+        goto cleanup;
     /* History items that failed validation went to the DLQ; the valid rest is committed already. */
     int bad_items = 0;
     if (c->lane == LANE_HISTORICAL && s->ev.err == ERR_NONE && s->out == OUT_ACK) {
@@ -520,7 +520,7 @@ static void finish(consumer_t *c, slot_t *s)
             metrics_event_action(c->et, c->lane, ACT_NAK_DLQ_PUBLISH_FAIL, ERR_VALIDATION);
             metrics_event_failed(c->et, c->lane);
             nak(c, s);
-            goto done;
+            goto cleanup;
         }
         for (uint32_t i = 0; bad_items && i < s->ev.n_items; i++) {
             const event_t *it = &s->ev.items[i];
@@ -557,7 +557,7 @@ static void finish(consumer_t *c, slot_t *s)
         break;
     }
     metrics_processing_duration(c->et, c->lane, clock_mono_s() - s->t_recv);
-done:
+cleanup:
     jsMsgMetaData_Destroy(s->md);
     natsMsg_Destroy(s->msg);
     s->md = NULL;

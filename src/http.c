@@ -191,7 +191,7 @@ http_server_t *http_start(const http_config_t *cfg)
     srv->ready_ctx = cfg->ready_ctx;
     srv->health_body = health_json(cfg->version ? cfg->version : "");
     if (!srv->health_body)
-        goto err;
+        goto cleanup;
 
     /* Round up so a sub-second setting still times out; MHD's unit is whole seconds. */
     int64_t timeout_s = (cfg->connection_timeout_ms + 999) / 1000;
@@ -218,13 +218,13 @@ http_server_t *http_start(const http_config_t *cfg)
     if (!srv->daemon) {
         log_error("http", "cannot start the HTTP server", LF_S("address", addr), LF_I("port", cfg->port),
                   LF_S("detail", mhd_last_error));
-        goto err;
+        goto cleanup;
     }
     log_info("http", "HTTP server listening", LF_S("address", addr), LF_I("port", cfg->port),
              LF_I("max_connections", limit), LF_I("timeout_s", timeout_s));
     return srv;
 
-err:
+cleanup:
     free(srv->health_body);
     free(srv);
     return NULL;

@@ -348,53 +348,53 @@ int main(int argc, char **argv)
     if (!(app.http = http_start(&hc))) {
         log_error("main", "startup failed: HTTP server", LF_S("address", app.cfg.server_address),
                   LF_I("port", app.cfg.server_port));
-        goto out;
+        goto cleanup;
     }
     if (pools_create(&app) != 0) {
         log_error("main", "startup failed: out of memory");
-        goto out;
+        goto cleanup;
     }
     int dbrc = start_database(&app, deadline);
     if (dbrc != 0) {
         if (dbrc == CONFIG_EXIT_BAD)
             rc = CONFIG_EXIT_BAD;
-        goto out;
+        goto cleanup;
     }
     if (!(app.maint = maintenance_start(&app.cfg, app.maint_pool, &g_stop)))
-        goto out;
+        goto cleanup;
     publish_stage(STAGE_DB);
     if (mes_nats_connect(&app.nats, &app.cfg, deadline, &g_stop) != 0) {
         if (!stopping())
             log_error("main", "startup failed: cannot connect to NATS");
-        goto out;
+        goto cleanup;
     }
     if (mes_nats_ensure_streams(&app.nats) != 0) {
         if (!stopping())
             log_error("main", "startup failed: streams");
-        goto out;
+        goto cleanup;
     }
     /* Before the consumers: an advisory about one of them is kept from the moment it can be published. */
     if (mes_nats_ensure_advisory_stream(&app.nats) != 0) {
         if (!stopping())
             log_error("main", "startup failed: the advisory stream (max-deliveries safety net)");
-        goto out;
+        goto cleanup;
     }
     publish_stage(STAGE_NATS);
     if (start_consumers(&app) != 0) {
         if (!stopping())
             log_error("main", "startup failed: consumers");
-        goto out;
+        goto cleanup;
     }
     publish_stage(STAGE_LANES);
     if (start_dlq_worker(&app) != 0) {
         if (!stopping())
             log_error("main", "startup failed: DLQ worker");
-        goto out;
+        goto cleanup;
     }
     if (start_advisories(&app) != 0) {
         if (!stopping())
             log_error("main", "startup failed: advisory consumer");
-        goto out;
+        goto cleanup;
     }
     publish_stage(STAGE_ALL);
     log_info("main", "Both consumers started successfully", LF_I("lanes", app.nlanes));
@@ -408,7 +408,7 @@ int main(int argc, char **argv)
     }
     log_info("main", "shutdown requested");
     rc = 0;
-out:
+cleanup:
     log_ignored_signal();
     if (rc != 0 && stopping()) {
         log_info("main", "startup interrupted by a stop request; exiting",

@@ -91,7 +91,7 @@ natsStatus pull_fetch(pull_t *p, int max, bool no_wait, int64_t wait_ms, natsMsg
             natsMsg_Destroy(m); /* an earlier request's status: that request is over */
     }
     if (n == max)
-        goto done;
+        goto cleanup;
 
     /* One request for the rest. With messages in hand already, it does not wait for more. */
     bool nowait = no_wait || n > 0;
@@ -102,7 +102,7 @@ natsStatus pull_fetch(pull_t *p, int max, bool no_wait, int64_t wait_ms, natsMsg
                        nowait ? ",\"no_wait\":true" : "");
     rc = natsConnection_PublishRequest(p->nc, p->next_subject, reply, body, len);
     if (rc != NATS_OK)
-        goto done;
+        goto cleanup;
 
     int64_t deadline = clock_mono_ms() + expires_ms + REPLY_MARGIN_MS;
     while (n < max) {
@@ -124,7 +124,7 @@ natsStatus pull_fetch(pull_t *p, int max, bool no_wait, int64_t wait_ms, natsMsg
         if (ours && (!status || strcmp(status, "100") != 0))
             break;
     }
-done:
+cleanup:
     if (n == 0) {
         free(msgs);
         return rc != NATS_OK ? rc : (no_wait ? NATS_NOT_FOUND : NATS_TIMEOUT);

@@ -674,6 +674,42 @@ static int collect(db_conn_t *c, store_scratch_t *s, store_item_t *items, size_t
     return rc;
 }
 
+/* One round trip per batch: BEGIN, every statement, COMMIT, then one sync, and the results. A statement that cannot
+ * even be queued rolls back whatever was (never commit part of a batch). Leaves pipeline mode, and the session
+ * outside any transaction. */
+static int pipeline_commit(db_conn_t *c, store_scratch_t *s, store_item_t *items, size_t n, uint32_t *idx,
+                           db_error_t *err)
+{
+    if (!PQenterPipelineMode(c->pg)) {
+        db_error_from(err, c->pg, NULL);
+        return -1;
+    }
+    int rc = -1;
+    bool queued = send_ctl(c, s, "BEGIN", err) == 0;
+    for (size_t w = 0; queued && w < sizeof writers / sizeof writers[0]; w++)
+        queued = write_entity(c, &writers[w], items, n, s, idx, err) == 0;
+    queued = queued && write_onboarding(c, items, n, s, idx, err) == 0 && send_ctl(c, s, "COMMIT", err) == 0;
+    if (queued) {
+        metrics_onboarding_queue_add((long)s->onboarding);
+        if (PQpipelineSync(c->pg))
+            rc = collect(c, s, items, n, clock_mono_s(), err);
+        else
+            db_error_from(err, c->pg, NULL);
+        metrics_onboarding_queue_add(-(long)s->onboarding);
+    } else if (send_ctl(c, s, "ROLLBACK", err) == 0 && PQpipelineSync(c->pg)) {
+        db_error_t ignored;
+        (void)collect(c, s, items, n, clock_mono_s(), &ignored);
+    }
+    if (!PQexitPipelineMode(c->pg) && rc == 0) {
+        db_error_from(err, c->pg, NULL);
+        rc = -1;
+    }
+    /* After an error inside BEGIN the session sits in an aborted transaction until ROLLBACK. */
+    if (db_ok(c) && PQtransactionStatus(c->pg) != PQTRANS_IDLE)
+        db_rollback(c);
+    return rc;
+}
+
 int store_commit(db_conn_t *c, store_item_t *items, size_t n, store_scratch_t *s, db_error_t *err)
 {
     uint32_t *idx = NULL;
@@ -701,47 +737,9 @@ int store_commit(db_conn_t *c, store_item_t *items, size_t n, store_scratch_t *s
         free(idx);
         return -1;
     }
-    /* One round trip per batch: BEGIN, every statement, COMMIT, then one sync. */
     s->nops = s->nopidx = 0;
     s->onboarding = 0;
-    int rc = -1;
-    if (!PQenterPipelineMode(c->pg)) {
-        db_error_from(err, c->pg, NULL);
-        goto out;
-    }
-    if (send_ctl(c, s, "BEGIN", err) != 0)
-        goto abandon;
-    for (size_t w = 0; w < sizeof writers / sizeof writers[0]; w++)
-        if (write_entity(c, &writers[w], items, n, s, idx, err) != 0)
-            goto abandon;
-    if (write_onboarding(c, items, n, s, idx, err) != 0)
-        goto abandon;
-    if (send_ctl(c, s, "COMMIT", err) != 0)
-        goto abandon;
-    metrics_onboarding_queue_add((long)s->onboarding);
-    if (!PQpipelineSync(c->pg)) {
-        db_error_from(err, c->pg, NULL);
-        metrics_onboarding_queue_add(-(long)s->onboarding);
-        goto leave;
-    }
-    rc = collect(c, s, items, n, clock_mono_s(), err);
-    metrics_onboarding_queue_add(-(long)s->onboarding);
-    goto leave;
-abandon:
-    /* A statement could not be queued: roll back whatever was queued, never commit part of a batch. */
-    if (send_ctl(c, s, "ROLLBACK", err) == 0 && PQpipelineSync(c->pg)) {
-        db_error_t ignored;
-        (void)collect(c, s, items, n, clock_mono_s(), &ignored);
-    }
-leave:
-    if (!PQexitPipelineMode(c->pg) && rc == 0) {
-        db_error_from(err, c->pg, NULL);
-        rc = -1;
-    }
-    /* After an error inside BEGIN the session sits in an aborted transaction until ROLLBACK. */
-    if (db_ok(c) && PQtransactionStatus(c->pg) != PQTRANS_IDLE)
-        db_rollback(c);
-out:
+    int rc = pipeline_commit(c, s, items, n, idx, err);
     free(idx);
     if (rc != 0)
         for (size_t i = 0; i < n; i++)
@@ -759,17 +757,17 @@ int store_build_statements(store_item_t *items, size_t n, store_scratch_t *s,
     if (n == 0)
         return 0;
     if (!scratch_grow(s, n) || !(idx = malloc(n * sizeof *idx)))
-        goto out;
+        goto cleanup;
     s->emit = emit;
     s->emit_arg = arg;
     s->nops = s->nopidx = 0;
     for (size_t w = 0; w < sizeof writers / sizeof writers[0]; w++)
         if (write_entity(NULL, &writers[w], items, n, s, idx, &err) != 0)
-            goto out;
+            goto cleanup;
     if (write_onboarding(NULL, items, n, s, idx, &err) != 0)
-        goto out;
+        goto cleanup;
     rc = 0;
-out:
+cleanup:
     s->emit = NULL;
     free(idx);
     return rc;

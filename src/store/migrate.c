@@ -114,40 +114,40 @@ int store_migrate(db_conn_t *c, bool auto_migrate, db_error_t *err)
     const char *lockp[1] = {c->cfg->schema};
     PGresult *r = db_exec(c, "SELECT pg_advisory_xact_lock(hashtext('mes_migrate:' || $1))", 1, lockp, err);
     if (!r)
-        goto fail;
+        goto cleanup;
     PQclear(r);
     snprintf(sql, sizeof sql, "CREATE SCHEMA IF NOT EXISTS %s", c->schema_ident);
     if (db_command(c, sql, err) != 0)
-        goto fail;
+        goto cleanup;
     if (db_command(c,
                    "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
                    " applied_at timestamptz NOT NULL DEFAULT now())",
                    err) != 0)
-        goto fail;
+        goto cleanup;
     for (size_t i = 0; i < NMIGRATIONS; i++) {
         char v[16];
         snprintf(v, sizeof v, "%d", migrations[i].version);
         const char *vp[2] = {v, migrations[i].name};
         r = db_exec(c, "SELECT 1 FROM schema_migrations WHERE version = $1", 1, vp, err);
         if (!r)
-            goto fail;
+            goto cleanup;
         int done = PQntuples(r) > 0;
         PQclear(r);
         if (done)
             continue;
         if (db_command(c, migrations[i].sql, err) != 0)
-            goto fail;
+            goto cleanup;
         r = db_exec(c, "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", 2, vp, err);
         if (!r)
-            goto fail;
+            goto cleanup;
         PQclear(r);
         log_info("store", "migration applied", LF_I("version", migrations[i].version),
                  LF_S("name", migrations[i].name), LF_S("schema", c->cfg->schema));
     }
     if (db_command(c, "COMMIT", err) != 0)
-        goto fail;
+        goto cleanup;
     return 0;
-fail:
+cleanup:
     db_rollback(c);
     return -1;
 }
@@ -177,7 +177,7 @@ static int ensure_month(db_conn_t *c, int year, int month, db_error_t *err)
     const char *lockp[1] = {c->cfg->schema};
     r = db_exec(c, "SELECT pg_advisory_xact_lock(hashtext('mes_partition:' || $1))", 1, lockp, err);
     if (!r)
-        goto fail;
+        goto cleanup;
     PQclear(r);
     /* Rows of that month that landed in the default partition (a long stop, clock skew) move into the new partition,
      * otherwise ATTACH would refuse. All of it is one transaction. */
@@ -193,17 +193,17 @@ static int ensure_month(db_conn_t *c, int year, int month, db_error_t *err)
                 " JOIN pg_catalog.pg_namespace s ON s.oid = k.relnamespace WHERE s.nspname = $1 AND k.relname = $2",
                 2, p, err);
     if (!r)
-        goto fail;
+        goto cleanup;
     exists = PQntuples(r) > 0;
     PQclear(r);
     if (!exists && db_command(c, sql, err) != 0)
-        goto fail;
+        goto cleanup;
     if (db_command(c, "COMMIT", err) != 0)
-        goto fail;
+        goto cleanup;
     if (!exists)
         log_info("store", "messages partition ready", LF_S("partition", name), LF_S("schema", c->cfg->schema));
     return 0;
-fail:
+cleanup:
     db_rollback(c);
     return -1;
 }
