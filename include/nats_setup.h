@@ -42,17 +42,35 @@ int mes_nats_connect(mes_nats_t *n, const config_t *cfg, int64_t deadline_ms, co
 void mes_nats_close(mes_nats_t *n); /* NULL-safe; closes and destroys the connection */
 bool mes_nats_connected(const mes_nats_t *n);
 
-/* Creates missing streams and adds missing subjects to existing ones; never deletes, never resets limits. */
+/* Creates missing streams and adds missing subjects to existing ones; never deletes, never resets limits. The three
+ * of SPEC 1.2, and the tenant's advisory stream "mes_advisories_<co>" (advisory.c): file storage, limits retention,
+ * max age nats.dlqMaxAgeDays, the max-deliveries advisory subject of each of the eleven durables. */
 int mes_nats_ensure_streams(mes_nats_t *n) __attribute__((warn_unused_result));
 
-/* Durable name and filter subject of the consumer for event type et (or the DLQ when dlq is true). */
-void mes_nats_consumer_names(const config_t *cfg, event_type_t et, bool dlq, char *durable, size_t dlen, char *filter,
-                             size_t flen);
-/* Creates the durable if missing, updates ack wait / max deliver / max ack pending in place when they differ, and
- * binds a pull subscription to it. A missing stream of the service's own is re-created first (SPEC 1.2: created if
- * missing). A new durable delivers all, unless w knows where a durable of that name stood on the same stream (it was
- * deleted at runtime): then it starts after that ack floor. w (may be NULL) learns the durable's position. */
-int mes_nats_subscribe(mes_nats_t *n, event_type_t et, bool dlq, mes_fetch_watch_t *w, pull_t **sub)
+/* The durable consumers the service owns: one per lane (SPEC 1.3), the DLQ worker's, and the advisory reader's. */
+typedef enum { MES_DURABLE_LANE = 0, MES_DURABLE_DLQ, MES_DURABLE_ADVISORY } mes_durable_kind_t;
+
+/* One of them, exactly as the service configures it, built once from the config (mes_nats_durable): whatever
+ * creates, binds, watches or names a durable reads it from here. */
+typedef struct {
+    mes_durable_kind_t kind;
+    event_type_t et; /* the lane's event type; ET_UNKNOWN for the DLQ and advisory durables */
+    char stream[256];
+    char durable[256];
+    char filter[256]; /* "" for the advisory durable: every subject of its stream */
+    int64_t ack_wait_ms;
+    int max_deliver; /* -1: unlimited (the advisory durable never gives up on an advisory) */
+    int max_ack_pending;
+} mes_durable_t;
+
+/* The durable of kind (and lane et, for MES_DURABLE_LANE) under cfg. */
+void mes_nats_durable(mes_durable_t *d, const config_t *cfg, mes_durable_kind_t kind, event_type_t et);
+/* Creates the durable if missing; updates ack wait / max deliver / max ack pending in place when they differ (the
+ * advisory durable is never changed); binds a pull subscription to it. A missing stream of the service's own is
+ * re-created first (SPEC 1.2: created if missing). A new durable delivers all, unless w knows where a durable of that
+ * name stood on the same stream (it was deleted at runtime): then it starts after that ack floor. w (may be NULL)
+ * learns the durable's position. */
+int mes_nats_subscribe(mes_nats_t *n, const mes_durable_t *d, mes_fetch_watch_t *w, pull_t **sub)
     __attribute__((warn_unused_result));
 
 /* Call after every fetch. Returns true when the pull subscription must be re-created: after a reconnect (pull
@@ -62,14 +80,14 @@ int mes_nats_subscribe(mes_nats_t *n, event_type_t et, bool dlq, mes_fetch_watch
  * cause; one check alone would also catch a message published a moment ago). A delivery already on its way to the
  * old inbox is not lost: it is redelivered after the ack wait. Every 5 s, busy or not, it asks the server about the
  * durable: that refreshes its ack floor in w and, for live lanes, message_event_service_consumer_pending. */
-bool mes_nats_fetch_watch(mes_nats_t *n, mes_fetch_watch_t *w, event_type_t et, bool dlq, bool got_messages);
+bool mes_nats_fetch_watch(mes_nats_t *n, mes_fetch_watch_t *w, const mes_durable_t *d, bool got_messages);
 /* Unsubscribes *sub (NULL-safe) and sets it to NULL; the subscription itself is freed later (see nats_setup.c), by
  * mes_nats_close at the latest. */
 void mes_nats_unsubscribe(natsSubscription **sub);
 /* Destroys the pull subscription *sub (pull_destroy), then binds a new one to the same durable (re-creating the
  * durable or its stream when missing), retrying with backoff (200 ms doubling to 5 s) until it works or *stop is set.
  * *subscribed (what /ready reports) is false meanwhile. Messages already delivered stay ackable. */
-void mes_nats_resubscribe(mes_nats_t *n, event_type_t et, bool dlq, mes_fetch_watch_t *w, pull_t **sub,
+void mes_nats_resubscribe(mes_nats_t *n, const mes_durable_t *d, mes_fetch_watch_t *w, pull_t **sub,
                           atomic_bool *subscribed, const atomic_bool *stop);
 
 /* What mes_nats_get_source found. */
@@ -83,18 +101,5 @@ mes_source_t mes_nats_get_source(mes_nats_t *n, const char *stream, uint64_t seq
  * for mes_nats_get_source. */
 mes_source_t mes_nats_get_msg(mes_nats_t *n, const char *stream, uint64_t seq, natsMsg **out, char *why, size_t whylen)
     __attribute__((warn_unused_result));
-
-/* ---- max-deliveries advisories (advisory.c) ---- */
-
-/* The stream that keeps this tenant's max-deliveries advisories ("mes_advisories_<co>") and the durable on it that
- * the replicas share ("mes_advisory_worker_<co>"). */
-void mes_nats_advisory_names(const config_t *cfg, char *stream, size_t slen, char *durable, size_t dlen);
-/* Creates that stream if missing: file storage, limits retention, max age nats.dlqMaxAgeDays, one subject per durable
- * of the tenant ($JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<stream>.<durable>, the 10 lanes and the DLQ worker,
- * whatever nats.<lane>.subjectList says). Present: only missing subjects are added, limits are never reset. */
-int mes_nats_ensure_advisory_stream(mes_nats_t *n) __attribute__((warn_unused_result));
-/* Creates the durable if missing (deliver all, explicit ack, ack wait nats.dlqAckWait, unlimited deliveries; an
- * existing one is never changed) and binds a pull subscription to it. */
-int mes_nats_subscribe_advisories(mes_nats_t *n, pull_t **sub) __attribute__((warn_unused_result));
 
 #endif

@@ -20,8 +20,6 @@
 #define ADV_BATCH 16
 #define ADV_FETCH_WAIT_MS 500
 #define ADV_TYPE "io.nats.jetstream.advisory.v1.max_deliver"
-#define STALL_SILENCE_MS 10000
-#define STALL_CHECK_EVERY_MS 5000
 
 struct advisory {
     const config_t *cfg;
@@ -30,7 +28,8 @@ struct advisory {
     bool (*db_up)(void *ctx);
     void *db_up_ctx;
     pull_t *sub;
-    char stream[128], durable[128];
+    mes_durable_t dur;       /* mes_advisory_worker_<co> on mes_advisories_<co> */
+    mes_fetch_watch_t watch; /* main's until the thread starts, then the thread's */
     atomic_bool subscribed;
     dlq_exhauster_t *exh; /* the DLQ workers' exhaustion, with the one session this thread uses (opened on first use) */
     json_doc_t doc;
@@ -50,10 +49,8 @@ typedef struct {
 
 /* One of this tenant's durables. */
 typedef struct {
-    const char *stream;
-    char durable[256], filter[256];
+    mes_durable_t d;
     bool dlq;
-    int max_deliver;
     metrics_stream_t ms;
 } target_t;
 
@@ -63,14 +60,11 @@ static bool find_target(const config_t *cfg, const char *stream, const char *con
 {
     for (int i = 0; i <= ET_BASE_COUNT; i++) {
         bool dlq = i == ET_BASE_COUNT;
-        event_type_t et = dlq ? ET_UNKNOWN : (event_type_t)i;
-        bool hist = !dlq && event_type_lane(et) == LANE_HISTORICAL;
-        t->stream = dlq ? cfg->dlq_stream : hist ? cfg->historical.stream : cfg->realtime.stream;
-        mes_nats_consumer_names(cfg, et, dlq, t->durable, sizeof t->durable, t->filter, sizeof t->filter);
-        if (strcmp(t->stream, stream) == 0 && strcmp(t->durable, consumer) == 0) {
+        mes_nats_durable(&t->d, cfg, dlq ? MES_DURABLE_DLQ : MES_DURABLE_LANE, (event_type_t)i);
+        if (strcmp(t->d.stream, stream) == 0 && strcmp(t->d.durable, consumer) == 0) {
             t->dlq = dlq;
-            t->max_deliver = dlq ? cfg->dlq_max_deliver : hist ? cfg->historical.max_deliver : cfg->realtime.max_deliver;
-            t->ms = dlq ? MSTREAM_DLQ : hist ? MSTREAM_HISTORICAL : MSTREAM_REALTIME;
+            t->ms = dlq ? MSTREAM_DLQ
+                        : event_type_lane((event_type_t)i) == LANE_HISTORICAL ? MSTREAM_HISTORICAL : MSTREAM_REALTIME;
             return true;
         }
     }
@@ -142,10 +136,10 @@ static void build_record(advisory_t *a, const adv_t *v, const target_t *t, natsM
     snprintf(seqid, sizeof seqid, "%s:%lld", v->stream, (long long)v->seq);
     clock_rfc3339_now(now, sizeof now);
     buf_reset(&a->meta);
-    consumer_build_meta(&a->meta, v->stream, (uint64_t)v->seq, v->consumer, 0, src_id ? src_id : seqid, t->filter, now);
+    consumer_build_meta(&a->meta, v->stream, (uint64_t)v->seq, v->consumer, 0, src_id ? src_id : seqid, t->d.filter, now);
     *is_json = body && blen > 0 && json_parse(&a->doc, body, blen, NULL, 0) == JSON_OK;
     dlq_record_t r = {
-        .source_subject = t->filter,
+        .source_subject = t->d.filter,
         .payload = body ? body : "",
         .payload_len = body ? blen : 0,
         .payload_is_json = *is_json,
@@ -153,7 +147,7 @@ static void build_record(advisory_t *a, const adv_t *v, const target_t *t, natsM
         .cls = ERR_UNKNOWN,
         .retryable = true, /* never judged: JetStream stopped retrying, nothing said retrying cannot help */
         .retry_count = (int)v->deliveries,
-        .max_retry = t->max_deliver,
+        .max_retry = t->d.max_deliver,
         .source_stream = v->stream,
         .source_sequence = (uint64_t)v->seq,
         .source_message_id = src_id ? src_id : seqid,
@@ -174,13 +168,13 @@ static void describe(advisory_t *a, const adv_t *v, const target_t *t, const cha
     buf_t *b = &a->rec;
     buf_reset(b);
     buf_puts(b, "{\"source_subject\":");
-    buf_put_json_str(b, t->filter, strlen(t->filter));
+    buf_put_json_str(b, t->d.filter, strlen(t->d.filter));
     buf_puts(b, ",\"company\":");
     buf_put_json_str(b, a->cfg->company_id, strlen(a->cfg->company_id));
     buf_puts(b, ",\"error\":");
     buf_put_json_str(b, error, strlen(error));
     buf_printf(b, ",\"error_type\":\"retryable\",\"error_class\":\"unknown\",\"retry_count\":%lld,\"max_retry\":%d",
-               (long long)v->deliveries, t->max_deliver);
+               (long long)v->deliveries, t->d.max_deliver);
     buf_puts(b, ",\"source_stream\":");
     buf_put_json_str(b, v->stream, strlen(v->stream));
     buf_printf(b, ",\"source_sequence\":%lld,\"source_message_id\":\"", (long long)v->seq);
@@ -218,9 +212,9 @@ static outcome_t handle(advisory_t *a, natsMsg *msg)
         log_warn("advisory", "cannot read the message an advisory names; will retry", LF_S("error", why));
         return OUT_RETRY;
     }
-    if (src == MES_SRC_OK && strcmp(natsMsg_GetSubject(orig), t.filter) != 0) { /* the stream was re-created */
+    if (src == MES_SRC_OK && strcmp(natsMsg_GetSubject(orig), t.d.filter) != 0) { /* the stream was re-created */
         snprintf(why, sizeof why, "stream %s sequence %lld now holds a message of subject %s, not %s", v.stream,
-                 (long long)v.seq, natsMsg_GetSubject(orig), t.filter);
+                 (long long)v.seq, natsMsg_GetSubject(orig), t.d.filter);
         natsMsg_Destroy(orig);
         orig = NULL;
     }
@@ -294,53 +288,11 @@ static void settle(advisory_t *a, natsMsg *msg, outcome_t out)
         log_warn("advisory", "advisory ack/nak failed; it will be redelivered", LF_S("error", natsStatus_GetText(s)));
 }
 
-/* Re-creates the pull subscription (after a reconnect or a stall). Deliveries still queued in the old one are dropped
- * unacked and come back after the ack wait. */
-static void resubscribe(advisory_t *a)
-{
-    atomic_store(&a->subscribed, false);
-    for (int64_t wait = 200; !atomic_load(a->stop); wait = clock_backoff_next(wait, 5000)) {
-        pull_destroy(a->sub);
-        a->sub = NULL;
-        if (mes_nats_subscribe_advisories(a->nats, &a->sub) == 0) {
-            atomic_store(&a->subscribed, true);
-            log_info("advisory", "consumer re-subscribed", LF_S("durable", a->durable));
-            return;
-        }
-        clock_sleep_ms(wait);
-    }
-}
-
-/* Two checks 5 s apart that see advisories pending while no fetch returned any for 10 s: a stalled pull. */
-static bool stalled(advisory_t *a, int64_t *last_msg, int64_t *last_check, bool *suspect)
-{
-    int64_t now = clock_mono_ms();
-    if (now - *last_check < STALL_CHECK_EVERY_MS || now - *last_msg < STALL_SILENCE_MS)
-        return false;
-    *last_check = now;
-    jsConsumerInfo *ci = NULL;
-    jsErrCode jerr = 0;
-    if (js_GetConsumerInfo(&ci, a->nats->js, a->stream, a->durable, NULL, &jerr) != NATS_OK || !ci)
-        return false;
-    bool pending = ci->NumPending > 0 && (!ci->Config || ci->Config->MaxAckPending <= 0 ||
-                                          ci->NumAckPending < ci->Config->MaxAckPending);
-    jsConsumerInfo_Destroy(ci);
-    if (pending && *suspect) {
-        *suspect = false;
-        *last_msg = now;
-        log_warn("advisory", "advisory consumer stalled with advisories pending; re-subscribing");
-        return true;
-    }
-    *suspect = pending;
-    return false;
-}
-
 static void *run(void *arg)
 {
     advisory_t *a = arg;
-    int64_t backoff = 100, last_msg = clock_mono_ms(), last_check = last_msg;
-    bool suspect = false;
-    uint64_t seen = atomic_load(&a->nats->reconnects);
+    int64_t backoff = 100;
+    a->watch.seen_reconnects = atomic_load(&a->nats->reconnects);
     while (!atomic_load(a->stop)) {
         if (a->db_up && !a->db_up(a->db_up_ctx)) {
             clock_sleep_ms(200); /* an outage pauses intake, as for the DLQ worker */
@@ -351,25 +303,21 @@ static void *run(void *arg)
         natsStatus s = pull_fetch(a->sub, ADV_BATCH, false, ADV_FETCH_WAIT_MS, &list);
         if (s == NATS_OK) {
             backoff = 100;
-            last_msg = clock_mono_ms();
-            suspect = false;
             for (int i = 0; i < list.Count && !atomic_load(a->stop); i++)
                 settle(a, list.Msgs[i], handle(a, list.Msgs[i]));
         } else if (s == NATS_TIMEOUT) {
-            if (clock_mono_ms() - t0 < 5) /* nats.c 3.4.1 early-timeout bug: do not spin */
+            if (clock_mono_ms() - t0 < 5) /* a request that ended at once (a 409, say): do not spin */
                 clock_sleep_ms(10);
         } else {
             log_warn("advisory", "advisory fetch failed", LF_S("error", natsStatus_GetText(s)),
                      LF_I("retry_in_ms", backoff));
             clock_sleep_ms(backoff);
-            backoff = backoff * 2 > 2000 ? 2000 : backoff * 2;
+            backoff = clock_backoff_next(backoff, 2000);
         }
+        bool got = s == NATS_OK && list.Count > 0;
         natsMsgList_Destroy(&list); /* what was not settled (stopping) stays unacked for redelivery */
-        uint64_t r = atomic_load(&a->nats->reconnects);
-        bool resub = r != seen;
-        seen = r;
-        if ((resub || stalled(a, &last_msg, &last_check, &suspect)) && !atomic_load(a->stop))
-            resubscribe(a);
+        if (mes_nats_fetch_watch(a->nats, &a->watch, &a->dur, got) && !atomic_load(a->stop))
+            mes_nats_resubscribe(a->nats, &a->dur, &a->watch, &a->sub, &a->subscribed, a->stop);
     }
     return NULL;
 }
@@ -388,7 +336,7 @@ advisory_t *advisory_create(const config_t *cfg, mes_nats_t *nats, db_pool_t *po
     json_doc_init(&a->doc);
     buf_init(&a->rec);
     buf_init(&a->meta);
-    mes_nats_advisory_names(cfg, a->stream, sizeof a->stream, a->durable, sizeof a->durable);
+    mes_nats_durable(&a->dur, cfg, MES_DURABLE_ADVISORY, ET_UNKNOWN);
     if (!(a->exh = dlq_exhauster_create(cfg, nats, pool, stop))) {
         advisory_destroy(a);
         return NULL;
@@ -398,11 +346,11 @@ advisory_t *advisory_create(const config_t *cfg, mes_nats_t *nats, db_pool_t *po
 
 int advisory_subscribe(advisory_t *a)
 {
-    if (mes_nats_subscribe_advisories(a->nats, &a->sub) != 0)
+    if (mes_nats_subscribe(a->nats, &a->dur, &a->watch, &a->sub) != 0)
         return -1;
     atomic_store(&a->subscribed, true);
-    log_info("advisory", "max-deliveries advisory consumer subscribed", LF_S("stream", a->stream),
-             LF_S("durable", a->durable));
+    log_info("advisory", "max-deliveries advisory consumer subscribed", LF_S("stream", a->dur.stream),
+             LF_S("durable", a->dur.durable));
     return 0;
 }
 

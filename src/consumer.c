@@ -54,8 +54,7 @@ struct consumer {
     const atomic_bool *stop;
     pull_t *sub; /* the fetcher's (main's before it starts) */
     mes_fetch_watch_t watch; /* main's until the fetcher starts, then the fetcher's */
-    char durable[256];
-    char filter[256];
+    mes_durable_t dur; /* its durable consumer, as configured */
     atomic_bool subscribed;
     pthread_t thread;       /* the lane: validate, commit, ack */
     pthread_t fetch_thread; /* prefetches the next batch while the lane commits the current one */
@@ -103,7 +102,7 @@ consumer_t *consumer_create(const config_t *cfg, mes_nats_t *nats, db_pool_t *po
     c->nats = nats;
     c->pool = pool;
     c->stop = stop;
-    mes_nats_consumer_names(cfg, et, false, c->durable, sizeof c->durable, c->filter, sizeof c->filter);
+    mes_nats_durable(&c->dur, cfg, MES_DURABLE_LANE, et);
     store_scratch_init(&c->scratch);
     buf_init(&c->metabuf);
     pthread_mutex_init(&c->ho_mu, NULL);
@@ -143,7 +142,7 @@ event_type_t consumer_event_type(const consumer_t *c)
 
 const char *consumer_durable(const consumer_t *c)
 {
-    return c->durable;
+    return c->dur.durable;
 }
 
 bool consumer_subscribed(const consumer_t *c)
@@ -153,10 +152,10 @@ bool consumer_subscribed(const consumer_t *c)
 
 int consumer_subscribe(consumer_t *c)
 {
-    if (mes_nats_subscribe(c->nats, c->et, false, &c->watch, &c->sub) != 0)
+    if (mes_nats_subscribe(c->nats, &c->dur, &c->watch, &c->sub) != 0)
         return -1;
     atomic_store(&c->subscribed, true);
-    log_info("consumer", "consumer subscribed", LF_S("durable", c->durable), LF_S("filter", c->filter),
+    log_info("consumer", "consumer subscribed", LF_S("durable", c->dur.durable), LF_S("filter", c->dur.filter),
              LF_S("consumer_type", lane_name(c->lane)));
     return 0;
 }
@@ -186,7 +185,7 @@ static void keep_alive(void *arg)
 static bool ensure_db(consumer_t *c, size_t held)
 {
     hold_t h = {c, held};
-    return db_wait_usable(c->db, c->cfg, c->stop, keep_alive, &h, c->lc->ack_wait_ms, c->durable);
+    return db_wait_usable(c->db, c->cfg, c->stop, keep_alive, &h, c->lc->ack_wait_ms, c->dur.durable);
 }
 
 /* ---- per-message preparation ---------------------------------------------------------------------------------- */
@@ -216,7 +215,7 @@ static void build_meta(consumer_t *c, slot_t *s, const char *processed_at)
 {
     buf_reset(&c->metabuf);
     consumer_build_meta(&c->metabuf, s->md && s->md->Stream ? s->md->Stream : c->lc->stream,
-                        s->md ? s->md->Sequence.Stream : 0, s->md && s->md->Consumer ? s->md->Consumer : c->durable,
+                        s->md ? s->md->Sequence.Stream : 0, s->md && s->md->Consumer ? s->md->Consumer : c->dur.durable,
                         s->md ? s->md->Sequence.Consumer : 0, s->msg_id, s->subject, processed_at);
     s->meta = c->metabuf.oom ? NULL : arena_strndup(c->pctx.arena, c->metabuf.data, c->metabuf.len);
     if (!s->meta)
@@ -403,14 +402,14 @@ static int commit_range(consumer_t *c, size_t from, size_t to, size_t held, db_e
          * same batch again (after a short, jittered pause) instead of isolating it event by event. */
         if ((strcmp(err->sqlstate, "40P01") == 0 || strcmp(err->sqlstate, "40001") == 0) && conflicts < 3) {
             conflicts++;
-            log_info("consumer", "transaction conflict; retrying the batch", LF_S("durable", c->durable),
+            log_info("consumer", "transaction conflict; retrying the batch", LF_S("durable", c->dur.durable),
                      LF_S("sqlstate", err->sqlstate), LF_I("attempt", conflicts));
             clock_sleep_ms(clock_backoff_ms(30, 30, 1, true)); /* 24-36 ms */
             continue;
         }
         if (!err->outage)
             return 1;
-        log_warn("consumer", "database outage during a batch; will retry it", LF_S("durable", c->durable),
+        log_warn("consumer", "database outage during a batch; will retry it", LF_S("durable", c->dur.durable),
                  LF_S("error", err->message));
         db_close(*c->db);
         *c->db = NULL;
@@ -581,7 +580,7 @@ static int commit_chunk(consumer_t *c, size_t from, size_t to, size_t held)
     if (rc == -1)
         return -1;
     if (to - from > 1)
-        log_warn("consumer", "batch failed; applying its events one by one", LF_S("durable", c->durable),
+        log_warn("consumer", "batch failed; applying its events one by one", LF_S("durable", c->dur.durable),
                  LF_S("error", err.message), LF_I("batch", (long long)(to - from)));
     for (size_t i = from; i < to; i++) {
         slot_t *s = &c->slots[i];
@@ -706,7 +705,7 @@ static void process_batch(consumer_t *c, natsMsg **msgs, size_t n, double fetch_
     if (max_seq > atomic_load(&c->done_seq))
         atomic_store(&c->done_seq, max_seq); /* only this lane writes it */
     /* Where a batch's time goes (for tuning; debug level costs nothing otherwise). */
-    log_debug("consumer", "batch", LF_S("durable", c->durable), LF_I("n", (long long)n), LF_I("items", (long long)nitems),
+    log_debug("consumer", "batch", LF_S("durable", c->dur.durable), LF_I("n", (long long)n), LF_I("items", (long long)nitems),
               LF_D("fetch_ms", fetch_s * 1000), LF_D("prepare_ms", (t_prepared - t) * 1000),
               LF_D("commit_ms", (t_committed - t_prepared) * 1000), LF_D("finish_ms", (clock_mono_s() - t_committed) * 1000));
 }
@@ -730,7 +729,7 @@ static void resubscribe(consumer_t *c)
     while ((c->ho_full || c->lane_busy) && !atomic_load(c->stop))
         ho_wait(c, 100);
     pthread_mutex_unlock(&c->ho_mu);
-    mes_nats_resubscribe(c->nats, c->et, false, &c->watch, &c->sub, &c->subscribed, c->stop);
+    mes_nats_resubscribe(c->nats, &c->dur, &c->watch, &c->sub, &c->subscribed, c->stop);
 }
 
 /* Hands a fetched batch to the lane (ownership moves with it). */
@@ -810,7 +809,7 @@ static void *fetch_run(void *arg)
         double t0 = clock_mono_s();
         natsStatus s = fetch_batch(c, &list);
         bool got = s == NATS_OK && list.Count > 0;
-        bool resub = mes_nats_fetch_watch(c->nats, &c->watch, c->et, false, got);
+        bool resub = mes_nats_fetch_watch(c->nats, &c->watch, &c->dur, got);
         if (got) {
             backoff = 100;
             hand_off(c, &list, clock_mono_s() - t0);
@@ -829,7 +828,7 @@ static void *fetch_run(void *arg)
                 clock_sleep_ms(10);
             continue;
         }
-        log_warn("consumer", "fetch failed", LF_S("durable", c->durable), LF_S("error", natsStatus_GetText(s)),
+        log_warn("consumer", "fetch failed", LF_S("durable", c->dur.durable), LF_S("error", natsStatus_GetText(s)),
                  LF_I("retry_in_ms", backoff));
         clock_sleep_ms(backoff);
         backoff = clock_backoff_next(backoff, 2000);
@@ -871,7 +870,7 @@ static void *run(void *arg)
             list.Msgs[i] = NULL; /* each message was destroyed by its owner in finish() */
         natsMsgList_Destroy(&list);
     }
-    log_info("consumer", "lane stopped", LF_S("durable", c->durable));
+    log_info("consumer", "lane stopped", LF_S("durable", c->dur.durable));
     return NULL;
 }
 

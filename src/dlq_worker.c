@@ -38,7 +38,7 @@ struct dlq_worker {
     db_pool_t *pool; /* sessions the workers share (with maintenance, advisories): they wait for one, never open one */
     pull_t *sub;
     mes_fetch_watch_t watch; /* main's until the fetcher starts, then the fetcher's */
-    char durable[256], filter[256];
+    mes_durable_t dur; /* v1_dlq_worker_<co>, as configured */
     atomic_bool subscribed;
     atomic_bool fetcher_done;
     queue_t q;
@@ -175,7 +175,7 @@ static void resubscribe(dlq_worker_t *w)
         pthread_cond_timedwait(&q->has_room, &q->mu, &ts);
     }
     pthread_mutex_unlock(&q->mu);
-    mes_nats_resubscribe(w->nats, ET_UNKNOWN, true, &w->watch, &w->sub, &w->subscribed, w->stop);
+    mes_nats_resubscribe(w->nats, &w->dur, &w->watch, &w->sub, &w->subscribed, w->stop);
 }
 
 static void *fetch_loop(void *arg)
@@ -195,7 +195,7 @@ static void *fetch_loop(void *arg)
         metrics_dlq_fetch_request();
         int64_t t0 = clock_mono_ms();
         natsStatus s = pull_fetch(w->sub, room, false, 500, &list); /* never more than the queue has room for */
-        bool resub = mes_nats_fetch_watch(w->nats, &w->watch, ET_UNKNOWN, true, s == NATS_OK && list.Count > 0);
+        bool resub = mes_nats_fetch_watch(w->nats, &w->watch, &w->dur, s == NATS_OK && list.Count > 0);
         if (s == NATS_OK) {
             backoff = 100;
             for (int i = 0; i < list.Count; i++) {
@@ -742,7 +742,7 @@ dlq_worker_t *dlq_worker_create(const config_t *cfg, mes_nats_t *nats, db_pool_t
     w->db_up_ctx = db_up_ctx;
     w->pool = pool;
     w->nworkers = cfg->dlq_workers;
-    mes_nats_consumer_names(cfg, ET_UNKNOWN, true, w->durable, sizeof w->durable, w->filter, sizeof w->filter);
+    mes_nats_durable(&w->dur, cfg, MES_DURABLE_DLQ, ET_UNKNOWN);
     w->workers = calloc((size_t)w->nworkers, sizeof *w->workers);
     if (!w->workers || queue_init(&w->q, cfg->dlq_queue_size) != 0) {
         dlq_worker_destroy(w);
@@ -753,17 +753,17 @@ dlq_worker_t *dlq_worker_create(const config_t *cfg, mes_nats_t *nats, db_pool_t
 
 int dlq_worker_subscribe(dlq_worker_t *w)
 {
-    if (mes_nats_subscribe(w->nats, ET_UNKNOWN, true, &w->watch, &w->sub) != 0)
+    if (mes_nats_subscribe(w->nats, &w->dur, &w->watch, &w->sub) != 0)
         return -1;
     atomic_store(&w->subscribed, true);
-    log_info("dlq", "DLQ consumer subscribed", LF_S("durable", w->durable), LF_S("filter", w->filter),
+    log_info("dlq", "DLQ consumer subscribed", LF_S("durable", w->dur.durable), LF_S("filter", w->dur.filter),
              LF_I("workers", w->nworkers), LF_I("queue_size", w->q.cap));
     return 0;
 }
 
 const char *dlq_worker_durable(const dlq_worker_t *w)
 {
-    return w->durable;
+    return w->dur.durable;
 }
 
 bool dlq_worker_subscribed(const dlq_worker_t *w)

@@ -373,12 +373,6 @@ int main(int argc, char **argv)
             log_error("main", "startup failed: streams");
         goto cleanup;
     }
-    /* Before the consumers: an advisory about one of them is kept from the moment it can be published. */
-    if (mes_nats_ensure_advisory_stream(&app.nats) != 0) {
-        if (!stopping())
-            log_error("main", "startup failed: the advisory stream (max-deliveries safety net)");
-        goto cleanup;
-    }
     publish_stage(STAGE_NATS);
     if (start_consumers(&app) != 0) {
         if (!stopping())

@@ -218,11 +218,22 @@ static int ensure_stream(mes_nats_t *n, const char *name, const char **subjects,
     return 0;
 }
 
-/* Ensures the service's streams; only the one named `only` when it is not NULL. */
+/* Ensures the service's streams; only the one named `only` when it is not NULL. The fourth is the tenant's advisory
+ * stream (advisory.c): the max-deliveries advisory subject of each of its eleven durables (all ten lanes whatever
+ * subjectList says, and the DLQ's), so advisories published while no replica runs wait there; created before the
+ * consumers, so an advisory about one of them is kept from the moment it can be published. */
 static int ensure_streams(mes_nats_t *n, const char *only)
 {
     const config_t *cfg = n->cfg;
-    char rt[ET_BASE_COUNT][64], dlq[128];
+    char rt[ET_BASE_COUNT][64], dlq[128], adv[ET_BASE_COUNT + 1][600];
+    const char *advs[ET_BASE_COUNT + 1];
+    mes_durable_t d;
+    for (int i = 0; i <= ET_BASE_COUNT; i++) {
+        mes_nats_durable(&d, cfg, i < ET_BASE_COUNT ? MES_DURABLE_LANE : MES_DURABLE_DLQ, (event_type_t)i);
+        snprintf(adv[i], sizeof adv[i], "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.%s.%s", d.stream, d.durable);
+        advs[i] = adv[i];
+    }
+    mes_nats_durable(&d, cfg, MES_DURABLE_ADVISORY, ET_UNKNOWN);
     const char *rts[ET_BASE_COUNT], *his[ET_BASE_COUNT];
     int nrt = 0, nhi = 0;
     for (int et = 0; et < ET_BASE_COUNT; et++) {
@@ -242,6 +253,7 @@ static int ensure_streams(mes_nats_t *n, const char *only)
         {cfg->realtime.stream, rts, nrt, cfg->realtime.max_age_days},
         {cfg->historical.stream, his, nhi, cfg->historical.max_age_days},
         {cfg->dlq_stream, dlqs, 1, cfg->dlq_max_age_days},
+        {d.stream, advs, ET_BASE_COUNT + 1, cfg->dlq_max_age_days},
     };
     for (size_t i = 0; i < sizeof streams / sizeof streams[0]; i++)
         if ((!only || strcmp(only, streams[i].name) == 0) &&
@@ -257,25 +269,38 @@ int mes_nats_ensure_streams(mes_nats_t *n)
 
 /* ---- consumers ------------------------------------------------------------------------------------------ */
 
-void mes_nats_consumer_names(const config_t *cfg, event_type_t et, bool dlq, char *durable, size_t dlen, char *filter,
-                             size_t flen)
+void mes_nats_durable(mes_durable_t *d, const config_t *cfg, mes_durable_kind_t kind, event_type_t et)
 {
-    if (dlq) {
-        snprintf(durable, dlen, "v1_dlq_worker_%s", cfg->company_id);
-        snprintf(filter, flen, "%s.%s", cfg->dlq_subject, cfg->company_id);
-        return;
+    memset(d, 0, sizeof *d);
+    d->kind = kind;
+    d->et = kind == MES_DURABLE_LANE ? et : ET_UNKNOWN;
+    switch (kind) {
+    case MES_DURABLE_LANE: {
+        const lane_config_t *lc = event_type_lane(et) == LANE_HISTORICAL ? &cfg->historical : &cfg->realtime;
+        snprintf(d->stream, sizeof d->stream, "%s", lc->stream);
+        snprintf(d->durable, sizeof d->durable, "%s%s_%s", lc->consumer, cfg->company_id, event_type_durable_suffix(et));
+        snprintf(d->filter, sizeof d->filter, "%s.%s", event_type_base(et), cfg->company_id);
+        d->ack_wait_ms = lc->ack_wait_ms;
+        d->max_deliver = lc->max_deliver;
+        d->max_ack_pending = lc->max_ack_pending;
+        break;
     }
-    const lane_config_t *lc = event_type_lane(et) == LANE_HISTORICAL ? &cfg->historical : &cfg->realtime;
-    snprintf(durable, dlen, "%s%s_%s", lc->consumer, cfg->company_id, event_type_durable_suffix(et));
-    snprintf(filter, flen, "%s.%s", event_type_base(et), cfg->company_id);
-}
-
-/* Stream of the durable for et (or the DLQ). */
-static const char *durable_stream(const config_t *cfg, event_type_t et, bool dlq)
-{
-    if (dlq)
-        return cfg->dlq_stream;
-    return event_type_lane(et) == LANE_HISTORICAL ? cfg->historical.stream : cfg->realtime.stream;
+    case MES_DURABLE_DLQ:
+        snprintf(d->stream, sizeof d->stream, "%s", cfg->dlq_stream);
+        snprintf(d->durable, sizeof d->durable, "v1_dlq_worker_%s", cfg->company_id);
+        snprintf(d->filter, sizeof d->filter, "%s.%s", cfg->dlq_subject, cfg->company_id);
+        d->ack_wait_ms = cfg->dlq_ack_wait_ms;
+        d->max_deliver = cfg->dlq_max_deliver;
+        d->max_ack_pending = cfg->dlq_max_ack_pending;
+        break;
+    case MES_DURABLE_ADVISORY:
+        snprintf(d->stream, sizeof d->stream, "mes_advisories_%s", cfg->company_id);
+        snprintf(d->durable, sizeof d->durable, "mes_advisory_worker_%s", cfg->company_id);
+        d->ack_wait_ms = cfg->dlq_ack_wait_ms;
+        d->max_deliver = -1; /* the safety net never gives up itself: an advisory stays until its row is stored */
+        d->max_ack_pending = 64;
+        break;
+    }
 }
 
 static bool js_not_found(natsStatus s, jsErrCode jerr)
@@ -298,29 +323,11 @@ static int64_t stream_created(mes_nats_t *n, const char *stream, uint64_t *last_
     return created;
 }
 
-int mes_nats_subscribe(mes_nats_t *n, event_type_t et, bool dlq, mes_fetch_watch_t *w, pull_t **sub)
+int mes_nats_subscribe(mes_nats_t *n, const mes_durable_t *d, mes_fetch_watch_t *w, pull_t **sub)
 {
-    const config_t *cfg = n->cfg;
-    char durable[256], filter[256];
-    const char *stream;
-    int64_t ack_wait_ms;
-    int max_deliver, max_ack_pending;
+    const char *stream = d->stream, *durable = d->durable, *filter = d->filter;
     jsErrCode jerr = 0;
     jsConsumerInfo *ci = NULL;
-
-    mes_nats_consumer_names(cfg, et, dlq, durable, sizeof durable, filter, sizeof filter);
-    if (dlq) {
-        stream = cfg->dlq_stream;
-        ack_wait_ms = cfg->dlq_ack_wait_ms;
-        max_deliver = cfg->dlq_max_deliver;
-        max_ack_pending = cfg->dlq_max_ack_pending;
-    } else {
-        const lane_config_t *lc = event_type_lane(et) == LANE_HISTORICAL ? &cfg->historical : &cfg->realtime;
-        stream = lc->stream;
-        ack_wait_ms = lc->ack_wait_ms;
-        max_deliver = lc->max_deliver;
-        max_ack_pending = lc->max_ack_pending;
-    }
 
     natsStatus s = js_GetConsumerInfo(&ci, n->js, stream, durable, NULL, &jerr);
     if (s != NATS_OK && jerr == JSStreamNotFoundErr) {
@@ -350,10 +357,10 @@ int mes_nats_subscribe(mes_nats_t *n, event_type_t et, bool dlq, mes_fetch_watch
                      LF_S("durable", durable));
         }
         cc.AckPolicy = js_AckExplicit;
-        cc.AckWait = ack_wait_ms * 1000000LL;
-        cc.MaxDeliver = max_deliver;
-        cc.MaxAckPending = max_ack_pending;
-        cc.FilterSubject = filter;
+        cc.AckWait = d->ack_wait_ms * 1000000LL;
+        cc.MaxDeliver = d->max_deliver;
+        cc.MaxAckPending = d->max_ack_pending;
+        cc.FilterSubject = filter[0] ? filter : NULL;
         s = js_AddConsumer(&ci, n->js, stream, &cc, NULL, &jerr);
         if (s == NATS_OK)
             log_info("nats", "consumer created", LF_S("stream", stream), LF_S("durable", durable),
@@ -362,18 +369,20 @@ int mes_nats_subscribe(mes_nats_t *n, event_type_t et, bool dlq, mes_fetch_watch
             s = js_GetConsumerInfo(&ci, n->js, stream, durable, NULL, &jerr);
     } else if (s == NATS_OK) {
         jsConsumerConfig *cc = ci->Config;
-        if (cc->FilterSubject == NULL || strcmp(cc->FilterSubject, filter) != 0) {
+        if (filter[0] && (cc->FilterSubject == NULL || strcmp(cc->FilterSubject, filter) != 0)) {
             log_error("nats", "existing consumer has another filter subject; refusing to change it",
                       LF_S("durable", durable), LF_S("filter", cc->FilterSubject ? cc->FilterSubject : ""),
                       LF_S("expected", filter));
             jsConsumerInfo_Destroy(ci);
             return -1;
         }
-        if (cc->AckWait != ack_wait_ms * 1000000LL || cc->MaxDeliver != max_deliver ||
-            cc->MaxAckPending != max_ack_pending) {
-            cc->AckWait = ack_wait_ms * 1000000LL;
-            cc->MaxDeliver = max_deliver;
-            cc->MaxAckPending = max_ack_pending;
+        /* The advisory durable is never changed: an operator may have tuned it, and it only needs to exist. */
+        if (d->kind != MES_DURABLE_ADVISORY &&
+            (cc->AckWait != d->ack_wait_ms * 1000000LL || cc->MaxDeliver != d->max_deliver ||
+             cc->MaxAckPending != d->max_ack_pending)) {
+            cc->AckWait = d->ack_wait_ms * 1000000LL;
+            cc->MaxDeliver = d->max_deliver;
+            cc->MaxAckPending = d->max_ack_pending;
             jsConsumerInfo *upd = NULL;
             s = js_UpdateConsumer(&upd, n->js, stream, cc, NULL, &jerr);
             jsConsumerInfo_Destroy(upd);
@@ -407,7 +416,7 @@ int mes_nats_subscribe(mes_nats_t *n, event_type_t et, bool dlq, mes_fetch_watch
 #define STALL_SILENCE_MS 10000
 #define CHECK_EVERY_MS 5000 /* also bounds how much a durable re-created after a deletion delivers again */
 
-bool mes_nats_fetch_watch(mes_nats_t *n, mes_fetch_watch_t *w, event_type_t et, bool dlq, bool got_messages)
+bool mes_nats_fetch_watch(mes_nats_t *n, mes_fetch_watch_t *w, const mes_durable_t *d, bool got_messages)
 {
     int64_t now = clock_mono_ms();
     uint64_t r = atomic_load(&n->reconnects);
@@ -426,9 +435,7 @@ bool mes_nats_fetch_watch(mes_nats_t *n, mes_fetch_watch_t *w, event_type_t et, 
     if (now - w->last_check_ms < CHECK_EVERY_MS)
         return false;
     w->last_check_ms = now;
-    char durable[256], filter[256];
-    mes_nats_consumer_names(n->cfg, et, dlq, durable, sizeof durable, filter, sizeof filter);
-    const char *stream = durable_stream(n->cfg, et, dlq);
+    const char *stream = d->stream, *durable = d->durable;
     jsConsumerInfo *ci = NULL;
     jsErrCode jerr = 0;
     natsStatus s = js_GetConsumerInfo(&ci, n->js, stream, durable, NULL, &jerr);
@@ -445,8 +452,8 @@ bool mes_nats_fetch_watch(mes_nats_t *n, mes_fetch_watch_t *w, event_type_t et, 
     uint64_t pending = ci->NumPending;
     int64_t ack_pending = ci->NumAckPending, max_ack = ci->Config ? ci->Config->MaxAckPending : 0;
     jsConsumerInfo_Destroy(ci);
-    if (!dlq)
-        metrics_consumer_pending_set(et, pending);
+    if (d->kind == MES_DURABLE_LANE)
+        metrics_consumer_pending_set(d->et, pending);
     if (got_messages)
         return false;
     bool stalled = pending > 0 && (max_ack <= 0 || ack_pending < max_ack) && now - w->last_msg_ms >= STALL_SILENCE_MS;
@@ -495,18 +502,16 @@ void mes_nats_unsubscribe(natsSubscription **sub)
     *sub = NULL;
 }
 
-void mes_nats_resubscribe(mes_nats_t *n, event_type_t et, bool dlq, mes_fetch_watch_t *w, pull_t **sub,
+void mes_nats_resubscribe(mes_nats_t *n, const mes_durable_t *d, mes_fetch_watch_t *w, pull_t **sub,
                           atomic_bool *subscribed, const atomic_bool *stop)
 {
     atomic_store(subscribed, false);
     for (int64_t wait = 200; !atomic_load(stop); wait = clock_backoff_next(wait, 5000)) {
         pull_destroy(*sub);
         *sub = NULL;
-        if (mes_nats_subscribe(n, et, dlq, w, sub) == 0) {
-            char durable[256], filter[256];
-            mes_nats_consumer_names(n->cfg, et, dlq, durable, sizeof durable, filter, sizeof filter);
+        if (mes_nats_subscribe(n, d, w, sub) == 0) {
             atomic_store(subscribed, true);
-            log_info("nats", "consumer re-subscribed", LF_S("durable", durable));
+            log_info("nats", "consumer re-subscribed", LF_S("durable", d->durable));
             return;
         }
         clock_sleep_ms(wait);
@@ -553,69 +558,4 @@ mes_source_t mes_nats_get_source(mes_nats_t *n, const char *stream, uint64_t seq
     }
     natsMsg_Destroy(m);
     return rc;
-}
-
-/* ---- max-deliveries advisories -------------------------------------------------------------------------------- */
-
-#define ADVISORY_MAX_ACK_PENDING 64
-
-void mes_nats_advisory_names(const config_t *cfg, char *stream, size_t slen, char *durable, size_t dlen)
-{
-    snprintf(stream, slen, "mes_advisories_%s", cfg->company_id);
-    snprintf(durable, dlen, "mes_advisory_worker_%s", cfg->company_id);
-}
-
-int mes_nats_ensure_advisory_stream(mes_nats_t *n)
-{
-    const config_t *cfg = n->cfg;
-    char subj[ET_BASE_COUNT + 1][600], durable[256], filter[256], name[128], dummy[128];
-    const char *subjects[ET_BASE_COUNT + 1];
-    for (int i = 0; i <= ET_BASE_COUNT; i++) {
-        bool dlq = i == ET_BASE_COUNT;
-        event_type_t et = dlq ? ET_UNKNOWN : (event_type_t)i;
-        const char *stream = dlq ? cfg->dlq_stream
-                                 : event_type_lane(et) == LANE_HISTORICAL ? cfg->historical.stream : cfg->realtime.stream;
-        mes_nats_consumer_names(cfg, et, dlq, durable, sizeof durable, filter, sizeof filter);
-        snprintf(subj[i], sizeof subj[i], "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.%s.%s", stream, durable);
-        subjects[i] = subj[i];
-    }
-    mes_nats_advisory_names(cfg, name, sizeof name, dummy, sizeof dummy);
-    return ensure_stream(n, name, subjects, ET_BASE_COUNT + 1, cfg->dlq_max_age_days);
-}
-
-int mes_nats_subscribe_advisories(mes_nats_t *n, pull_t **sub)
-{
-    char stream[128], durable[128];
-    jsErrCode jerr = 0;
-    jsConsumerInfo *ci = NULL;
-    mes_nats_advisory_names(n->cfg, stream, sizeof stream, durable, sizeof durable);
-    natsStatus s = js_GetConsumerInfo(&ci, n->js, stream, durable, NULL, &jerr);
-    if (s == NATS_NOT_FOUND || jerr == JSConsumerNotFoundErr) {
-        jsConsumerConfig cc;
-        jsConsumerConfig_Init(&cc);
-        cc.Durable = durable;
-        cc.DeliverPolicy = js_DeliverAll;
-        cc.AckPolicy = js_AckExplicit;
-        cc.AckWait = n->cfg->dlq_ack_wait_ms * 1000000LL;
-        cc.MaxDeliver = -1; /* the safety net never gives up itself: an advisory stays until its row is stored */
-        cc.MaxAckPending = ADVISORY_MAX_ACK_PENDING;
-        s = js_AddConsumer(&ci, n->js, stream, &cc, NULL, &jerr);
-        if (s == NATS_OK)
-            log_info("nats", "consumer created", LF_S("stream", stream), LF_S("durable", durable));
-        else if (jerr == JSConsumerNameExistErr || jerr == JSConsumerExistingActiveErr)
-            s = js_GetConsumerInfo(&ci, n->js, stream, durable, NULL, &jerr);
-    }
-    jsConsumerInfo_Destroy(ci);
-    if (s != NATS_OK) {
-        log_error("nats", "cannot create the advisory consumer", LF_S("stream", stream), LF_S("durable", durable),
-                  LF_S("error", natsStatus_GetText(s)), LF_I("js_error", jerr), LF_S("detail", nats_GetLastError(NULL)));
-        return -1;
-    }
-    pull_t *fresh = pull_create(n->nc, stream, durable);
-    if (!fresh) {
-        log_error("nats", "cannot subscribe", LF_S("durable", durable), LF_S("detail", nats_GetLastError(NULL)));
-        return -1;
-    }
-    *sub = fresh;
-    return 0;
 }
