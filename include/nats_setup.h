@@ -18,6 +18,9 @@ typedef struct {
     jsCtx *js;
     const config_t *cfg;
     atomic_uint_fast64_t reconnects; /* bumped by the reconnected callback */
+    natsStatus last_status;          /* last JetStream API failure of ensure_streams (retry decisions) */
+    int last_jerr;
+    unsigned replicas_warned;        /* streams whose replica difference was logged already */
 } mes_nats_t;
 
 /* Per fetch loop: notices reconnects and stalls so the loop can re-create its pull subscription. */
@@ -28,8 +31,12 @@ typedef struct {
     bool suspect;          /* the previous check already saw messages pending while nothing arrived */
 } mes_fetch_watch_t;
 
-/* Connects (retrying with backoff until deadline_ms of CLOCK_MONOTONIC or *stop), reconnecting forever afterwards.
- * Returns 0 or -1 (logged). */
+/* Connects to the servers of nats.url (a comma list; the cluster's other servers are discovered) with the TLS and
+ * authentication keys, retrying with backoff until deadline_ms of CLOCK_MONOTONIC or *stop, and reconnects forever
+ * afterwards. Returns 0, -1 (logged), or MES_NATS_BAD_CONFIG when retrying cannot help: the server's certificate
+ * does not verify (wrong nats.tls.caFile, host name mismatch), the credentials were refused, or a key file is not
+ * usable; the reason is logged and written to stderr, and the service exits with status 2. */
+#define MES_NATS_BAD_CONFIG (-2)
 int mes_nats_connect(mes_nats_t *n, const config_t *cfg, int64_t deadline_ms, const atomic_bool *stop)
     __attribute__((warn_unused_result));
 void mes_nats_close(mes_nats_t *n); /* NULL-safe; closes and destroys the connection */
