@@ -605,7 +605,10 @@ bool mes_nats_fetch_watch(mes_nats_t *n, mes_fetch_watch_t *w, event_type_t et, 
                              : (event_type_lane(et) == LANE_HISTORICAL ? n->cfg->historical.stream : n->cfg->realtime.stream);
     jsConsumerInfo *ci = NULL;
     jsErrCode jerr = 0;
-    if (js_GetConsumerInfo(&ci, n->js, stream, durable, NULL, &jerr) != NATS_OK || !ci)
+    jsOptions jo; /* short: during a cluster election this call must not hold the fetch loop for 10 s */
+    jsOptions_Init(&jo);
+    jo.Wait = 2000;
+    if (js_GetConsumerInfo(&ci, n->js, stream, durable, &jo, &jerr) != NATS_OK || !ci)
         return false;
     uint64_t pending = ci->NumPending;
     int64_t ack_pending = ci->NumAckPending, max_ack = ci->Config ? ci->Config->MaxAckPending : 0;
@@ -679,6 +682,24 @@ void mes_nats_resubscribe(mes_nats_t *n, event_type_t et, bool dlq, natsSubscrip
 
 #define NOWAIT_EXPIRES_MS 50
 
+static atomic_int_fast64_t leader_logged_ms;
+
+/* A pull request ended by a JetStream leader change (409) or sent while the consumer has no leader (503). Logged at
+ * info at most every 5 s for the whole process. */
+static bool leader_moving(natsStatus s)
+{
+    const char *e = s == NATS_ERR ? nats_GetLastError(NULL) : NULL;
+    bool moving = s == NATS_NO_RESPONDERS ||
+                  (e && (strcasestr(e, "Leadership Change") || strstr(e, "409") || strcasestr(e, "Leader")));
+    if (!moving)
+        return false;
+    int64_t now = clock_mono_ms(), last = atomic_load(&leader_logged_ms);
+    if (now - last >= 5000 && atomic_compare_exchange_strong(&leader_logged_ms, &last, now))
+        log_info("nats", "pull request ended by a JetStream leader change or a consumer without leader; retrying",
+                 LF_S("status", s == NATS_NO_RESPONDERS ? "503 no responders" : "409 leadership change"));
+    return true;
+}
+
 /* Moves up to max messages from the front of `from` into a new list *to (both from nats.c's allocator: malloc). */
 static void list_take(natsMsgList *from, int max, natsMsgList *to)
 {
@@ -721,6 +742,13 @@ natsStatus mes_nats_fetch(natsSubscription *sub, natsMsgList *carry, int batch, 
         wait_ms = NOWAIT_EXPIRES_MS;
     req.Expires = wait_ms * 1000000LL;
     natsStatus s = natsSubscription_FetchRequest(out, sub, &req);
+    if (s != NATS_OK && out->Count == 0 && leader_moving(s)) {
+        /* Clustered JetStream: the consumer's leader moved (409 "Leadership Change" ends the pull request) or there
+         * is none yet (503 no responders). Both are normal during a failover: no error, a short pause, then the
+         * caller's next request reaches the new leader. 3.4.1 turns the 409 into NATS_ERR; it becomes a timeout. */
+        clock_sleep_ms(s == NATS_NO_RESPONDERS ? 250 : 50);
+        s = NATS_TIMEOUT;
+    }
     if (out->Count > batch) { /* more than the caller can hold: the rest waits in carry, in delivery order */
         natsMsgList rest = {.Msgs = out->Msgs + batch, .Count = out->Count - batch};
         natsMsg **grown = realloc(carry->Msgs, (size_t)(carry->Count + rest.Count) * sizeof *grown);
