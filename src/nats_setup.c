@@ -309,10 +309,10 @@ static bool js_transient(natsStatus s, jsErrCode jerr)
 }
 
 /* Remembers a JetStream API failure for the retry loops; transient ones are logged as warnings. */
-static log_level_t js_failed(mes_nats_t *n, natsStatus s, jsErrCode jerr)
+static log_level_t js_failed_at(natsStatus *ps, int *pj, natsStatus s, jsErrCode jerr)
 {
-    n->last_status = s;
-    n->last_jerr = jerr;
+    *ps = s;
+    *pj = (int)jerr;
     return js_transient(s, jerr) ? LOG_WARN : LOG_ERROR;
 }
 
@@ -355,7 +355,7 @@ static int ensure_stream(mes_nats_t *n, int idx, const char *name, const char **
         snprintf(detail, sizeof detail, "%s", nats_GetLastError(NULL) ? nats_GetLastError(NULL) : "");
         si = NULL;
         if (js_GetStreamInfo(&si, n->js, name, NULL, &jerr) != NATS_OK || !si) {
-            LOG_AT(js_failed(n, s, create_err), "nats", "cannot create stream", LF_S("stream", name),
+            LOG_AT(js_failed_at(&n->last_status, &n->last_jerr, s, create_err), "nats", "cannot create stream", LF_S("stream", name),
                    LF_S("error", natsStatus_GetText(s)),
                       LF_I("js_error", create_err), LF_S("detail", detail));
             jsStreamInfo_Destroy(si);
@@ -364,7 +364,7 @@ static int ensure_stream(mes_nats_t *n, int idx, const char *name, const char **
         s = NATS_OK;
     }
     if (s != NATS_OK) {
-        LOG_AT(js_failed(n, s, jerr), "nats", "cannot read stream", LF_S("stream", name),
+        LOG_AT(js_failed_at(&n->last_status, &n->last_jerr, s, jerr), "nats", "cannot read stream", LF_S("stream", name),
                LF_S("error", natsStatus_GetText(s)),
                   LF_I("js_error", jerr));
         return -1;
@@ -404,7 +404,7 @@ static int ensure_stream(mes_nats_t *n, int idx, const char *name, const char **
         free(subs);
         jsStreamInfo_Destroy(upd);
         if (s != NATS_OK) {
-            LOG_AT(js_failed(n, s, jerr), "nats", "cannot add subjects to stream", LF_S("stream", name),
+            LOG_AT(js_failed_at(&n->last_status, &n->last_jerr, s, jerr), "nats", "cannot add subjects to stream", LF_S("stream", name),
                       LF_S("error", natsStatus_GetText(s)), LF_I("js_error", jerr),
                       LF_S("detail", nats_GetLastError(NULL)));
             jsStreamInfo_Destroy(si);
@@ -471,23 +471,27 @@ void mes_nats_consumer_names(const config_t *cfg, event_type_t et, bool dlq, cha
     snprintf(filter, flen, "%s.%s", event_type_base(et), cfg->company_id);
 }
 
-static int subscribe_once(mes_nats_t *n, event_type_t et, bool dlq, natsSubscription **sub);
+static int subscribe_once(mes_nats_t *n, event_type_t et, bool dlq, natsSubscription **sub, bool bind_only,
+                          natsStatus *st, int *je);
 
 /* Consumer create/lookup right after a cluster (re)formed can meet "no leader yet" answers: retried for 10 s. */
 int mes_nats_subscribe(mes_nats_t *n, event_type_t et, bool dlq, natsSubscription **sub)
 {
     int64_t deadline = clock_mono_ms() + 10000;
     for (int64_t wait = 200;; wait = wait * 2 > 2000 ? 2000 : wait * 2) {
-        n->last_status = NATS_OK;
-        n->last_jerr = 0;
-        int rc = subscribe_once(n, et, dlq, sub);
-        if (rc == 0 || !js_transient(n->last_status, n->last_jerr) || clock_mono_ms() + wait > deadline)
+        natsStatus st = NATS_OK;
+        int je = 0;
+        int rc = subscribe_once(n, et, dlq, sub, false, &st, &je);
+        if (rc == 0 || !js_transient(st, je) || clock_mono_ms() + wait > deadline)
             return rc;
         clock_sleep_ms(wait);
     }
 }
 
-static int subscribe_once(mes_nats_t *n, event_type_t et, bool dlq, natsSubscription **sub)
+/* bind_only: the durable exists (we created or checked it at startup); only a new pull subscription is bound to it,
+ * which needs no answer from the consumer's leader (nats.c tolerates a lookup timeout when binding). */
+static int subscribe_once(mes_nats_t *n, event_type_t et, bool dlq, natsSubscription **sub, bool bind_only,
+                          natsStatus *st, int *je)
 {
     const config_t *cfg = n->cfg;
     char durable[256], filter[256];
@@ -498,6 +502,12 @@ static int subscribe_once(mes_nats_t *n, event_type_t et, bool dlq, natsSubscrip
     jsConsumerInfo *ci = NULL;
 
     mes_nats_consumer_names(cfg, et, dlq, durable, sizeof durable, filter, sizeof filter);
+    /* Short API waits: while a consumer's leader is being elected the request has no answer, and the caller's retry
+     * (mes_nats_subscribe, mes_nats_resubscribe) is quicker than one long wait (10 s stalled lanes in the
+     * consumer-leader failover test). */
+    jsOptions jo;
+    jsOptions_Init(&jo);
+    jo.Wait = 2500;
     if (dlq) {
         stream = cfg->dlq_stream;
         ack_wait_ms = cfg->dlq_ack_wait_ms;
@@ -511,8 +521,10 @@ static int subscribe_once(mes_nats_t *n, event_type_t et, bool dlq, natsSubscrip
         max_ack_pending = lc->max_ack_pending;
     }
 
-    natsStatus s = js_GetConsumerInfo(&ci, n->js, stream, durable, NULL, &jerr);
-    if (s == NATS_NOT_FOUND || jerr == JSConsumerNotFoundErr) {
+    natsStatus s = bind_only ? NATS_OK : js_GetConsumerInfo(&ci, n->js, stream, durable, &jo, &jerr);
+    if (bind_only) {
+        /* straight to the subscription */
+    } else if (s == NATS_NOT_FOUND || jerr == JSConsumerNotFoundErr) {
         jsConsumerConfig cc;
         jsConsumerConfig_Init(&cc);
         cc.Durable = durable;
@@ -522,12 +534,12 @@ static int subscribe_once(mes_nats_t *n, event_type_t et, bool dlq, natsSubscrip
         cc.MaxDeliver = max_deliver;
         cc.MaxAckPending = max_ack_pending;
         cc.FilterSubject = filter;
-        s = js_AddConsumer(&ci, n->js, stream, &cc, NULL, &jerr);
+        s = js_AddConsumer(&ci, n->js, stream, &cc, &jo, &jerr);
         if (s == NATS_OK)
             log_info("nats", "consumer created", LF_S("stream", stream), LF_S("durable", durable),
                      LF_S("filter", filter));
         else if (jerr == JSConsumerNameExistErr || jerr == JSConsumerExistingActiveErr)
-            s = js_GetConsumerInfo(&ci, n->js, stream, durable, NULL, &jerr);
+            s = js_GetConsumerInfo(&ci, n->js, stream, durable, &jo, &jerr);
     } else if (s == NATS_OK) {
         jsConsumerConfig *cc = ci->Config;
         if (cc->FilterSubject == NULL || strcmp(cc->FilterSubject, filter) != 0) {
@@ -543,7 +555,7 @@ static int subscribe_once(mes_nats_t *n, event_type_t et, bool dlq, natsSubscrip
             cc->MaxDeliver = max_deliver;
             cc->MaxAckPending = max_ack_pending;
             jsConsumerInfo *upd = NULL;
-            s = js_UpdateConsumer(&upd, n->js, stream, cc, NULL, &jerr);
+            s = js_UpdateConsumer(&upd, n->js, stream, cc, &jo, &jerr);
             jsConsumerInfo_Destroy(upd);
             if (s == NATS_OK)
                 log_info("nats", "consumer updated in place", LF_S("durable", durable));
@@ -551,7 +563,7 @@ static int subscribe_once(mes_nats_t *n, event_type_t et, bool dlq, natsSubscrip
     }
     jsConsumerInfo_Destroy(ci);
     if (s != NATS_OK) {
-        LOG_AT(js_failed(n, s, jerr), "nats", "cannot create or update consumer", LF_S("stream", stream),
+        LOG_AT(js_failed_at(st, je, s, jerr), "nats", "cannot create or update consumer", LF_S("stream", stream),
                LF_S("durable", durable),
                   LF_S("error", natsStatus_GetText(s)), LF_I("js_error", jerr), LF_S("detail", nats_GetLastError(NULL)));
         return -1;
@@ -562,11 +574,11 @@ static int subscribe_once(mes_nats_t *n, event_type_t et, bool dlq, natsSubscrip
     so.Stream = stream;
     so.Consumer = durable;
     natsSubscription *fresh = NULL; /* adopted only on success: a failed call must not leave us a pointer */
-    s = js_PullSubscribe(&fresh, n->js, filter, durable, NULL, &so, &jerr);
+    s = js_PullSubscribe(&fresh, n->js, filter, durable, &jo, &so, &jerr);
     if (s == NATS_OK)
         *sub = fresh;
     if (s != NATS_OK) {
-        LOG_AT(js_failed(n, s, jerr), "nats", "cannot subscribe", LF_S("durable", durable),
+        LOG_AT(js_failed_at(st, je, s, jerr), "nats", "cannot subscribe", LF_S("durable", durable),
                LF_S("error", natsStatus_GetText(s)),
                   LF_I("js_error", jerr), LF_S("detail", nats_GetLastError(NULL)));
         return -1;
@@ -667,7 +679,14 @@ void mes_nats_resubscribe(mes_nats_t *n, event_type_t et, bool dlq, natsSubscrip
     atomic_store(subscribed, false);
     for (int64_t wait = 200; !atomic_load(stop); wait = wait * 2 > 5000 ? 5000 : wait * 2) {
         mes_nats_unsubscribe(sub);
-        if (mes_nats_subscribe(n, et, dlq, sub) == 0) {
+        /* First bind to the existing durable (fast during a cluster failover); only when that fails for another
+         * reason than a transient one (the durable was deleted?) go the whole way: look up, create, update. */
+        natsStatus st = NATS_OK;
+        int je = 0;
+        int rc = subscribe_once(n, et, dlq, sub, true, &st, &je);
+        if (rc != 0 && !js_transient(st, je))
+            rc = mes_nats_subscribe(n, et, dlq, sub);
+        if (rc == 0) {
             char durable[256], filter[256];
             mes_nats_consumer_names(n->cfg, et, dlq, durable, sizeof durable, filter, sizeof filter);
             atomic_store(subscribed, true);
