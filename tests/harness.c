@@ -1969,6 +1969,8 @@ bool h_publish(const h_nats_t *n, const char *subject, const char *data, size_t 
     return false;
 }
 
+static int stream_replicas = 1; /* h_streams_create_replicas */
+
 static bool ensure_stream(jsCtx *js, const char *name, const char **subjects, int nsubj, int max_age_days)
 {
     jsOptions jo;
@@ -1991,6 +1993,7 @@ static bool ensure_stream(jsCtx *js, const char *name, const char **subjects, in
             cfg.Storage = js_FileStorage;
             cfg.Retention = js_LimitsPolicy;
             cfg.MaxAge = (int64_t)max_age_days * 86400LL * 1000000000LL;
+            cfg.Replicas = stream_replicas;
             si = NULL;
             jerr = 0;
             s = js_AddStream(&si, js, &cfg, &jo, &jerr);
@@ -2019,6 +2022,42 @@ bool h_streams_create(const h_nats_t *n)
     const char *dlq[] = {"v1.dlq.>"};
     return ensure_stream(js, "wa_events_stream", rt, 7, 30) &&
            ensure_stream(js, "wa_history_events_stream", hist, 3, 30) && ensure_stream(js, "dlq_stream", dlq, 1, 7);
+}
+
+bool h_streams_create_replicas(const h_nats_t *n, int replicas)
+{
+    stream_replicas = replicas;
+    bool ok = h_streams_create(n);
+    stream_replicas = 1;
+    return ok;
+}
+
+bool h_nats_cluster_start(h_nats_t node[3], h_nats_t *all)
+{
+    int port[3], cport[3];
+    for (int i = 0; i < 3; i++) {
+        port[i] = h_free_port();
+        cport[i] = h_free_port();
+    }
+    for (int i = 0; i < 3; i++) {
+        char conf[600];
+        snprintf(conf, sizeof conf,
+                 "cluster {\n  name: mes\n  listen: \"127.0.0.1:%d\"\n  routes: [\n"
+                 "    \"nats-route://127.0.0.1:%d\"\n    \"nats-route://127.0.0.1:%d\"\n"
+                 "    \"nats-route://127.0.0.1:%d\"\n  ]\n}\n",
+                 cport[i], cport[0], cport[1], cport[2]);
+        if (!h_nats_start_conf(&node[i], port[i], conf, H_NATS_WAIT_NONE)) /* each needs its peers to be ready */
+            return false;
+    }
+    for (int i = 0; i < 3; i++)
+        if (!h_nats_wait_ready(&node[i], 60000)) {
+            fprintf(stderr, "harness: cluster node %s did not become ready\n", node[i].server_name);
+            return false;
+        }
+    memset(all, 0, sizeof *all);
+    snprintf(all->url, sizeof all->url, "%.80s,%.80s, %.80s", node[0].url, node[1].url, node[2].url);
+    all->port = node[0].port;
+    return true;
 }
 
 long long h_stream_count(const h_nats_t *n, const char *stream, const char *subject)

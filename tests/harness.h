@@ -47,6 +47,12 @@ bool h_nats_start(h_nats_t *n);
  * h_nats_wait_ready). Restarts (h_nats_restart) reuse the file. */
 bool h_nats_start_conf(h_nats_t *n, int port, const char *extra_conf, int wait);
 bool h_nats_wait_ready(h_nats_t *n, int timeout_ms);
+/* A 3-node JetStream cluster (cluster "mes", routes between the three on free loopback ports), each node started with
+ * h_nats_start_conf; returns when JetStream answers on every node. *all gets url = the three client URLs as a comma
+ * list (with a blank, which the service trims) for h_svc_start/h_publish, and port = the first node's port. */
+bool h_nats_cluster_start(h_nats_t node[3], h_nats_t *all);
+/* h_streams_create with that many replicas per stream. */
+bool h_streams_create_replicas(const h_nats_t *n, int replicas);
 /* kill -9 the server (a crash), reaped by PID. */
 void h_nats_kill(h_nats_t *n);
 /* The harness's cached JetStream context for n->url (list allowed), for stream/consumer info in tests. */

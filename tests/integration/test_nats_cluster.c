@@ -16,29 +16,7 @@ static h_nats_t node[3];
 
 static bool cluster_start(void)
 {
-    int port[3], cport[3];
-    for (int i = 0; i < 3; i++) {
-        port[i] = h_free_port();
-        cport[i] = h_free_port();
-    }
-    for (int i = 0; i < 3; i++) {
-        char conf[600];
-        snprintf(conf, sizeof conf,
-                 "cluster {\n  name: mes\n  listen: \"127.0.0.1:%d\"\n  routes: [\n"
-                 "    \"nats-route://127.0.0.1:%d\"\n    \"nats-route://127.0.0.1:%d\"\n    \"nats-route://127.0.0.1:%d\"\n"
-                 "  ]\n}\n",
-                 cport[i], cport[0], cport[1], cport[2]);
-        if (!h_nats_start_conf(&node[i], port[i], conf, H_NATS_WAIT_NONE)) /* each needs its peers to be ready */
-            return false;
-    }
-    for (int i = 0; i < 3; i++)
-        if (!h_nats_wait_ready(&node[i], 60000)) {
-            fprintf(stderr, "cluster node %s did not become ready\n", node[i].server_name);
-            return false;
-        }
-    memset(&N, 0, sizeof N);
-    snprintf(N.url, sizeof N.url, "%.80s,%.80s, %.80s", node[0].url, node[1].url, node[2].url); /* a blank is trimmed */
-    return true;
+    return h_nats_cluster_start(node, &N);
 }
 
 static int node_named(const char *name)
