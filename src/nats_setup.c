@@ -122,7 +122,8 @@ static natsStatus set_security(natsOptions *opts, const config_t *cfg, char **ur
     url_host(urls[0], host, sizeof host);
     if (tls_wanted(cfg, urls, n)) {
         s = natsOptions_SetSecure(opts, true);
-        if (s == NATS_OK && cfg->nats_tls_ca_file && (s = natsOptions_LoadCATrustedCertificates(opts, cfg->nats_tls_ca_file)) != NATS_OK)
+        if (s == NATS_OK && cfg->nats_tls_ca_file &&
+            (s = natsOptions_LoadCATrustedCertificates(opts, cfg->nats_tls_ca_file)) != NATS_OK)
             snprintf(why, whylen, "nats.tls.caFile: cannot load the CA certificates");
         if (s == NATS_OK && cfg->nats_tls_cert_file &&
             (s = natsOptions_LoadCertificatesChain(opts, cfg->nats_tls_cert_file, cfg->nats_tls_key_file)) != NATS_OK)
@@ -355,18 +356,17 @@ static int ensure_stream(mes_nats_t *n, int idx, const char *name, const char **
         snprintf(detail, sizeof detail, "%s", nats_GetLastError(NULL) ? nats_GetLastError(NULL) : "");
         si = NULL;
         if (js_GetStreamInfo(&si, n->js, name, NULL, &jerr) != NATS_OK || !si) {
-            LOG_AT(js_failed_at(&n->last_status, &n->last_jerr, s, create_err), "nats", "cannot create stream", LF_S("stream", name),
-                   LF_S("error", natsStatus_GetText(s)),
-                      LF_I("js_error", create_err), LF_S("detail", detail));
+            LOG_AT(js_failed_at(&n->last_status, &n->last_jerr, s, create_err), "nats", "cannot create stream",
+                   LF_S("stream", name), LF_S("error", natsStatus_GetText(s)), LF_I("js_error", create_err),
+                   LF_S("detail", detail));
             jsStreamInfo_Destroy(si);
             return -1;
         }
         s = NATS_OK;
     }
     if (s != NATS_OK) {
-        LOG_AT(js_failed_at(&n->last_status, &n->last_jerr, s, jerr), "nats", "cannot read stream", LF_S("stream", name),
-               LF_S("error", natsStatus_GetText(s)),
-                  LF_I("js_error", jerr));
+        LOG_AT(js_failed_at(&n->last_status, &n->last_jerr, s, jerr), "nats", "cannot read stream",
+               LF_S("stream", name), LF_S("error", natsStatus_GetText(s)), LF_I("js_error", jerr));
         return -1;
     }
     /* Present: add only the subjects it lacks, keep every other setting the operator may have tuned. */
@@ -374,7 +374,8 @@ static int ensure_stream(mes_nats_t *n, int idx, const char *name, const char **
     if (have != n->cfg->nats_stream_replicas && !(n->replicas_warned & (1u << idx))) {
         n->replicas_warned |= 1u << idx;
         log_warn("nats", "existing stream has another replica count than nats.streamReplicas; leaving it as it is",
-                 LF_S("stream", name), LF_I("replicas", have), LF_I("nats.streamReplicas", n->cfg->nats_stream_replicas));
+                 LF_S("stream", name), LF_I("replicas", have),
+                 LF_I("nats.streamReplicas", n->cfg->nats_stream_replicas));
     }
     int missing = 0;
     for (int i = 0; i < nsubj; i++)
@@ -404,9 +405,9 @@ static int ensure_stream(mes_nats_t *n, int idx, const char *name, const char **
         free(subs);
         jsStreamInfo_Destroy(upd);
         if (s != NATS_OK) {
-            LOG_AT(js_failed_at(&n->last_status, &n->last_jerr, s, jerr), "nats", "cannot add subjects to stream", LF_S("stream", name),
-                      LF_S("error", natsStatus_GetText(s)), LF_I("js_error", jerr),
-                      LF_S("detail", nats_GetLastError(NULL)));
+            LOG_AT(js_failed_at(&n->last_status, &n->last_jerr, s, jerr), "nats", "cannot add subjects to stream",
+                   LF_S("stream", name), LF_S("error", natsStatus_GetText(s)), LF_I("js_error", jerr),
+                   LF_S("detail", nats_GetLastError(NULL)));
             jsStreamInfo_Destroy(si);
             return -1;
         }
@@ -564,8 +565,8 @@ static int subscribe_once(mes_nats_t *n, event_type_t et, bool dlq, natsSubscrip
     jsConsumerInfo_Destroy(ci);
     if (s != NATS_OK) {
         LOG_AT(js_failed_at(st, je, s, jerr), "nats", "cannot create or update consumer", LF_S("stream", stream),
-               LF_S("durable", durable),
-                  LF_S("error", natsStatus_GetText(s)), LF_I("js_error", jerr), LF_S("detail", nats_GetLastError(NULL)));
+               LF_S("durable", durable), LF_S("error", natsStatus_GetText(s)), LF_I("js_error", jerr),
+               LF_S("detail", nats_GetLastError(NULL)));
         return -1;
     }
 
@@ -579,8 +580,7 @@ static int subscribe_once(mes_nats_t *n, event_type_t et, bool dlq, natsSubscrip
         *sub = fresh;
     if (s != NATS_OK) {
         LOG_AT(js_failed_at(st, je, s, jerr), "nats", "cannot subscribe", LF_S("durable", durable),
-               LF_S("error", natsStatus_GetText(s)),
-                  LF_I("js_error", jerr), LF_S("detail", nats_GetLastError(NULL)));
+               LF_S("error", natsStatus_GetText(s)), LF_I("js_error", jerr), LF_S("detail", nats_GetLastError(NULL)));
         return -1;
     }
     return 0;
