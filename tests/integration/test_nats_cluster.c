@@ -308,3 +308,25 @@ TEST(r3_cluster_rolling_restart_of_every_node_loses_nothing)
     }
     down_and_check();
 }
+
+/* nats.streamReplicas applies only when the service creates a stream: existing ones (R1 here, made before the
+ * service starts) keep their replica count, and the difference is logged once per stream with both values. */
+TEST(existing_streams_keep_their_replicas_and_the_difference_is_logged_once)
+{
+    atexit(it_dump_log);
+    REQUIRE(h_nats_start(&N) && h_pg_start(&P) && h_streams_create(&N));
+    const char *env[] = {"NATS_STREAMREPLICAS=3", NULL};
+    REQUIRE(h_svc_start(&S, CO, &N, &P, env));
+    REQUIRE(h_svc_wait_ready(&S, 60000));
+    CHECK_EQ_INT(stream_replicas(RT_STREAM), 1);
+    CHECK_EQ_INT(stream_replicas("dlq_stream"), 1);
+    char *log = h_svc_log(&S);
+    REQUIRE(log);
+    int n = 0;
+    for (const char *p = log; (p = strstr(p, "existing stream has another replica count")) != NULL; p++)
+        n++;
+    CHECK_EQ_INT(n, 3);
+    CHECK_CONTAINS(log, "\"stream\":\"wa_events_stream\",\"replicas\":1,\"nats.streamReplicas\":3");
+    free(log);
+    CHECK_EQ_INT(h_svc_signal(&S, SIGTERM, 20000), 0);
+}
