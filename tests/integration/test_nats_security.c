@@ -1,10 +1,11 @@
 /* test_nats_security.c - TLS (client certificates, CA, host name) and NATS authentication (user/password, token,
- * NKey seed file) against real nats-server instances configured for each; the test CA is made with openssl at run
- * time in the test's temp dir. Credentials files (JWT) are not tested: minting operator/account/user JWTs needs the
- * nsc tool, which Debian does not package (README "Production deployment"). */
+ * NKey seed file, credentials file) against real nats-server instances configured for each. The test CA is made with
+ * openssl at run time in the test's temp dir; NKeys and the operator/account/user JWTs of the credentials file are
+ * minted here with OpenSSL's ed25519 (Debian packages no nsc or nk tool). */
 #include <openssl/rand.h>
 #include <signal.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include "itest.h"
 #include "nkey.h"
@@ -246,4 +247,129 @@ TEST(nkey_seed_file_authenticates_and_the_seed_is_never_logged)
     REQUIRE(svc(env, false, &st));
     CHECK_EQ_INT(st, 2);
     CHECK(log_has("refused the credentials"));
+}
+
+/* ---- credentials file: operator/account/user JWTs minted here (ed25519 through OpenSSL, NATS JWT v2 claims) ---- */
+
+#include <openssl/evp.h>
+
+typedef struct {
+    unsigned char raw[32]; /* ed25519 seed */
+    char seed[80], pub[80];
+} nk_t;
+
+static bool nk_make(nk_t *k, unsigned prefix)
+{
+    unsigned char b[36];
+    b[0] = (unsigned char)((18u << 3) | (prefix >> 5));
+    b[1] = (unsigned char)((prefix & 31) << 3);
+    if (RAND_bytes(k->raw, 32) != 1)
+        return false;
+    memcpy(b + 2, k->raw, 32);
+    unsigned crc = nkey_crc16(b, 34);
+    b[34] = (unsigned char)(crc & 0xff);
+    b[35] = (unsigned char)(crc >> 8);
+    char why[128];
+    return nkey_base32_encode(b, sizeof b, k->seed, sizeof k->seed) == 58 &&
+           nkey_public_from_seed(k->seed, k->pub, sizeof k->pub, why, sizeof why) == 0;
+}
+
+static void b64url(const unsigned char *in, size_t n, char *out)
+{
+    int len = EVP_EncodeBlock((unsigned char *)out, in, (int)n);
+    while (len > 0 && out[len - 1] == '=')
+        len--;
+    out[len] = '\0';
+    for (char *c = out; *c; c++)
+        *c = *c == '+' ? '-' : *c == '/' ? '_' : *c;
+}
+
+/* header.claims.signature, signed by the issuer's key. */
+static bool jwt(const nk_t *issuer, const char *claims, char *out, size_t outlen)
+{
+    static const char hdr[] = "{\"typ\":\"JWT\",\"alg\":\"ed25519-nkey\"}";
+    char h[128], c[2048];
+    b64url((const unsigned char *)hdr, strlen(hdr), h);
+    b64url((const unsigned char *)claims, strlen(claims), c);
+    char signing[2300];
+    snprintf(signing, sizeof signing, "%s.%s", h, c);
+    unsigned char sig[64];
+    size_t siglen = sizeof sig;
+    EVP_PKEY *pk = EVP_PKEY_new_raw_private_key(EVP_PKEY_ED25519, NULL, issuer->raw, 32);
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    bool ok = pk && md && EVP_DigestSignInit(md, NULL, NULL, NULL, pk) == 1 &&
+              EVP_DigestSign(md, sig, &siglen, (const unsigned char *)signing, strlen(signing)) == 1;
+    EVP_MD_CTX_free(md);
+    EVP_PKEY_free(pk);
+    if (!ok)
+        return false;
+    char s[128];
+    b64url(sig, siglen, s);
+    return (size_t)snprintf(out, outlen, "%s.%s", signing, s) < outlen;
+}
+
+TEST(credentials_file_with_a_user_jwt_authenticates_against_an_operator_mode_server)
+{
+    atexit(it_dump_log);
+    nk_t op, acc, sys, usr;
+    REQUIRE(nk_make(&op, 14u << 3) && nk_make(&acc, 0) && nk_make(&sys, 0) && nk_make(&usr, 20u << 3));
+    long now = (long)time(NULL);
+    char claims[1500], op_jwt[2600], acc_jwt[2600], sys_jwt[2600], usr_jwt[2600];
+    snprintf(claims, sizeof claims,
+             "{\"jti\":\"OPJTI%ld\",\"iat\":%ld,\"iss\":\"%s\",\"name\":\"mes-op\",\"sub\":\"%s\","
+             "\"nats\":{\"type\":\"operator\",\"version\":2}}",
+             now, now, op.pub, op.pub);
+    REQUIRE(jwt(&op, claims, op_jwt, sizeof op_jwt));
+    snprintf(claims, sizeof claims,
+             "{\"jti\":\"ACJTI%ld\",\"iat\":%ld,\"iss\":\"%s\",\"name\":\"mes-acc\",\"sub\":\"%s\","
+             "\"nats\":{\"limits\":{\"subs\":-1,\"data\":-1,\"payload\":-1,\"imports\":-1,\"exports\":-1,"
+             "\"wildcards\":true,\"conn\":-1,\"leaf\":-1,\"mem_storage\":-1,\"disk_storage\":-1,\"streams\":-1,"
+             "\"consumer\":-1},\"default_permissions\":{\"pub\":{},\"sub\":{}},\"type\":\"account\",\"version\":2}}",
+             now, now, op.pub, acc.pub);
+    REQUIRE(jwt(&op, claims, acc_jwt, sizeof acc_jwt));
+    /* JetStream in operator mode needs a system account. */
+    snprintf(claims, sizeof claims,
+             "{\"jti\":\"SYJTI%ld\",\"iat\":%ld,\"iss\":\"%s\",\"name\":\"SYS\",\"sub\":\"%s\","
+             "\"nats\":{\"limits\":{\"subs\":-1,\"data\":-1,\"payload\":-1,\"imports\":-1,\"exports\":-1,"
+             "\"wildcards\":true,\"conn\":-1,\"leaf\":-1},\"type\":\"account\",\"version\":2}}",
+             now, now, op.pub, sys.pub);
+    REQUIRE(jwt(&op, claims, sys_jwt, sizeof sys_jwt));
+    snprintf(claims, sizeof claims,
+             "{\"jti\":\"USJTI%ld\",\"iat\":%ld,\"iss\":\"%s\",\"name\":\"mes-user\",\"sub\":\"%s\","
+             "\"nats\":{\"pub\":{},\"sub\":{},\"subs\":-1,\"data\":-1,\"payload\":-1,\"type\":\"user\",\"version\":2}}",
+             now, now, acc.pub, usr.pub);
+    REQUIRE(jwt(&acc, claims, usr_jwt, sizeof usr_jwt));
+
+    REQUIRE(h_tmpdir(dir, sizeof dir));
+    char op_path[320], creds[320];
+    snprintf(op_path, sizeof op_path, "%s/op.jwt", dir);
+    snprintf(creds, sizeof creds, "%s/user.creds", dir);
+    FILE *f = fopen(op_path, "w");
+    REQUIRE(f);
+    fprintf(f, "%s\n", op_jwt);
+    fclose(f);
+    f = fopen(creds, "w");
+    REQUIRE(f);
+    fprintf(f, "-----BEGIN NATS USER JWT-----\n%s\n------END NATS USER JWT------\n\n"
+               "************************* IMPORTANT *************************\n"
+               "NKEY Seed printed below can be used to sign and prove identity.\n\n"
+               "-----BEGIN USER NKEY SEED-----\n%s\n------END USER NKEY SEED------\n",
+            usr_jwt, usr.seed);
+    fclose(f);
+    chmod(creds, 0600);
+
+    REQUIRE(h_pg_start(&P));
+    static char conf[8000];
+    snprintf(conf, sizeof conf,
+             "operator: \"%s\"\nsystem_account: %s\nresolver: MEMORY\nresolver_preload: {\n  %s: \"%s\"\n"
+             "  %s: \"%s\"\n}\n",
+             op_path, sys.pub, acc.pub, acc_jwt, sys.pub, sys_jwt);
+    REQUIRE(h_nats_start_conf(&N, 0, conf, H_NATS_WAIT_LOG));
+    char env_creds[340];
+    snprintf(env_creds, sizeof env_creds, "NATS_CREDSFILE=%s", creds);
+    const char *env[] = {env_creds, NULL};
+    REQUIRE(svc(env, true, NULL));
+    ready_200();
+    CHECK(!log_has(usr.seed));
+    CHECK_EQ_INT(h_svc_signal(&S, SIGTERM, 20000), 0);
 }
