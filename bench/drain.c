@@ -2,7 +2,7 @@
  * events/s from the first to the last commit (the service's own counters, cross-checked against row counts) and
  * peak RSS. Starts its own nats-server and PostgreSQL through the test harness.
  *
- *   bench-drain --count 100000 --subjects v1.chats.upsert [--history-count 100] [--invalid-ratio 0.01]
+ *   bench-drain --count 100000 --subjects v1.chats.upsert [--history-count 100] [--invalid-ratio 0.01] [--cluster]
  *               [--label chats-only] [--env KEY=VALUE ...] [--json]
  */
 #include <stdio.h>
@@ -38,7 +38,7 @@ int main(int argc, char **argv)
     const char *subjects = "v1.chats.upsert", *label = "run", *history = "100", *invalid = "0";
     const char *env[32] = {NULL};
     int nenv = 0;
-    bool json = false;
+    bool json = false, cluster = false;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--count") && i + 1 < argc)
             count = atol(argv[++i]);
@@ -52,11 +52,13 @@ int main(int argc, char **argv)
             invalid = argv[++i];
         else if (!strcmp(argv[i], "--env") && i + 1 < argc && nenv < 30)
             env[nenv++] = argv[++i];
+        else if (!strcmp(argv[i], "--cluster"))
+            cluster = true;
         else if (!strcmp(argv[i], "--json"))
             json = true;
         else {
             fprintf(stderr, "usage: %s --count N --subjects LIST [--label L] [--history-count N] "
-                            "[--invalid-ratio X] [--env K=V]... [--json]\n", argv[0]);
+                            "[--invalid-ratio X] [--env K=V]... [--cluster] [--json]\n", argv[0]);
             return 2;
         }
     }
@@ -65,14 +67,20 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench-drain: set MES_BUILD_DIR and MES_SERVICE_BIN (bench/run.sh does)\n");
         return 2;
     }
-    h_nats_t n;
+    h_nats_t n, node[3];
     h_pg_t p;
     h_svc_t s;
-    if (!h_nats_start(&n) || !h_pg_start(&p) || !h_streams_create(&n))
+    if (cluster) { /* a 3-node JetStream cluster with R3 streams: the cost of replication */
+        if (!h_nats_cluster_start(node, &n) || !h_pg_start(&p) || !h_streams_create_replicas(&n, 3))
+            return 1;
+        if (nenv < 30)
+            env[nenv++] = "NATS_STREAMREPLICAS=3";
+    } else if (!h_nats_start(&n) || !h_pg_start(&p) || !h_streams_create(&n)) {
         return 1;
+    }
 
-    /* 1. Pre-publish: the backlog the service drains. */
-    if (bench_prepublish("bench-drain", &n, "bench", count, subjects, history, invalid) != 0)
+    /* 1. Pre-publish: the backlog the service drains (to one node: mes-loadgen takes one URL). */
+    if (bench_prepublish("bench-drain", cluster ? &node[0] : &n, "bench", count, subjects, history, invalid) != 0)
         return 1;
 
     /* 2. Start the service and watch its counters. */

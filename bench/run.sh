@@ -5,7 +5,9 @@
 #   BENCH_SCALE=0.2 bash bench/run.sh  # quick run (all event counts x0.2)
 #
 # Environment: BENCH_SCALE (default 1), BENCH_BUILD_DIR (default <repo>/build-bench), BENCH_OUT (raw results dir,
-# default $BENCH_BUILD_DIR/bench-results/<timestamp>), BENCH_LAT_SECONDS (latency run length, default 20).
+# default $BENCH_BUILD_DIR/bench-results/<timestamp>), BENCH_LAT_SECONDS (latency run length, default 20),
+# BENCH_R3=1 (also drain chats-only on a 3-node NATS cluster with R3 streams next to the same drain on one server:
+# the cost of replication, reported as two info rows, not a target).
 # Each benchmark starts its own nats-server and PostgreSQL (tests/harness.c) and stops them. Raw output (one JSON
 # line per measurement, plus stderr) stays in BENCH_OUT. Exit status: 0 when every benchmark ran (targets may still
 # be missed: that is a result, not an error), 1 when one could not run.
@@ -101,6 +103,12 @@ else
     echo "  latency skipped: no realistic-mix rate" >&2
     failed=1
 fi
+if [ "${BENCH_R3:-0}" = 1 ]; then
+    # Same count, back to back: one nats-server with R1 streams, then a 3-node cluster with R3 streams.
+    step drain-r1 "$B/bench-drain" --label chats-only-r1 --count "$((N_CHATS / 2))" --subjects v1.chats.upsert
+    step drain-r3 "$B/bench-drain" --label chats-only-r3 --count "$((N_CHATS / 2))" --subjects v1.chats.upsert \
+        --cluster
+fi
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---- the table ------------------------------------------------------------------------------------------------
@@ -182,6 +190,13 @@ row "(info) latency at 90% p50 / p95 / p99" \
     "$(f "$(j lat90 lat-90pct p50_ms)" 1) / $(f "$(j lat90 lat-90pct p95_ms)" 1) / $(f "$P90_99" 1) ms" \
     "at $(f "${R90:-}") ev/s"
 row "(info) history handler per batch of 100 / per item" "$(f "$MICRO_H") ns / $(f "$MICRO_HI") ns" ""
+if [ "${BENCH_R3:-0}" = 1 ]; then
+    R1=$(j drain-r1 chats-only-r1 events_per_s)
+    R3=$(j drain-r3 chats-only-r3 events_per_s)
+    row "(info) chats-only drain, 1 server, R1 streams" "$(f "$R1") events/s" ""
+    row "(info) chats-only drain, 3-node cluster, R3 streams" "$(f "$R3") events/s" \
+        "$( [ -n "$R1" ] && [ -n "$R3" ] && awk -v a="$R3" -v b="$R1" 'BEGIN { printf "%.0f%% of R1", 100 * a / b }')"
+fi
 if awk -v l="${LOAD_BEFORE%% *}" -v m="${LOAD_AFTER%% *}" -v c="$NPROC" 'BEGIN { exit !(l > c / 2 || m > c / 2) }'; then
     echo
     echo "NOTE: the machine was busy (load average above half the cores): absolute numbers are noisy; the ratios" \

@@ -31,7 +31,16 @@ typedef struct {
     int http_max_connections;      /* server.maxConnections (own key) */
     int64_t http_connection_timeout_ms; /* server.connectionTimeout (own key) */
 
-    char *nats_url; /* nats.url (secret-bearing: mask user:pass) */
+    char *nats_url; /* nats.url (secret-bearing: mask user:pass); one URL or a comma-separated list */
+    int nats_stream_replicas;  /* nats.streamReplicas: replicas of the streams the service creates (1-5) */
+    char *nats_tls_ca_file;    /* nats.tls.caFile; the nats.tls.* and auth fields are NULL when unset */
+    char *nats_tls_cert_file;  /* nats.tls.certFile (with keyFile: client certificate) */
+    char *nats_tls_key_file;   /* nats.tls.keyFile */
+    char *nats_user;           /* nats.user (with nats.password) */
+    char *nats_password;       /* nats.password (secret) */
+    char *nats_token;          /* nats.token (secret) */
+    char *nats_nkey_seed_file; /* nats.nkeySeedFile: a file holding a user NKey seed (secret contents) */
+    char *nats_creds_file;     /* nats.credsFile: user JWT + seed (secret contents) */
     lane_config_t realtime;
     lane_config_t historical;
 

@@ -19,6 +19,9 @@ typedef struct {
     jsCtx *js;
     const config_t *cfg;
     atomic_uint_fast64_t reconnects; /* bumped by the reconnected callback */
+    natsStatus last_status;          /* last JetStream API failure of ensure_streams (retry decisions) */
+    int last_jerr;
+    unsigned replicas_warned;        /* streams whose replica difference was logged already */
 } mes_nats_t;
 
 /* Per fetch loop: notices reconnects, stalls and a durable or stream deleted at runtime, so the loop can re-create
@@ -29,14 +32,19 @@ typedef struct {
     int64_t last_msg_ms;   /* last fetch that returned messages (or the start) */
     int64_t last_check_ms; /* last time the server was asked about the consumer */
     bool suspect;          /* the previous check already saw messages pending while nothing arrived */
+    bool missing;          /* the last check found the durable or its stream gone: re-subscribing re-creates them */
     /* Where the durable stood when last seen, so that one deleted at runtime is re-created from there (not from the
      * start of its stream, which would re-apply every delta): everything at or below its ack floor was acked. */
     uint64_t ack_floor;     /* stream sequence of the ack floor (0: not known) */
     int64_t stream_created; /* creation time (ns) of the stream it was seen on: a re-created stream starts over */
 } mes_fetch_watch_t;
 
-/* Connects (retrying with backoff until deadline_ms of CLOCK_MONOTONIC or *stop), reconnecting forever afterwards.
- * Returns 0 or -1 (logged). */
+/* Connects to the servers of nats.url (a comma list; the cluster's other servers are discovered) with the TLS and
+ * authentication keys, retrying with backoff until deadline_ms of CLOCK_MONOTONIC or *stop, and reconnects forever
+ * afterwards. Returns 0, -1 (logged), or MES_NATS_BAD_CONFIG when retrying cannot help: the server's certificate
+ * does not verify (wrong nats.tls.caFile, host name mismatch), the credentials were refused, or a key file is not
+ * usable; the reason is logged and written to stderr, and the service exits with status 2. */
+#define MES_NATS_BAD_CONFIG (-2)
 int mes_nats_connect(mes_nats_t *n, const config_t *cfg, int64_t deadline_ms, const atomic_bool *stop)
     __attribute__((warn_unused_result));
 void mes_nats_close(mes_nats_t *n); /* NULL-safe; closes and destroys the connection */

@@ -23,9 +23,9 @@ void pull_destroy(pull_t *p);
 /* Up to max messages into *out (malloc'd list; free with natsMsgList_Destroy): first what earlier requests delivered
  * late, then what one new request brings. no_wait: what the consumer has now (the request carries a 50 ms expiry).
  * Otherwise the request waits up to wait_ms for messages, and the call returns as soon as the request is complete or
- * ends (408 expired, 409 leadership change or limits, 404 nothing). NATS_OK with out->Count > 0; NATS_NOT_FOUND
- * (no_wait) or NATS_TIMEOUT when nothing came; NATS_NO_RESPONDERS when no consumer answers (it is missing); another
- * status when publishing failed. Never more than max messages: later deliveries wait in the inbox for the next
+ * ends (408 expired, 409 leadership change or limits, 404 nothing, 503 no consumer leader: after 409/503 it pauses
+ * 50/250 ms, a failover being normal). NATS_OK with out->Count > 0; NATS_NOT_FOUND (no_wait) or NATS_TIMEOUT when
+ * nothing came; another status when publishing failed. Never more than max messages: later deliveries wait in the inbox for the next
  * call. */
 natsStatus pull_fetch(pull_t *p, int max, bool no_wait, int64_t wait_ms, natsMsgList *out);
 

@@ -9,7 +9,7 @@ set -euo pipefail
 
 PKGS=(
   build-essential cmake pkg-config git
-  libnats-dev libcjson-dev libmicrohttpd-dev libyaml-dev libpq-dev
+  libnats-dev libcjson-dev libmicrohttpd-dev libyaml-dev libpq-dev libssl-dev openssl
   nats-server postgresql postgresql-client
   curl ca-certificates procps iproute2 util-linux
 )

@@ -8,6 +8,7 @@
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,13 +27,15 @@ typedef enum {
 } ktype_t;
 
 /* Rules on top of the type; allowed() words each one for the error message. */
-typedef enum { C_TEXT, C_LEVEL, C_IP, C_NAME, C_SUBJECT, C_RT_BASES, C_HIST_BASES, C_COMPANY } kcheck_t;
+typedef enum { C_TEXT, C_LEVEL, C_IP, C_NAME, C_SUBJECT, C_RT_BASES, C_HIST_BASES, C_COMPANY, C_URLS } kcheck_t;
 
 #define F_SECRET 1u   /* may hold a password: shown only through config_mask_secret */
 #define F_REQUIRED 2u /* no default: unset or empty is an error */
 #define F_OPTIONAL 4u /* no default: unset or empty leaves the field to an earlier key with the same offset */
 #define F_LIST 8u     /* the YAML file may give a sequence, joined with ',' */
-#define F_ALIAS 16u   /* an old name of the key before it (same field): accepted, wins when set, never dumped */
+#define F_WHOLE 16u   /* the whole value is a secret (a password, a token): shown as **** */
+#define F_FILE 32u    /* names a file that must exist and be readable at startup */
+#define F_ALIAS 64u   /* an old name of the key before it (same field): accepted, wins when set, never dumped */
 
 typedef struct {
     const char *name; /* dotted YAML path; the env name is derived from it */
@@ -62,7 +65,16 @@ static const cfkey_t keys[] = {
     {"server.maxConnections", T_INT, "64", 1, 10000, OFF(http_max_connections)},
     {"server.connectionTimeout", T_DUR, "10s", MS_S, MS_H, OFF(http_connection_timeout_ms)},
 
-    {"nats.url", T_STR, "nats://127.0.0.1:4222", 1, 4096, OFF(nats_url), F_SECRET, C_TEXT, "NATS_URL"},
+    {"nats.url", T_STR, "nats://127.0.0.1:4222", 1, 4096, OFF(nats_url), F_SECRET, C_URLS, "NATS_URL"},
+    {"nats.streamReplicas", T_INT, "1", 1, 5, OFF(nats_stream_replicas)},
+    {"nats.tls.caFile", T_STR, NULL, 1, 4096, OFF(nats_tls_ca_file), F_OPTIONAL | F_FILE},
+    {"nats.tls.certFile", T_STR, NULL, 1, 4096, OFF(nats_tls_cert_file), F_OPTIONAL | F_FILE},
+    {"nats.tls.keyFile", T_STR, NULL, 1, 4096, OFF(nats_tls_key_file), F_OPTIONAL | F_FILE},
+    {"nats.user", T_STR, NULL, 1, 1024, OFF(nats_user), F_OPTIONAL},
+    {"nats.password", T_STR, NULL, 1, 1024, OFF(nats_password), F_OPTIONAL | F_SECRET | F_WHOLE},
+    {"nats.token", T_STR, NULL, 1, 4096, OFF(nats_token), F_OPTIONAL | F_SECRET | F_WHOLE},
+    {"nats.nkeySeedFile", T_STR, NULL, 1, 4096, OFF(nats_nkey_seed_file), F_OPTIONAL | F_FILE},
+    {"nats.credsFile", T_STR, NULL, 1, 4096, OFF(nats_creds_file), F_OPTIONAL | F_FILE},
 
     {"nats.realtime.stream", T_STR, "wa_events_stream", 1, 255, OFF(realtime.stream), 0, C_NAME},
     {"nats.realtime.consumer", T_STR, "wa_listener_", 1, 128, OFF(realtime.consumer), 0, C_NAME},
@@ -202,7 +214,9 @@ static void show(const cfkey_t *k, const char *s, char *out, size_t len)
 {
     char masked[300];
 
-    if (k->flags & F_SECRET) {
+    if (k->flags & F_WHOLE) {
+        s = *s ? "****" : "";
+    } else if (k->flags & F_SECRET) {
         config_mask_secret(s, masked, sizeof masked);
         s = masked;
     }
@@ -285,6 +299,10 @@ static void allowed(const cfkey_t *k, char *out, size_t len)
         snprintf(out, len, "must match ^[A-Za-z0-9_]{1,48}$ (letters, digits and '_', 1 to 48 characters)");
         break;
     case C_TEXT: snprintf(out, len, "must be 1 to %lld characters without control characters", k->max); break;
+    case C_URLS:
+        snprintf(out, len, "must be one NATS server URL or a comma-separated list of them (nats://host:port or "
+                 "tls://host:port, 1 to %lld characters in all, no empty items, no spaces inside a URL)", k->max);
+        break;
     }
 }
 
@@ -432,6 +450,27 @@ static bool list_has(const char *list, const char *item)
     return false;
 }
 
+/* A comma-separated list of server URLs: items trimmed of blanks, none empty, none with a blank inside. */
+static bool valid_url_list(const char *s)
+{
+    for (;;) {
+        size_t n = strcspn(s, ",");
+        const char *a = s, *b = s + n;
+        while (a < b && isspace((unsigned char)*a))
+            a++;
+        while (b > a && isspace((unsigned char)b[-1]))
+            b--;
+        if (a == b)
+            return false;
+        for (const char *c = a; c < b; c++)
+            if (isspace((unsigned char)*c))
+                return false;
+        if (!s[n])
+            return true;
+        s += n + 1;
+    }
+}
+
 /*
  * Normalises a subject list to "a,b" (items trimmed, duplicates dropped) for list_has and the startup dump.
  * Returns NULL (errno 0) if an item is not a base of the lane, NULL (errno ENOMEM) on allocation failure.
@@ -486,6 +525,7 @@ static int set_str(load_t *ld, config_t *cfg, size_t i, const char *s)
         case C_NAME: ok = valid_name(s); break;
         case C_SUBJECT: ok = valid_subject(s); break;
         case C_COMPANY: ok = valid_company(s); break;
+        case C_URLS: ok = valid_url_list(s); break;
         case C_RT_BASES:
         case C_HIST_BASES:
             v = bases_list(s, k->check == C_RT_BASES ? LANE_REALTIME : LANE_HISTORICAL);
@@ -601,6 +641,88 @@ static int check_writers(load_t *ld, config_t *cfg)
     snprintf(why, sizeof why, "must be at most %s - 1 (\"%s\"): one session stays for the DLQ workers and maintenance",
              keys[m].name, shown);
     return bad_value(ld, (size_t)key_index("database.writers"), why);
+}
+
+/* A file key's file must exist and be readable now: a typo found at startup, not at the first reconnect. */
+static int check_file(load_t *ld, size_t i, const char *path)
+{
+    char why[300], b;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        snprintf(why, sizeof why, "the file cannot be opened: %s", strerror(errno));
+        return bad_value(ld, i, why);
+    }
+    ssize_t n = read(fd, &b, 1);
+    int e = errno;
+    close(fd);
+    if (n < 0) {
+        snprintf(why, sizeof why, "the file cannot be read: %s", strerror(e));
+        return bad_value(ld, i, why);
+    }
+    if (n == 0)
+        return bad_value(ld, i, "the file is empty");
+    return 0;
+}
+
+static const char *field_str(const config_t *cfg, const char *key)
+{
+    int i = key_index(key);
+    return i < 0 ? NULL : *(char *const *)((const char *)cfg + keys[i].off);
+}
+
+/* Keys that only make sense together (a certificate and its key, a user and a password) and the NATS
+ * authentication methods, of which one at most is given (nats.c would pick one silently, or refuse at connect). */
+static int check_nats(load_t *ld, const config_t *cfg)
+{
+    for (size_t i = 0; i < NKEYS; i++) {
+        const char *v = keys[i].flags & F_FILE ? *(char *const *)((const char *)cfg + keys[i].off) : NULL;
+        int rc;
+        if (v && (rc = check_file(ld, i, v)) != 0)
+            return rc;
+    }
+    static const struct {
+        const char *a, *b;
+    } pairs[] = {{"nats.tls.certFile", "nats.tls.keyFile"}, {"nats.tls.keyFile", "nats.tls.certFile"},
+                 {"nats.user", "nats.password"}, {"nats.password", "nats.user"}};
+    char why[200];
+    for (size_t p = 0; p < sizeof pairs / sizeof pairs[0]; p++) {
+        if (field_str(cfg, pairs[p].a) && !field_str(cfg, pairs[p].b)) {
+            snprintf(why, sizeof why, "needs %s too", pairs[p].b);
+            return bad_value(ld, (size_t)key_index(pairs[p].a), why);
+        }
+    }
+    static const char *const auth[] = {"nats.user", "nats.token", "nats.nkeySeedFile", "nats.credsFile"};
+    const char *first = NULL;
+    for (size_t a = 0; a < sizeof auth / sizeof auth[0]; a++) {
+        if (!field_str(cfg, auth[a]))
+            continue;
+        if (first) {
+            snprintf(why, sizeof why, "cannot be combined with %s: give one NATS authentication method "
+                     "(user/password, token, NKey seed file or credentials file)", first);
+            return bad_value(ld, (size_t)key_index(auth[a]), why);
+        }
+        first = auth[a];
+    }
+    return 0;
+}
+
+/* Seeds in an NKey seed file or a credentials file (lines "SU...", "SA...", "SO..."): secrets to mask. */
+static void register_seeds(const char *path)
+{
+    FILE *f = path ? fopen(path, "r") : NULL;
+    char line[1024];
+    if (!f)
+        return;
+    while (fgets(line, sizeof line, f)) {
+        char *a = line, *b = line + strlen(line);
+        while (*a && isspace((unsigned char)*a))
+            a++;
+        while (b > a && isspace((unsigned char)b[-1]))
+            *--b = '\0';
+        if (a[0] == 'S' && strlen(a) >= 50 && strspn(a, "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567") == strlen(a))
+            secrets_register(a);
+    }
+    fclose(f);
 }
 
 /* Environment over file: empty variables count as unset, as in the reference (viper without AllowEmptyEnv). */
@@ -902,6 +1024,8 @@ int config_load(config_t *cfg, int argc, char **argv, char *err, size_t errlen)
         goto cleanup;
     if ((rc = check_writers(ld, cfg)) != 0)
         goto cleanup;
+    if ((rc = check_nats(ld, cfg)) != 0)
+        goto cleanup;
     snprintf(cfg->schema, sizeof cfg->schema, "daisi_%s", cfg->company_id);
     for (char *c = cfg->schema; *c; c++)
         *c = (char)tolower((unsigned char)*c);
@@ -912,6 +1036,10 @@ int config_load(config_t *cfg, int argc, char **argv, char *err, size_t errlen)
     /* From here on every library error text is masked against these (secrets_mask in log.c, db.c, the CLI). */
     secrets_register_dsn(cfg->postgres_dsn);
     secrets_register_dsn(cfg->nats_url);
+    secrets_register(cfg->nats_password);
+    secrets_register(cfg->nats_token);
+    register_seeds(cfg->nats_nkey_seed_file);
+    register_seeds(cfg->nats_creds_file);
 
 cleanup:
     if (rc)
@@ -955,7 +1083,9 @@ void config_log(const config_t *cfg)
         switch (k->type) {
         case T_STR: {
             const char *s = *(char *const *)field ? *(char *const *)field : "";
-            if (k->flags & F_SECRET) {
+            if ((k->flags & F_WHOLE) && *s) {
+                s = "****";
+            } else if (k->flags & F_SECRET) {
                 size_t len = 2 * strlen(s) + 64;
                 if ((masked[i] = malloc(len)) != NULL)
                     config_mask_secret(s, masked[i], len);

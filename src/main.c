@@ -363,7 +363,10 @@ int main(int argc, char **argv)
     if (!(app.maint = maintenance_start(&app.cfg, app.maint_pool, &g_stop)))
         goto cleanup;
     publish_stage(STAGE_DB);
-    if (mes_nats_connect(&app.nats, &app.cfg, deadline, &g_stop) != 0) {
+    int nrc = mes_nats_connect(&app.nats, &app.cfg, deadline, &g_stop);
+    if (nrc != 0) {
+        if (nrc == MES_NATS_BAD_CONFIG)
+            rc = CONFIG_EXIT_BAD;
         if (!stopping())
             log_error("main", "startup failed: cannot connect to NATS");
         goto cleanup;

@@ -1,14 +1,17 @@
 /* nats_setup.c - NATS connection with endless reconnect, streams created/extended, durable pull consumers. */
 #include "nats_setup.h"
 
+#include <ctype.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "clock.h"
+#include "nkey.h"
 #include "log.h"
 #include "secrets.h"
 #include "metrics.h"
@@ -38,19 +41,164 @@ static void on_error(natsConnection *nc, natsSubscription *sub, natsStatus err, 
     log_warn("nats", "asynchronous NATS error", LF_S("error", natsStatus_GetText(err)));
 }
 
+/* Splits nats.url at ',' into trimmed items (config_load already refused empty ones). */
+static int split_urls(const char *list, char ***out)
+{
+    int n = 1;
+    for (const char *c = list; *c; c++)
+        n += *c == ',';
+    char **v = calloc((size_t)n, sizeof *v);
+    if (!v)
+        return -1;
+    int k = 0;
+    for (const char *s = list; k < n;) {
+        size_t len = strcspn(s, ",");
+        const char *a = s, *b = s + len;
+        while (a < b && isspace((unsigned char)*a))
+            a++;
+        while (b > a && isspace((unsigned char)b[-1]))
+            b--;
+        if (b > a && !(v[k++] = strndup(a, (size_t)(b - a)))) {
+            for (int i = 0; i < k - 1; i++)
+                free(v[i]);
+            free(v);
+            return -1;
+        }
+        if (!s[len])
+            break;
+        s += len + 1;
+    }
+    *out = v;
+    return k;
+}
+
+static void free_urls(char **v, int n)
+{
+    for (int i = 0; i < n; i++)
+        free(v[i]);
+    free(v);
+}
+
+/* Host of a server URL: after "scheme://" and any "userinfo@", up to ':' or '/' ("[v6]" without the brackets). */
+static void url_host(const char *url, char *host, size_t len)
+{
+    const char *a = strstr(url, "://");
+    a = a ? a + 3 : url;
+    const char *end = a + strcspn(a, "/?#");
+    for (const char *c = a; c < end; c++)
+        if (*c == '@')
+            a = c + 1;
+    const char *b;
+    if (*a == '[') {
+        a++;
+        b = memchr(a, ']', (size_t)(end - a));
+        if (!b)
+            b = end;
+    } else {
+        b = memchr(a, ':', (size_t)(end - a));
+        if (!b)
+            b = end;
+    }
+    snprintf(host, len, "%.*s", (int)(b - a), a);
+}
+
+static bool tls_wanted(const config_t *cfg, char **urls, int n)
+{
+    if (cfg->nats_tls_ca_file || cfg->nats_tls_cert_file || cfg->nats_tls_key_file)
+        return true;
+    for (int i = 0; i < n; i++)
+        if (strncasecmp(urls[i], "tls://", 6) == 0)
+            return true;
+    return false;
+}
+
+/* TLS and authentication from the nats.tls.* and auth keys (SPEC 9). Hostname verification is always on: the
+ * expected name is the host of the first URL (nats.c 3.4.1 checks one name for every server, so the certificates of
+ * a cluster must all carry it, e.g. the service name or a wildcard; see README "Production deployment"). */
+static natsStatus set_security(natsOptions *opts, const config_t *cfg, char **urls, int n, char *why, size_t whylen)
+{
+    natsStatus s = NATS_OK;
+    char host[200];
+    url_host(urls[0], host, sizeof host);
+    if (tls_wanted(cfg, urls, n)) {
+        s = natsOptions_SetSecure(opts, true);
+        if (s == NATS_OK && cfg->nats_tls_ca_file &&
+            (s = natsOptions_LoadCATrustedCertificates(opts, cfg->nats_tls_ca_file)) != NATS_OK)
+            snprintf(why, whylen, "nats.tls.caFile: cannot load the CA certificates");
+        if (s == NATS_OK && cfg->nats_tls_cert_file &&
+            (s = natsOptions_LoadCertificatesChain(opts, cfg->nats_tls_cert_file, cfg->nats_tls_key_file)) != NATS_OK)
+            snprintf(why, whylen, "nats.tls.certFile / nats.tls.keyFile: cannot load the client certificate and key");
+    }
+    /* Also without TLS keys: a server that requires TLS switches the connection to TLS, and it is verified too. */
+    if (s == NATS_OK && host[0] && (s = natsOptions_SetExpectedHostname(opts, host)) != NATS_OK)
+        snprintf(why, whylen, "nats.url: cannot verify host name %.150s", host);
+    if (s == NATS_OK && cfg->nats_user)
+        s = natsOptions_SetUserInfo(opts, cfg->nats_user, cfg->nats_password);
+    if (s == NATS_OK && cfg->nats_token)
+        s = natsOptions_SetToken(opts, cfg->nats_token);
+    if (s == NATS_OK && cfg->nats_nkey_seed_file) {
+        char seed[128], pub[128], err[160];
+        if (nkey_read_seed_file(cfg->nats_nkey_seed_file, seed, sizeof seed, err, sizeof err) != 0 ||
+            nkey_public_from_seed(seed, pub, sizeof pub, err, sizeof err) != 0) {
+            snprintf(why, whylen, "nats.nkeySeedFile: %s", err);
+            s = NATS_INVALID_ARG;
+        } else {
+            s = natsOptions_SetNKeyFromSeed(opts, pub, cfg->nats_nkey_seed_file);
+        }
+        memset(seed, 0, sizeof seed);
+    }
+    if (s == NATS_OK && cfg->nats_creds_file &&
+        (s = natsOptions_SetUserCredentialsFromFiles(opts, cfg->nats_creds_file, NULL)) != NATS_OK)
+        snprintf(why, whylen, "nats.credsFile: cannot use the credentials file");
+    return s;
+}
+
+/* A connect failure that retrying cannot cure: the server's certificate does not verify against nats.tls.caFile
+ * (or the host name does not match), or the server refused our credentials. */
+static const char *config_failure(natsStatus s, const char *detail, const config_t *cfg)
+{
+    if (!detail)
+        detail = "";
+    if (s == NATS_SSL_ERROR || strstr(detail, "certificate") || strstr(detail, "SSL handshake") ||
+        strstr(detail, "hostname"))
+        return cfg->nats_tls_ca_file ? "the NATS server's TLS certificate does not verify against nats.tls.caFile "
+                                       "(wrong CA, or the certificate does not name the host of nats.url)"
+                                     : "the NATS server's TLS certificate does not verify (set nats.tls.caFile to "
+                                       "the CA that signed it; its name must match the host of nats.url)";
+    if (s == NATS_NOT_PERMITTED || strcasestr(detail, "authorization violation") ||
+        strcasestr(detail, "authentication"))
+        return "the NATS server refused the credentials (nats.user/nats.password, nats.token, nats.nkeySeedFile, "
+               "nats.credsFile, or user:password@ in nats.url)";
+    return NULL;
+}
+
 int mes_nats_connect(mes_nats_t *n, const config_t *cfg, int64_t deadline_ms, const atomic_bool *stop)
 {
     natsOptions *opts = NULL;
     natsStatus s;
-    char masked[512];
+    char masked[4096 + 64], why[256] = "", detail[512] = "";
     int64_t wait = 200;
+    char **urls = NULL;
+    int nurls = 0, rc = -1;
 
     memset(n, 0, sizeof *n);
     n->cfg = cfg;
     secrets_mask(cfg->nats_url, masked, sizeof masked);
     if ((s = natsOptions_Create(&opts)) != NATS_OK)
         goto fail;
-    s = natsOptions_SetURL(opts, cfg->nats_url);
+    if ((nurls = split_urls(cfg->nats_url, &urls)) <= 0) {
+        s = NATS_NO_MEMORY;
+        goto fail;
+    }
+    /* nats.c 3.4.1: SetURL with a comma list returns OK but never connects; SetServers with the split list does.
+     * Servers the cluster announces are added to the pool (discovery is on by default). */
+    s = natsOptions_SetServers(opts, (const char **)urls, nurls);
+    if (s == NATS_OK)
+        s = set_security(opts, cfg, urls, nurls, why, sizeof why);
+    if (s != NATS_OK && why[0]) {
+        rc = MES_NATS_BAD_CONFIG;
+        goto fail;
+    }
     if (s == NATS_OK)
         s = natsOptions_SetName(opts, "message-event-service");
     if (s == NATS_OK)
@@ -80,8 +228,15 @@ int mes_nats_connect(mes_nats_t *n, const config_t *cfg, int64_t deadline_ms, co
         s = natsConnection_Connect(&n->nc, opts);
         if (s == NATS_OK)
             break;
+        secrets_mask(nats_GetLastError(NULL), detail, sizeof detail);
+        const char *cls = config_failure(s, detail, cfg);
+        if (cls) {
+            snprintf(why, sizeof why, "%s", cls);
+            rc = MES_NATS_BAD_CONFIG;
+            goto fail;
+        }
         log_warn("nats", "cannot connect to NATS; retrying", LF_S("url", masked), LF_S("error", natsStatus_GetText(s)),
-                 LF_I("retry_in_ms", wait));
+                 LF_S("detail", detail), LF_I("retry_in_ms", wait));
         if (clock_mono_ms() + wait > deadline_ms || atomic_load(stop))
             goto fail;
         clock_sleep_ms_unless(wait, stop);
@@ -92,17 +247,33 @@ int mes_nats_connect(mes_nats_t *n, const config_t *cfg, int64_t deadline_ms, co
     jo.Wait = 10000;
     if ((s = natsConnection_JetStream(&n->js, n->nc, &jo)) != NATS_OK)
         goto fail;
+    bool tls = tls_wanted(cfg, urls, nurls);
     natsOptions_Destroy(opts);
+    free_urls(urls, nurls);
     metrics_nats_connected_set(true);
-    log_info("nats", "connected to NATS", LF_S("url", masked));
+    char server[256] = "";
+    natsConnection_GetConnectedUrl(n->nc, server, sizeof server);
+    secrets_mask(server, detail, sizeof detail);
+    log_info("nats", "connected to NATS", LF_S("url", masked), LF_S("server", detail), LF_I("seed_servers", nurls),
+             LF_B("tls", tls));
     return 0;
 fail:
-    if (!stop || !atomic_load(stop)) /* a stop request ended the wait: the caller says so, it is no failure */
+    if (rc == MES_NATS_BAD_CONFIG) {
+        if (!detail[0])
+            secrets_mask(nats_GetLastError(NULL), detail, sizeof detail);
+        log_error("nats", "NATS connection refused by the configuration", LF_S("url", masked), LF_S("reason", why),
+                  LF_S("error", natsStatus_GetText(s)), LF_S("detail", detail));
+        fprintf(stderr, "invalid configuration: %s: %s\n", why, detail);
+    } else if (!stop || !atomic_load(stop)) { /* a stop request ended the wait: the caller says so, no failure */
+        if (!detail[0])
+            secrets_mask(nats_GetLastError(NULL), detail, sizeof detail);
         log_error("nats", "NATS connection failed", LF_S("url", masked), LF_S("error", natsStatus_GetText(s)),
-                  LF_S("detail", nats_GetLastError(NULL)));
+                  LF_S("detail", detail));
+    }
     natsOptions_Destroy(opts);
+    free_urls(urls, nurls > 0 ? nurls : 0);
     mes_nats_close(n);
-    return -1;
+    return rc;
 }
 
 static void retired_free_all(void);
@@ -128,6 +299,24 @@ bool mes_nats_connected(const mes_nats_t *n)
     return n && n->nc && natsConnection_Status(n->nc) == NATS_CONN_STATUS_CONNECTED;
 }
 
+/* JetStream API answers that a cluster gives while it elects a leader or a peer restarts: try again shortly. */
+static bool js_transient(natsStatus s, jsErrCode jerr)
+{
+    return s == NATS_TIMEOUT || s == NATS_NO_RESPONDERS || s == NATS_CONNECTION_DISCONNECTED || s == NATS_IO_ERROR ||
+           s == NATS_STALE_CONNECTION || jerr == 10008 /* JSClusterNotAvailErr */ ||
+           jerr == 10005 /* JSClusterNoPeersErr */ || jerr == 10006 /* JSClusterNotActiveErr */ ||
+           jerr == 10007 /* JSClusterNotAssignedErr */ || jerr == 10009 /* JSClusterNotLeaderErr */ ||
+           jerr == 10074 /* JSClusterPeerNotMemberErr */ || jerr == 10023 /* JSInsufficientResourcesErr */;
+}
+
+/* Remembers a JetStream API failure for the retry loops; transient ones are logged as warnings. */
+static log_level_t js_failed_at(natsStatus *ps, int *pj, natsStatus s, jsErrCode jerr)
+{
+    *ps = s;
+    *pj = (int)jerr;
+    return js_transient(s, jerr) ? LOG_WARN : LOG_ERROR;
+}
+
 /* ---- streams ------------------------------------------------------------------------------------------- */
 
 static bool has_subject(const jsStreamConfig *sc, const char *subj)
@@ -138,7 +327,7 @@ static bool has_subject(const jsStreamConfig *sc, const char *subj)
     return false;
 }
 
-static int ensure_stream(mes_nats_t *n, const char *name, const char **subjects, int nsubj, int max_age_days)
+static int ensure_stream(mes_nats_t *n, int idx, const char *name, const char **subjects, int nsubj, int max_age_days)
 {
     jsStreamInfo *si = NULL;
     jsErrCode jerr = 0;
@@ -152,9 +341,11 @@ static int ensure_stream(mes_nats_t *n, const char *name, const char **subjects,
         sc.Storage = js_FileStorage;
         sc.Retention = js_LimitsPolicy; /* FIX: never interest retention (it drops events before a consumer exists) */
         sc.MaxAge = (int64_t)max_age_days * 24 * 3600 * 1000000000LL;
+        sc.Replicas = n->cfg->nats_stream_replicas; /* only here: an existing stream's replicas are never changed */
         s = js_AddStream(&si, n->js, &sc, NULL, &jerr);
         if (s == NATS_OK) {
-            log_info("nats", "stream created", LF_S("stream", name), LF_I("max_age_days", max_age_days));
+            log_info("nats", "stream created", LF_S("stream", name), LF_I("max_age_days", max_age_days),
+                     LF_I("replicas", sc.Replicas));
             jsStreamInfo_Destroy(si);
             return 0;
         }
@@ -165,19 +356,27 @@ static int ensure_stream(mes_nats_t *n, const char *name, const char **subjects,
         snprintf(detail, sizeof detail, "%s", nats_GetLastError(NULL) ? nats_GetLastError(NULL) : "");
         si = NULL;
         if (js_GetStreamInfo(&si, n->js, name, NULL, &jerr) != NATS_OK || !si) {
-            log_error("nats", "cannot create stream", LF_S("stream", name), LF_S("error", natsStatus_GetText(s)),
-                      LF_I("js_error", create_err), LF_S("detail", detail));
+            LOG_AT(js_failed_at(&n->last_status, &n->last_jerr, s, create_err), "nats", "cannot create stream",
+                   LF_S("stream", name), LF_S("error", natsStatus_GetText(s)), LF_I("js_error", create_err),
+                   LF_S("detail", detail));
             jsStreamInfo_Destroy(si);
             return -1;
         }
         s = NATS_OK;
     }
     if (s != NATS_OK) {
-        log_error("nats", "cannot read stream", LF_S("stream", name), LF_S("error", natsStatus_GetText(s)),
-                  LF_I("js_error", jerr));
+        LOG_AT(js_failed_at(&n->last_status, &n->last_jerr, s, jerr), "nats", "cannot read stream",
+               LF_S("stream", name), LF_S("error", natsStatus_GetText(s)), LF_I("js_error", jerr));
         return -1;
     }
     /* Present: add only the subjects it lacks, keep every other setting the operator may have tuned. */
+    int have = si->Config->Replicas > 0 ? (int)si->Config->Replicas : 1;
+    if (have != n->cfg->nats_stream_replicas && !(n->replicas_warned & (1u << idx))) {
+        n->replicas_warned |= 1u << idx;
+        log_warn("nats", "existing stream has another replica count than nats.streamReplicas; leaving it as it is",
+                 LF_S("stream", name), LF_I("replicas", have),
+                 LF_I("nats.streamReplicas", n->cfg->nats_stream_replicas));
+    }
     int missing = 0;
     for (int i = 0; i < nsubj; i++)
         missing += !has_subject(si->Config, subjects[i]);
@@ -206,9 +405,9 @@ static int ensure_stream(mes_nats_t *n, const char *name, const char **subjects,
         free(subs);
         jsStreamInfo_Destroy(upd);
         if (s != NATS_OK) {
-            log_error("nats", "cannot add subjects to stream", LF_S("stream", name),
-                      LF_S("error", natsStatus_GetText(s)), LF_I("js_error", jerr),
-                      LF_S("detail", nats_GetLastError(NULL)));
+            LOG_AT(js_failed_at(&n->last_status, &n->last_jerr, s, jerr), "nats", "cannot add subjects to stream",
+                   LF_S("stream", name), LF_S("error", natsStatus_GetText(s)), LF_I("js_error", jerr),
+                   LF_S("detail", nats_GetLastError(NULL)));
             jsStreamInfo_Destroy(si);
             return -1;
         }
@@ -218,10 +417,28 @@ static int ensure_stream(mes_nats_t *n, const char *name, const char **subjects,
     return 0;
 }
 
-/* Ensures the service's streams; only the one named `only` when it is not NULL. The fourth is the tenant's advisory
- * stream (advisory.c): the max-deliveries advisory subject of each of its eleven durables (all ten lanes whatever
- * subjectList says, and the DLQ's), so advisories published while no replica runs wait there; created before the
- * consumers, so an advisory about one of them is kept from the moment it can be published. */
+#define JS_RETRY_MS 30000
+
+static int ensure_streams(mes_nats_t *n, const char *only);
+
+int mes_nats_ensure_streams(mes_nats_t *n)
+{
+    int64_t deadline = clock_mono_ms() + JS_RETRY_MS;
+    for (int64_t wait = 200;; wait = wait * 2 > 2000 ? 2000 : wait * 2) {
+        n->last_status = NATS_OK;
+        n->last_jerr = 0;
+        int rc = ensure_streams(n, NULL);
+        if (rc == 0 || !js_transient(n->last_status, n->last_jerr) || clock_mono_ms() + wait > deadline)
+            return rc;
+        log_info("nats", "JetStream not ready (cluster electing a leader?); retrying", LF_I("retry_in_ms", wait));
+        clock_sleep_ms(wait);
+    }
+}
+
+/* Ensures the service's streams once; only the one named `only` when it is not NULL. The fourth is the tenant's
+ * advisory stream (advisory.c): the max-deliveries advisory subject of each of its eleven durables (all ten lanes
+ * whatever subjectList says, and the DLQ's), so advisories published while no replica runs wait there; created
+ * before the consumers, so an advisory about one of them is kept from the moment it can be published. */
 static int ensure_streams(mes_nats_t *n, const char *only)
 {
     const config_t *cfg = n->cfg;
@@ -257,14 +474,9 @@ static int ensure_streams(mes_nats_t *n, const char *only)
     };
     for (size_t i = 0; i < sizeof streams / sizeof streams[0]; i++)
         if ((!only || strcmp(only, streams[i].name) == 0) &&
-            ensure_stream(n, streams[i].name, streams[i].subjects, streams[i].nsubj, streams[i].max_age_days) != 0)
+            ensure_stream(n, (int)i, streams[i].name, streams[i].subjects, streams[i].nsubj, streams[i].max_age_days) != 0)
             return -1;
     return 0;
-}
-
-int mes_nats_ensure_streams(mes_nats_t *n)
-{
-    return ensure_streams(n, NULL);
 }
 
 /* ---- consumers ------------------------------------------------------------------------------------------ */
@@ -323,22 +535,49 @@ static int64_t stream_created(mes_nats_t *n, const char *stream, uint64_t *last_
     return created;
 }
 
+static int subscribe_once(mes_nats_t *n, const mes_durable_t *d, mes_fetch_watch_t *w, pull_t **sub, bool bind_only,
+                          natsStatus *st, int *je);
+
+/* Consumer create/lookup right after a cluster (re)formed can meet "no leader yet" answers: retried for 10 s. */
 int mes_nats_subscribe(mes_nats_t *n, const mes_durable_t *d, mes_fetch_watch_t *w, pull_t **sub)
+{
+    int64_t deadline = clock_mono_ms() + 10000;
+    for (int64_t wait = 200;; wait = clock_backoff_next(wait, 2000)) {
+        natsStatus st = NATS_OK;
+        int je = 0;
+        int rc = subscribe_once(n, d, w, sub, false, &st, &je);
+        if (rc == 0 || !js_transient(st, je) || clock_mono_ms() + wait > deadline)
+            return rc;
+        clock_sleep_ms(wait);
+    }
+}
+
+/* bind_only: the durable exists (checked or created before); only a new inbox is subscribed for it, which asks
+ * nothing of JetStream, so nothing waits on a consumer leader being elected. */
+static int subscribe_once(mes_nats_t *n, const mes_durable_t *d, mes_fetch_watch_t *w, pull_t **sub, bool bind_only,
+                          natsStatus *st, int *je)
 {
     const char *stream = d->stream, *durable = d->durable, *filter = d->filter;
     jsErrCode jerr = 0;
     jsConsumerInfo *ci = NULL;
+    /* Short API waits: while a consumer's leader is being elected the request has no answer, and the caller's retry
+     * (mes_nats_subscribe, mes_nats_resubscribe) is quicker than one long wait. */
+    jsOptions jo;
+    jsOptions_Init(&jo);
+    jo.Wait = 2500;
 
-    natsStatus s = js_GetConsumerInfo(&ci, n->js, stream, durable, NULL, &jerr);
-    if (s != NATS_OK && jerr == JSStreamNotFoundErr) {
+    natsStatus s = bind_only ? NATS_OK : js_GetConsumerInfo(&ci, n->js, stream, durable, &jo, &jerr);
+    if (!bind_only && s != NATS_OK && jerr == JSStreamNotFoundErr) {
         /* The stream is the service's own (deleted at runtime, or never there): create it, then the durable. */
         log_warn("nats", "stream missing; re-creating it", LF_S("stream", stream), LF_S("durable", durable));
         if (ensure_streams(n, stream) != 0)
             return -1;
         jerr = 0;
-        s = js_GetConsumerInfo(&ci, n->js, stream, durable, NULL, &jerr);
+        s = js_GetConsumerInfo(&ci, n->js, stream, durable, &jo, &jerr);
     }
-    if (s == NATS_NOT_FOUND || jerr == JSConsumerNotFoundErr) {
+    if (bind_only) {
+        /* straight to the subscription */
+    } else if (s == NATS_NOT_FOUND || jerr == JSConsumerNotFoundErr) {
         jsConsumerConfig cc;
         jsConsumerConfig_Init(&cc);
         cc.Durable = durable;
@@ -361,12 +600,12 @@ int mes_nats_subscribe(mes_nats_t *n, const mes_durable_t *d, mes_fetch_watch_t 
         cc.MaxDeliver = d->max_deliver;
         cc.MaxAckPending = d->max_ack_pending;
         cc.FilterSubject = filter[0] ? filter : NULL;
-        s = js_AddConsumer(&ci, n->js, stream, &cc, NULL, &jerr);
+        s = js_AddConsumer(&ci, n->js, stream, &cc, &jo, &jerr);
         if (s == NATS_OK)
             log_info("nats", "consumer created", LF_S("stream", stream), LF_S("durable", durable),
                      LF_S("filter", filter));
         else if (jerr == JSConsumerNameExistErr || jerr == JSConsumerExistingActiveErr)
-            s = js_GetConsumerInfo(&ci, n->js, stream, durable, NULL, &jerr);
+            s = js_GetConsumerInfo(&ci, n->js, stream, durable, &jo, &jerr);
     } else if (s == NATS_OK) {
         jsConsumerConfig *cc = ci->Config;
         if (filter[0] && (cc->FilterSubject == NULL || strcmp(cc->FilterSubject, filter) != 0)) {
@@ -384,7 +623,7 @@ int mes_nats_subscribe(mes_nats_t *n, const mes_durable_t *d, mes_fetch_watch_t 
             cc->MaxDeliver = d->max_deliver;
             cc->MaxAckPending = d->max_ack_pending;
             jsConsumerInfo *upd = NULL;
-            s = js_UpdateConsumer(&upd, n->js, stream, cc, NULL, &jerr);
+            s = js_UpdateConsumer(&upd, n->js, stream, cc, &jo, &jerr);
             jsConsumerInfo_Destroy(upd);
             if (s == NATS_OK)
                 log_info("nats", "consumer updated in place", LF_S("durable", durable));
@@ -397,8 +636,9 @@ int mes_nats_subscribe(mes_nats_t *n, const mes_durable_t *d, mes_fetch_watch_t 
     }
     jsConsumerInfo_Destroy(ci);
     if (s != NATS_OK) {
-        log_error("nats", "cannot create or update consumer", LF_S("stream", stream), LF_S("durable", durable),
-                  LF_S("error", natsStatus_GetText(s)), LF_I("js_error", jerr), LF_S("detail", nats_GetLastError(NULL)));
+        LOG_AT(js_failed_at(st, je, s, jerr), "nats", "cannot create or update consumer", LF_S("stream", stream),
+               LF_S("durable", durable), LF_S("error", natsStatus_GetText(s)), LF_I("js_error", jerr),
+               LF_S("detail", nats_GetLastError(NULL)));
         return -1;
     }
 
@@ -438,11 +678,15 @@ bool mes_nats_fetch_watch(mes_nats_t *n, mes_fetch_watch_t *w, const mes_durable
     const char *stream = d->stream, *durable = d->durable;
     jsConsumerInfo *ci = NULL;
     jsErrCode jerr = 0;
-    natsStatus s = js_GetConsumerInfo(&ci, n->js, stream, durable, NULL, &jerr);
+    jsOptions jo; /* short: during a cluster election this call must not hold the fetch loop for 10 s */
+    jsOptions_Init(&jo);
+    jo.Wait = 2000;
+    natsStatus s = js_GetConsumerInfo(&ci, n->js, stream, durable, &jo, &jerr);
     if (s != NATS_OK || !ci) {
         jsConsumerInfo_Destroy(ci);
         if (!js_not_found(s, jerr))
             return false; /* NATS did not answer: the next check asks again */
+        w->missing = true;
         log_warn("nats", jerr == JSStreamNotFoundErr ? "stream deleted at runtime; re-creating it and the consumer"
                                                      : "consumer deleted at runtime; re-creating it",
                  LF_S("stream", stream), LF_S("durable", durable));
@@ -509,7 +753,15 @@ void mes_nats_resubscribe(mes_nats_t *n, const mes_durable_t *d, mes_fetch_watch
     for (int64_t wait = 200; !atomic_load(stop); wait = clock_backoff_next(wait, 5000)) {
         pull_destroy(*sub);
         *sub = NULL;
-        if (mes_nats_subscribe(n, d, w, sub) == 0) {
+        /* After a reconnect or a stall the durable is there: a new inbox suffices, and asks nothing of a cluster that
+         * may be electing the consumer's leader. A durable or stream found missing takes the whole way: look up,
+         * create (after the ack floor it had), update. */
+        natsStatus st = NATS_OK;
+        int je = 0;
+        bool whole = !w || w->missing;
+        if ((whole ? mes_nats_subscribe(n, d, w, sub) : subscribe_once(n, d, w, sub, true, &st, &je)) == 0) {
+            if (w)
+                w->missing = false;
             atomic_store(subscribed, true);
             log_info("nats", "consumer re-subscribed", LF_S("durable", d->durable));
             return;

@@ -2,15 +2,19 @@
 #include "pull.h"
 
 #include <inttypes.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "clock.h"
+#include "log.h"
 #include "nats_setup.h"
 
 #define NOWAIT_EXPIRES_MS 50 /* a no-wait request is answered at once; the expiry only bounds a reply that never ends */
 #define REPLY_MARGIN_MS 250  /* how long past its expiry a request's end (its 408) may take to arrive */
+
+static atomic_int_fast64_t leader_logged_ms;
 
 struct pull {
     natsConnection *nc;
@@ -77,7 +81,7 @@ natsStatus pull_fetch(pull_t *p, int max, bool no_wait, int64_t wait_ms, natsMsg
     natsMsg **msgs = malloc((size_t)max * sizeof *msgs);
     if (!msgs)
         return NATS_NO_MEMORY;
-    int n = 0;
+    int n = 0, pause_ms = 0;
     natsStatus rc = NATS_OK;
 
     /* Deliveries of earlier requests that arrived after those requests' calls returned come first: they are older. */
@@ -116,13 +120,24 @@ natsStatus pull_fetch(pull_t *p, int max, bool no_wait, int64_t wait_ms, natsMsg
         }
         const char *status = status_of(m);
         bool ours = strcmp(natsMsg_GetSubject(m), reply) == 0;
-        if (ours && status && strcmp(status, "503") == 0 && n == 0)
-            rc = NATS_NO_RESPONDERS; /* nobody serves MSG.NEXT for this durable: it is gone */
-        natsMsg_Destroy(m);
         /* 100 is an idle heartbeat; a status of an earlier request says nothing about this one. Any other status of
-         * ours ends this request: 404/408 nothing (more) to deliver, 409 a leadership change or a limit reached. */
+         * ours ends this request: 404/408 nothing (more) to deliver, 409 a leadership change (or a limit reached),
+         * 503 nobody serves MSG.NEXT for the durable (its leader is being elected, or it is gone: the fetch loop's
+         * watchdog tells those apart). */
+        if (ours && status && (strcmp(status, "409") == 0 || strcmp(status, "503") == 0))
+            pause_ms = strcmp(status, "409") == 0 ? 50 : 250;
+        natsMsg_Destroy(m);
         if (ours && (!status || strcmp(status, "100") != 0))
             break;
+    }
+    if (pause_ms && n == 0) {
+        /* A clustered JetStream moving a leader: normal during a failover, no error. A short pause, and the caller's
+         * next request reaches the new leader. Logged at most every 5 s for the whole process. */
+        int64_t now = clock_mono_ms(), last = atomic_load(&leader_logged_ms);
+        if (now - last >= 5000 && atomic_compare_exchange_strong(&leader_logged_ms, &last, now))
+            log_info("nats", "pull request ended by a JetStream leader change or a consumer without leader; retrying",
+                     LF_S("status", pause_ms == 50 ? "409 leadership change" : "503 no responders"));
+        clock_sleep_ms(pause_ms);
     }
 cleanup:
     if (n == 0) {

@@ -923,6 +923,26 @@ static bool nats_probe(int port)
     return ok;
 }
 
+/* True once the server's log says it accepts clients ("Server is ready"): for servers the raw probe cannot talk to
+ * (TLS required, authentication required). */
+static bool nats_log_ready(const char *log_path)
+{
+    size_t len = 0;
+    char *log = read_file(log_path, &len);
+    bool ok = log && memmem(log, len, "Server is ready", 15) != NULL;
+    free(log);
+    return ok;
+}
+
+static bool nats_ready(const h_nats_t *n, const char *log_path)
+{
+    switch (n->wait) {
+    case H_NATS_WAIT_LOG: return nats_log_ready(log_path);
+    case H_NATS_WAIT_NONE: return true;
+    default: return nats_probe(n->port);
+    }
+}
+
 static bool nats_spawn(h_nats_t *n, char *log_path, size_t log_len)
 {
     char store[300], port[16], pidfile[300];
@@ -933,21 +953,31 @@ static bool nats_spawn(h_nats_t *n, char *log_path, size_t log_len)
     const char *bin = getenv("MES_NATS_SERVER");
     if (!bin || !*bin)
         bin = "nats-server";
-    const char *argv[] = {bin, "-js", "-a", "127.0.0.1", "-p", port, "-sd", store, "-P", pidfile, NULL};
+    const char *argv_plain[] = {bin, "-js", "-a", "127.0.0.1", "-p", port, "-sd", store, "-P", pidfile, NULL};
+    const char *argv_conf[] = {bin, "-c", n->conf, "-P", pidfile, NULL};
+    const char *const *argv = n->conf[0] ? argv_conf : argv_plain;
+    /* A restart appends to the same log: readiness is judged on what this run writes, so start a fresh file. */
+    if (n->wait == H_NATS_WAIT_LOG) {
+        char old[340];
+        snprintf(old, sizeof old, "%s.prev", log_path);
+        rename(log_path, old);
+    }
     int fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (fd < 0) {
         fprintf(stderr, "harness: open %s: %s\n", log_path, strerror(errno));
         return false;
     }
-    pid_t pid = spawn(argv, NULL, fd, n->dir, true);
+    pid_t pid = spawn((const char **)argv, NULL, fd, n->dir, true);
     close(fd);
     if (pid < 0)
         return false;
     reg_add(REG_NATS, pid, n->dir);
     n->pid = pid;
+    if (n->wait == H_NATS_WAIT_NONE)
+        return true;
     int64_t deadline = clock_mono_ms() + NATS_START_TIMEOUT_MS;
     while (clock_mono_ms() < deadline) {
-        if (nats_probe(n->port))
+        if (nats_ready(n, log_path))
             return true;
         struct reg_entry *e = reg_find(REG_NATS, pid);
         if (proc_gone(pid)) {
@@ -961,6 +991,57 @@ static bool nats_spawn(h_nats_t *n, char *log_path, size_t log_len)
     fprintf(stderr, "harness: nats-server on port %d not ready after %d ms\n", n->port, NATS_START_TIMEOUT_MS);
     h_nats_stop(n);
     return false;
+}
+
+bool h_nats_start_conf(h_nats_t *n, int port, const char *extra_conf, int wait)
+{
+    h_init();
+    memset(n, 0, sizeof *n);
+    if (!make_tmpdir(n->dir, sizeof n->dir, 0755))
+        return false;
+    n->port = port > 0 ? port : h_free_port();
+    n->wait = wait;
+    snprintf(n->url, sizeof n->url, "nats://127.0.0.1:%d", n->port);
+    snprintf(n->server_name, sizeof n->server_name, "n%d", n->port);
+    snprintf(n->conf, sizeof n->conf, "%s/nats.conf", n->dir);
+    FILE *f = fopen(n->conf, "w");
+    if (!f)
+        return false;
+    fprintf(f, "server_name: \"%s\"\nlisten: \"127.0.0.1:%d\"\njetstream {\n  store_dir: \"%s/store\"\n}\n%s\n",
+            n->server_name, n->port, n->dir, extra_conf ? extra_conf : "");
+    fclose(f);
+    char log_path[320];
+    if (nats_spawn(n, log_path, sizeof log_path))
+        return true;
+    print_tail(log_path, 20);
+    return false;
+}
+
+bool h_nats_wait_ready(h_nats_t *n, int timeout_ms)
+{
+    char log_path[320];
+    snprintf(log_path, sizeof log_path, "%s/nats.log", n->dir);
+    int mode = n->wait == H_NATS_WAIT_NONE ? H_NATS_WAIT_JS : n->wait;
+    h_nats_t probe = *n;
+    probe.wait = mode;
+    for (int64_t deadline = clock_mono_ms() + timeout_ms; clock_mono_ms() < deadline; sleep_ms(50)) {
+        if (nats_ready(&probe, log_path))
+            return true;
+        if (proc_gone(n->pid))
+            return false;
+    }
+    return false;
+}
+
+void h_nats_kill(h_nats_t *n)
+{
+    struct reg_entry *e = reg_find(REG_NATS, n->pid);
+    if (!e)
+        return;
+    kill(n->pid, SIGKILL);
+    while (!proc_gone(n->pid))
+        sleep_ms(5);
+    reg_del(e);
 }
 
 bool h_nats_start(h_nats_t *n)
@@ -1444,7 +1525,7 @@ bool h_svc_start(h_svc_t *s, const char *company, const h_nats_t *n, const h_pg_
         return false;
     snprintf(s->log_path, sizeof s->log_path, "%s/service.log", dir);
     s->http_port = h_free_port();
-    char v_co[128], v_nats[192], v_pg[320], v_port[32];
+    char v_co[128], v_nats[320], v_pg[320], v_port[32];
     snprintf(v_co, sizeof v_co, "COMPANY_ID=%s", company);
     snprintf(v_nats, sizeof v_nats, "NATS_URL=%s", n ? n->url : "");
     snprintf(v_pg, sizeof v_pg, "POSTGRES_DSN=%s", p ? p->dsn : "");
@@ -1861,7 +1942,7 @@ long long h_pg_wait_int(const h_pg_t *p, long long want, int timeout_ms, const c
 
 struct nats_cache {
     pid_t owner;
-    char url[128];
+    char url[256];
     natsConnection *nc;
     jsCtx *js;
 };
@@ -1894,8 +1975,14 @@ static jsCtx *nats_js(const h_nats_t *n)
         jsCtx *js = NULL;
         jsOptions jo;
         natsStatus s = natsOptions_Create(&o);
+        /* n->url may be a comma list (a cluster): nats.c 3.4.1 connects to lists only through SetServers. */
+        char urls[sizeof n->url], *items[8];
+        int nitems = 0;
+        snprintf(urls, sizeof urls, "%s", n->url);
+        for (char *save = NULL, *t = strtok_r(urls, ", ", &save); t && nitems < 8; t = strtok_r(NULL, ", ", &save))
+            items[nitems++] = t;
         if (s == NATS_OK)
-            s = natsOptions_SetURL(o, n->url);
+            s = natsOptions_SetServers(o, (const char **)items, nitems);
         if (s == NATS_OK)
             s = natsOptions_SetMaxReconnect(o, -1);
         if (s == NATS_OK)
@@ -1930,6 +2017,11 @@ static jsCtx *nats_js(const h_nats_t *n)
     return js;
 }
 
+jsCtx *h_nats_jsctx(const h_nats_t *n)
+{
+    return nats_js(n);
+}
+
 static bool transient(natsStatus s)
 {
     return s == NATS_TIMEOUT || s == NATS_NO_RESPONDERS || s == NATS_CONNECTION_CLOSED ||
@@ -1940,6 +2032,8 @@ static bool transient(natsStatus s)
 bool h_publish(const h_nats_t *n, const char *subject, const char *data, size_t len, const char *msg_id)
 {
     int64_t start = clock_mono_ms(), deadline = start + 30000, no_resp_since = 0;
+    /* A cluster (a URL list) answers "no responders" while it elects a stream leader: 5-15 s under the sanitizers. */
+    int64_t no_resp_limit = strchr(n->url, ',') ? 30000 : 5000;
     natsStatus s = NATS_ERR;
     jsErrCode jerr = 0;
     for (;;) {
@@ -1965,7 +2059,7 @@ bool h_publish(const h_nats_t *n, const char *subject, const char *data, size_t 
                 /* A just-restarted JetStream answers after a moment; a subject no stream covers never does. */
                 if (!no_resp_since)
                     no_resp_since = clock_mono_ms();
-                else if (clock_mono_ms() - no_resp_since > 5000)
+                else if (clock_mono_ms() - no_resp_since > no_resp_limit)
                     break;
             } else {
                 no_resp_since = 0;
@@ -1979,6 +2073,8 @@ bool h_publish(const h_nats_t *n, const char *subject, const char *data, size_t 
             s == NATS_NO_RESPONDERS ? " - no stream covers this subject? (h_streams_create)" : "");
     return false;
 }
+
+static int stream_replicas = 1; /* h_streams_create_replicas */
 
 static bool ensure_stream(jsCtx *js, const char *name, const char **subjects, int nsubj, int max_age_days)
 {
@@ -2002,6 +2098,7 @@ static bool ensure_stream(jsCtx *js, const char *name, const char **subjects, in
             cfg.Storage = js_FileStorage;
             cfg.Retention = js_LimitsPolicy;
             cfg.MaxAge = (int64_t)max_age_days * 86400LL * 1000000000LL;
+            cfg.Replicas = stream_replicas;
             si = NULL;
             jerr = 0;
             s = js_AddStream(&si, js, &cfg, &jo, &jerr);
@@ -2030,6 +2127,42 @@ bool h_streams_create(const h_nats_t *n)
     const char *dlq[] = {"v1.dlq.>"};
     return ensure_stream(js, "wa_events_stream", rt, 7, 30) &&
            ensure_stream(js, "wa_history_events_stream", hist, 3, 30) && ensure_stream(js, "dlq_stream", dlq, 1, 7);
+}
+
+bool h_streams_create_replicas(const h_nats_t *n, int replicas)
+{
+    stream_replicas = replicas;
+    bool ok = h_streams_create(n);
+    stream_replicas = 1;
+    return ok;
+}
+
+bool h_nats_cluster_start(h_nats_t node[3], h_nats_t *all)
+{
+    int port[3], cport[3];
+    for (int i = 0; i < 3; i++) {
+        port[i] = h_free_port();
+        cport[i] = h_free_port();
+    }
+    for (int i = 0; i < 3; i++) {
+        char conf[600];
+        snprintf(conf, sizeof conf,
+                 "cluster {\n  name: mes\n  listen: \"127.0.0.1:%d\"\n  routes: [\n"
+                 "    \"nats-route://127.0.0.1:%d\"\n    \"nats-route://127.0.0.1:%d\"\n"
+                 "    \"nats-route://127.0.0.1:%d\"\n  ]\n}\n",
+                 cport[i], cport[0], cport[1], cport[2]);
+        if (!h_nats_start_conf(&node[i], port[i], conf, H_NATS_WAIT_NONE)) /* each needs its peers to be ready */
+            return false;
+    }
+    for (int i = 0; i < 3; i++)
+        if (!h_nats_wait_ready(&node[i], 60000)) {
+            fprintf(stderr, "harness: cluster node %s did not become ready\n", node[i].server_name);
+            return false;
+        }
+    memset(all, 0, sizeof *all);
+    snprintf(all->url, sizeof all->url, "%.80s,%.80s, %.80s", node[0].url, node[1].url, node[2].url);
+    all->port = node[0].port;
+    return true;
 }
 
 long long h_stream_count(const h_nats_t *n, const char *stream, const char *subject)

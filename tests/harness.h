@@ -16,8 +16,13 @@ typedef struct {
     pid_t pid;
     int port;
     char dir[256];     /* temp dir (store / data dir) */
-    char url[128];     /* nats://127.0.0.1:port */
+    char url[256];     /* nats://127.0.0.1:port (or, set by a test, a comma list of a cluster's servers) */
+    char conf[300];    /* config file (h_nats_start_conf), empty for h_nats_start */
+    char server_name[32]; /* "n<port>" with h_nats_start_conf */
+    int wait;          /* H_NATS_WAIT_*: how (re)starts decide the server is ready */
 } h_nats_t;
+
+enum { H_NATS_WAIT_JS = 0, H_NATS_WAIT_LOG = 1, H_NATS_WAIT_NONE = 2 };
 
 typedef struct {
     pid_t pid;         /* postmaster pid */
@@ -36,6 +41,23 @@ typedef struct {
 
 /* Starts nats-server -js on a free port with store in a fresh temp dir; waits until it accepts connections. */
 bool h_nats_start(h_nats_t *n);
+/* Starts nats-server -c <dir>/nats.conf holding server_name "n<port>", listen 127.0.0.1:<port> (port <= 0: a free
+ * one), jetstream with store_dir in the temp dir, and extra_conf (cluster, tls, authorization blocks) appended.
+ * wait: H_NATS_WAIT_JS (JetStream answers the raw probe), H_NATS_WAIT_LOG ("Server is ready" in its log: TLS or auth
+ * servers the probe cannot talk to) or H_NATS_WAIT_NONE (cluster nodes that need their peers first; then
+ * h_nats_wait_ready). Restarts (h_nats_restart) reuse the file. */
+bool h_nats_start_conf(h_nats_t *n, int port, const char *extra_conf, int wait);
+bool h_nats_wait_ready(h_nats_t *n, int timeout_ms);
+/* A 3-node JetStream cluster (cluster "mes", routes between the three on free loopback ports), each node started with
+ * h_nats_start_conf; returns when JetStream answers on every node. *all gets url = the three client URLs as a comma
+ * list (with a blank, which the service trims) for h_svc_start/h_publish, and port = the first node's port. */
+bool h_nats_cluster_start(h_nats_t node[3], h_nats_t *all);
+/* h_streams_create with that many replicas per stream. */
+bool h_streams_create_replicas(const h_nats_t *n, int replicas);
+/* kill -9 the server (a crash), reaped by PID. */
+void h_nats_kill(h_nats_t *n);
+/* The harness's cached JetStream context for n->url (list allowed), for stream/consumer info in tests. */
+jsCtx *h_nats_jsctx(const h_nats_t *n);
 /* Stops (SIGTERM, then SIGKILL after 5 s) and, with restart, starts again on the same port and store dir. */
 void h_nats_stop(h_nats_t *n);
 bool h_nats_restart(h_nats_t *n);

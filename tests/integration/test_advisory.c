@@ -83,7 +83,7 @@ static bool advisories_settled(int timeout_ms)
 /* `message-event-service exhausted <args>` for tenant acme with the test's servers; returns the exit status. */
 static int cli(const char *const *args)
 {
-    char dsn_env[320], url_env[200], *out = NULL;
+    char dsn_env[320], url_env[300], *out = NULL;
     snprintf(dsn_env, sizeof dsn_env, "POSTGRES_DSN=%s", P.dsn);
     snprintf(url_env, sizeof url_env, "NATS_URL=%s", N.url);
     const char *env[] = {"COMPANY_ID=" CO, dsn_env, url_env, NULL};

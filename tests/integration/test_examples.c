@@ -78,7 +78,7 @@ TEST(chat_message_and_history_examples_write_their_rows_and_onboard_the_sender)
                  1);
 
     /* Options from the environment, as the service reads them. */
-    char url_env[160];
+    char url_env[300];
     snprintf(url_env, sizeof url_env, "NATS_URL=%s", N.url);
     const char *env[] = {url_env, "COMPANY_ID=" CO, NULL};
     CHECK_EQ_INT(run_env("publish_history_batch", env, &out, (const char *const[]){"--count", "4", NULL}), 0);

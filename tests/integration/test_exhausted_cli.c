@@ -19,7 +19,7 @@ static const char CHAT_JSON[] = "{\"chat_id\":\"replayed-1\",\"jid\":\"628@s.wha
  * dsn instead of the test PostgreSQL. With stdout_only, stderr is discarded so out is exactly what scripts see. */
 static int run_cli_with(const char *dsn, bool stdout_only, char **out, const char *const *args)
 {
-    char dsn_env[320], url_env[200];
+    char dsn_env[320], url_env[300];
     snprintf(dsn_env, sizeof dsn_env, "POSTGRES_DSN=%s", dsn ? dsn : P.dsn);
     snprintf(url_env, sizeof url_env, "NATS_URL=%s", N.url[0] ? N.url : "nats://127.0.0.1:1");
     const char *env[] = {"COMPANY_ID=" CO, dsn_env, url_env, NULL};

@@ -38,7 +38,7 @@ TEST(library_errors_about_a_password_with_a_raw_slash_never_show_a_fragment_of_i
     free(log);
 
     /* The operator CLI prints libpq's message on stderr. */
-    char url_env[200];
+    char url_env[300];
     snprintf(url_env, sizeof url_env, "NATS_URL=%s", N.url);
     const char *cenv[] = {"COMPANY_ID=" CO, dsn_env, url_env, NULL};
     const char *argv[] = {getenv("MES_SERVICE_BIN"), "exhausted", "list", NULL};

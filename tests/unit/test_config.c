@@ -842,3 +842,116 @@ TEST(connection_budget_and_writers_are_validated_naming_the_key)
     expect_bad(__LINE__, load(&c), "database.maxConnections", "DATABASE_MAXCONNECTIONS", "\"1\"");
     end();
 }
+
+/* ---- production NATS keys (SPEC 9, December 2026) ---- */
+
+TEST(nats_url_list_is_accepted_and_empty_items_or_inner_blanks_are_rejected)
+{
+    config_t c;
+    begin();
+    setenv("NATS_URL", "nats://a:4222, nats://b:4222 ,tls://c:4222", 1);
+    REQUIRE(load(&c) == 0);
+    CHECK_EQ_STR(c.nats_url, "nats://a:4222, nats://b:4222 ,tls://c:4222");
+    config_free(&c);
+    expect_env_bad(__LINE__, "NATS_URL", "nats://a:1,,nats://b:2", "key nats.url (env NATS_URL)", "comma-separated");
+    expect_env_bad(__LINE__, "NATS_URL", "nats://a:1,", "key nats.url", "no empty items");
+    expect_env_bad(__LINE__, "NATS_URL", "nats://a :1", "key nats.url", "no spaces inside a URL");
+    end();
+}
+
+TEST(stream_replicas_defaults_to_1_and_accepts_1_to_5)
+{
+    config_t c;
+    begin();
+    REQUIRE(load(&c) == 0);
+    CHECK_EQ_INT(c.nats_stream_replicas, 1);
+    config_free(&c);
+    setenv("NATS_STREAMREPLICAS", "3", 1);
+    REQUIRE(load(&c) == 0);
+    CHECK_EQ_INT(c.nats_stream_replicas, 3);
+    config_free(&c);
+    expect_env_bad(__LINE__, "NATS_STREAMREPLICAS", "0", "key nats.streamReplicas (env NATS_STREAMREPLICAS)",
+                   "between 1 and 5");
+    expect_env_bad(__LINE__, "NATS_STREAMREPLICAS", "6", "key nats.streamReplicas", "between 1 and 5");
+    end();
+}
+
+TEST(tls_and_auth_keys_load_from_env_and_file_and_secrets_are_masked_in_the_dump)
+{
+    config_t c;
+    begin();
+    write_file("ca.pem", "x");
+    write_file("c.pem", "x");
+    write_file("c.key", "x");
+    setenv("NATS_TLS_CAFILE", "ca.pem", 1);
+    setenv("NATS_TLS_CERTFILE", "c.pem", 1);
+    setenv("NATS_TLS_KEYFILE", "c.key", 1);
+    setenv("NATS_USER", "svc", 1);
+    setenv("NATS_PASSWORD", "Sekr1t-pw", 1);
+    REQUIRE(load(&c) == 0);
+    CHECK_EQ_STR(c.nats_tls_ca_file, "ca.pem");
+    CHECK_EQ_STR(c.nats_tls_key_file, "c.key");
+    CHECK_EQ_STR(c.nats_user, "svc");
+    CHECK_EQ_STR(c.nats_password, "Sekr1t-pw");
+    CHECK(c.nats_token == NULL && c.nats_nkey_seed_file == NULL && c.nats_creds_file == NULL);
+    log_init(LOG_INFO, c.company_id);
+    char *out = capture(run_config_log, &c);
+    REQUIRE(out);
+    CHECK(strstr(out, "Sekr1t") == NULL);
+    CHECK_CONTAINS(out, "\"nats.password\":\"****\"");
+    CHECK_CONTAINS(out, "\"nats.tls.caFile\":\"ca.pem\"");
+    CHECK_CONTAINS(out, "\"nats.token\":\"\"");
+    free(out);
+    config_free(&c);
+    unsetenv("NATS_USER");
+    unsetenv("NATS_PASSWORD");
+    REQUIRE(load_yaml(&c, "nats:\n  token: Tok-abc-123\n  tls:\n    caFile: ca.pem\n") == 0);
+    CHECK_EQ_STR(c.nats_token, "Tok-abc-123");
+    out = capture(run_config_log, &c);
+    REQUIRE(out);
+    CHECK(strstr(out, "Tok-abc") == NULL);
+    free(out);
+    config_free(&c);
+    unlink("ca.pem");
+    unlink("c.pem");
+    unlink("c.key");
+    end();
+}
+
+TEST(missing_unreadable_or_empty_nats_files_exit_2_naming_the_key)
+{
+    config_t c;
+    begin();
+    expect_env_bad(__LINE__, "NATS_TLS_CAFILE", "/nonexistent/ca.pem", "key nats.tls.caFile (env NATS_TLS_CAFILE)",
+                   "cannot be opened: No such file or directory");
+    expect_env_bad(__LINE__, "NATS_NKEYSEEDFILE", "/nonexistent/u.nk", "key nats.nkeySeedFile", "cannot be opened");
+    expect_env_bad(__LINE__, "NATS_CREDSFILE", "/nonexistent/u.creds", "key nats.credsFile", "cannot be opened");
+    expect_env_bad(__LINE__, "NATS_TLS_CAFILE", "/", "key nats.tls.caFile", "cannot be read");
+    write_file("empty.pem", "");
+    expect_env_bad(__LINE__, "NATS_TLS_CAFILE", "empty.pem", "key nats.tls.caFile", "the file is empty");
+    unlink("empty.pem");
+    (void)c;
+    end();
+}
+
+TEST(half_pairs_and_two_auth_methods_are_rejected_naming_the_keys)
+{
+    begin();
+    write_file("c.pem", "x");
+    setenv("NATS_TLS_CERTFILE", "c.pem", 1);
+    config_t c;
+    expect_bad(__LINE__, load(&c), "key nats.tls.certFile", "needs nats.tls.keyFile too", NULL);
+    unsetenv("NATS_TLS_CERTFILE");
+    setenv("NATS_USER", "svc", 1);
+    expect_bad(__LINE__, load(&c), "key nats.user", "needs nats.password too", NULL);
+    unsetenv("NATS_USER");
+    setenv("NATS_PASSWORD", "pw-only-1", 1);
+    expect_bad(__LINE__, load(&c), "key nats.password", "needs nats.user too", NULL);
+    CHECK(strstr(err, "pw-only-1") == NULL);
+    setenv("NATS_USER", "svc", 1);
+    setenv("NATS_TOKEN", "tok-2", 1);
+    expect_bad(__LINE__, load(&c), "key nats.token", "cannot be combined with nats.user", NULL);
+    CHECK(strstr(err, "tok-2") == NULL);
+    unlink("c.pem");
+    end();
+}
