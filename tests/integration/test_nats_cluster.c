@@ -315,6 +315,16 @@ TEST(existing_streams_keep_their_replicas_and_the_difference_is_logged_once)
 {
     atexit(it_dump_log);
     REQUIRE(h_nats_start(&N) && h_pg_start(&P) && h_streams_create(&N));
+    /* The tenant's advisory stream too (the service adds the subjects it lacks): a stream it would create with three
+     * replicas cannot exist on this one server, and startup would fail, as it should. */
+    jsStreamConfig sc;
+    jsStreamConfig_Init(&sc);
+    const char *adv[] = {"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.dlq_stream.v1_dlq_worker_" CO};
+    sc.Name = "mes_advisories_" CO;
+    sc.Subjects = adv;
+    sc.SubjectsLen = 1;
+    sc.Storage = js_FileStorage;
+    REQUIRE(h_nats_jsctx(&N) && js_AddStream(NULL, h_nats_jsctx(&N), &sc, NULL, NULL) == NATS_OK);
     const char *env[] = {"NATS_STREAMREPLICAS=3", NULL};
     REQUIRE(h_svc_start(&S, CO, &N, &P, env));
     REQUIRE(h_svc_wait_ready(&S, 60000));
@@ -325,7 +335,7 @@ TEST(existing_streams_keep_their_replicas_and_the_difference_is_logged_once)
     int n = 0;
     for (const char *p = log; (p = strstr(p, "existing stream has another replica count")) != NULL; p++)
         n++;
-    CHECK_EQ_INT(n, 3);
+    CHECK_EQ_INT(n, 4);
     CHECK_CONTAINS(log, "\"stream\":\"wa_events_stream\",\"replicas\":1,\"nats.streamReplicas\":3");
     free(log);
     CHECK_EQ_INT(h_svc_signal(&S, SIGTERM, 20000), 0);
