@@ -8,7 +8,7 @@
 
 #include "config.h"
 #include "db.h"
-#include "nats_setup.h"
+#include "mes_nats.h"
 
 /* When deliveries of a message run out outside the service's own decisions (a process killed while it held the
  * message, an ack wait that expired, another client on the durable), JetStream stops redelivering it and publishes

@@ -12,7 +12,7 @@
 #include "config.h"
 #include "db.h"
 #include "event.h"
-#include "nats_setup.h"
+#include "mes_nats.h"
 #include "payload.h"
 #include "store.h"
 

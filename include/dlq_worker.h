@@ -8,7 +8,7 @@
 
 #include "config.h"
 #include "db.h"
-#include "nats_setup.h"
+#include "mes_nats.h"
 
 typedef struct dlq_worker dlq_worker_t;
 

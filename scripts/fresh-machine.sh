@@ -74,6 +74,7 @@ if [ ! -s "$TARBALL" ]; then
   fi
   say "building a minimal Debian 12 root filesystem from $MIRROR (once; cached as $TARBALL)"
   tmp=$(mktemp -d /var/tmp/mes-fresh-rootfs.XXXXXX)
+  chmod 0755 "$tmp" # it becomes the chroot's /: mktemp's 0700 would keep every user but root out of the system
   if ! debootstrap --variant=minbase --include=git,ca-certificates bookworm "$tmp" "$MIRROR" \
        >"$CACHE/debootstrap.log" 2>&1; then
     tail -n 20 "$CACHE/debootstrap.log" >&2
@@ -90,6 +91,9 @@ WORK=$(mktemp -d /var/tmp/mes-fresh.XXXXXX)
 CHROOT=$WORK/root
 mkdir -p "$CHROOT"
 tar -C "$CHROOT" -xzf "$TARBALL" || fail "cannot unpack $TARBALL"
+# A real system's / is 0755; a tarball made from a mktemp directory (an older cache) says 0700, and then the
+# postgres user cannot run initdb (the demo fails with "runuser: failed to execute ...: Permission denied").
+chmod 0755 "$CHROOT"
 cp -L /etc/resolv.conf "$CHROOT/etc/resolv.conf" 2>/dev/null || true
 # The same Debian sources and network settings as this machine (a frozen mirror needs Check-Valid-Until false).
 if ls /etc/apt/sources.list.d/*.sources >/dev/null 2>&1; then

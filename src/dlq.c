@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "clock.h"
-#include "nats_setup.h"
+#include "mes_nats.h"
 #include "text.h"
 
 static void kstr(buf_t *b, const char *k, const char *v)

@@ -22,7 +22,7 @@
 #include "dlq.h"
 #include "event.h"
 #include "log.h"
-#include "nats_setup.h"
+#include "mes_nats.h"
 #include "secrets.h"
 #include "text.h"
 

@@ -20,7 +20,7 @@
 #include "secrets.h"
 #include "maintenance.h"
 #include "metrics.h"
-#include "nats_setup.h"
+#include "mes_nats.h"
 #include "store.h"
 
 static atomic_bool g_stop;

@@ -9,7 +9,7 @@
 
 #include "clock.h"
 #include "log.h"
-#include "nats_setup.h"
+#include "mes_nats.h"
 
 #define NOWAIT_EXPIRES_MS 50 /* a no-wait request is answered at once; the expiry only bounds a reply that never ends */
 #define REPLY_MARGIN_MS 250  /* how long past its expiry a request's end (its 408) may take to arrive */

@@ -1,5 +1,5 @@
-/* nats_setup.c - NATS connection with endless reconnect, streams created/extended, durable pull consumers. */
-#include "nats_setup.h"
+/* mes_nats.c - NATS connection with endless reconnect, streams created/extended, durable pull consumers. */
+#include "mes_nats.h"
 
 #include <ctype.h>
 #include <pthread.h>
@@ -185,10 +185,10 @@ int mes_nats_connect(mes_nats_t *n, const config_t *cfg, int64_t deadline_ms, co
     n->cfg = cfg;
     secrets_mask(cfg->nats_url, masked, sizeof masked);
     if ((s = natsOptions_Create(&opts)) != NATS_OK)
-        goto fail;
+        goto cleanup;
     if ((nurls = split_urls(cfg->nats_url, &urls)) <= 0) {
         s = NATS_NO_MEMORY;
-        goto fail;
+        goto cleanup;
     }
     /* nats.c 3.4.1: SetURL with a comma list returns OK but never connects; SetServers with the split list does.
      * Servers the cluster announces are added to the pool (discovery is on by default). */
@@ -197,7 +197,7 @@ int mes_nats_connect(mes_nats_t *n, const config_t *cfg, int64_t deadline_ms, co
         s = set_security(opts, cfg, urls, nurls, why, sizeof why);
     if (s != NATS_OK && why[0]) {
         rc = MES_NATS_BAD_CONFIG;
-        goto fail;
+        goto cleanup;
     }
     if (s == NATS_OK)
         s = natsOptions_SetName(opts, "message-event-service");
@@ -222,7 +222,7 @@ int mes_nats_connect(mes_nats_t *n, const config_t *cfg, int64_t deadline_ms, co
     if (s == NATS_OK)
         s = natsOptions_SetErrorHandler(opts, on_error, NULL);
     if (s != NATS_OK)
-        goto fail;
+        goto cleanup;
 
     for (;;) {
         s = natsConnection_Connect(&n->nc, opts);
@@ -233,12 +233,12 @@ int mes_nats_connect(mes_nats_t *n, const config_t *cfg, int64_t deadline_ms, co
         if (cls) {
             snprintf(why, sizeof why, "%s", cls);
             rc = MES_NATS_BAD_CONFIG;
-            goto fail;
+            goto cleanup;
         }
         log_warn("nats", "cannot connect to NATS; retrying", LF_S("url", masked), LF_S("error", natsStatus_GetText(s)),
                  LF_S("detail", detail), LF_I("retry_in_ms", wait));
         if (clock_mono_ms() + wait > deadline_ms || atomic_load(stop))
-            goto fail;
+            goto cleanup;
         clock_sleep_ms_unless(wait, stop);
         wait = clock_backoff_next(wait, 5000);
     }
@@ -246,7 +246,7 @@ int mes_nats_connect(mes_nats_t *n, const config_t *cfg, int64_t deadline_ms, co
     jsOptions_Init(&jo);
     jo.Wait = 10000;
     if ((s = natsConnection_JetStream(&n->js, n->nc, &jo)) != NATS_OK)
-        goto fail;
+        goto cleanup;
     bool tls = tls_wanted(cfg, urls, nurls);
     natsOptions_Destroy(opts);
     free_urls(urls, nurls);
@@ -257,7 +257,7 @@ int mes_nats_connect(mes_nats_t *n, const config_t *cfg, int64_t deadline_ms, co
     log_info("nats", "connected to NATS", LF_S("url", masked), LF_S("server", detail), LF_I("seed_servers", nurls),
              LF_B("tls", tls));
     return 0;
-fail:
+cleanup:
     if (rc == MES_NATS_BAD_CONFIG) {
         if (!detail[0])
             secrets_mask(nats_GetLastError(NULL), detail, sizeof detail);

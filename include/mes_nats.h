@@ -1,6 +1,6 @@
-/* nats_setup.h - the NATS connection, streams (SPEC 1.2) and per-tenant durable consumers (SPEC 1.3). */
-#ifndef MES_NATS_SETUP_H
-#define MES_NATS_SETUP_H
+/* mes_nats.h - the NATS connection, streams (SPEC 1.2) and per-tenant durable consumers (SPEC 1.3). */
+#ifndef MES_NATS_H
+#define MES_NATS_H
 
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -89,7 +89,7 @@ int mes_nats_subscribe(mes_nats_t *n, const mes_durable_t *d, mes_fetch_watch_t 
  * old inbox is not lost: it is redelivered after the ack wait. Every 5 s, busy or not, it asks the server about the
  * durable: that refreshes its ack floor in w and, for live lanes, message_event_service_consumer_pending. */
 bool mes_nats_fetch_watch(mes_nats_t *n, mes_fetch_watch_t *w, const mes_durable_t *d, bool got_messages);
-/* Unsubscribes *sub (NULL-safe) and sets it to NULL; the subscription itself is freed later (see nats_setup.c), by
+/* Unsubscribes *sub (NULL-safe) and sets it to NULL; the subscription itself is freed later (see mes_nats.c), by
  * mes_nats_close at the latest. */
 void mes_nats_unsubscribe(natsSubscription **sub);
 /* Destroys the pull subscription *sub (pull_destroy), then binds a new one to the same durable (re-creating the
