@@ -28,12 +28,13 @@ void bench_keep(h_svc_t *s, const h_pg_t *p)
     /* Needs MES_HARNESS_PG_OPTS="-c shared_preload_libraries=pg_stat_statements" (the extension is created here). */
     const char *stats_path = getenv("BENCH_PG_STATEMENTS");
     if (stats_path) {
-        char *top = h_pg_str(p, "SELECT string_agg(format('%%9s ms %%7s calls %%8s rows %%7s ms/call (plan %%7s ms, %%6s"
-                                " plans)  %%s', round(total_exec_time + total_plan_time), calls, rows,"
-                                " round(((total_exec_time + total_plan_time) / calls)::numeric, 3),"
-                                " round(total_plan_time), plans, left(query, 70)),"
-                                " E'\\n' ORDER BY total_exec_time + total_plan_time DESC)"
-                                " FROM (SELECT * FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 30) t");
+        char *top =
+            h_pg_str(p, "SELECT string_agg(format('%%9s ms %%7s calls %%8s rows %%7s ms/call (plan %%7s ms, %%6s"
+                        " plans)  %%s', round(total_exec_time + total_plan_time), calls, rows,"
+                        " round(((total_exec_time + total_plan_time) / calls)::numeric, 3),"
+                        " round(total_plan_time), plans, left(query, 70)),"
+                        " E'\\n' ORDER BY total_exec_time + total_plan_time DESC)"
+                        " FROM (SELECT * FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 30) t");
         write_file(stats_path, top ? top : "pg_stat_statements unavailable: see bench/README.md\n");
         free(top);
     }
@@ -52,8 +53,8 @@ int bench_prepublish(const char *prog, const h_nats_t *n, const char *company, l
     char loadgen[512], cnt[32];
     snprintf(loadgen, sizeof loadgen, "%s/loadtest/mes-loadgen", build ? build : ".");
     snprintf(cnt, sizeof cnt, "%ld", count);
-    const char *argv[24] = {loadgen, "--url", n->url, "--count", cnt, "--subjects", subjects, "--company_ids", company,
-                            "--quiet", "--seed", "42"};
+    const char *argv[24] = {loadgen,  "--url",         n->url,  "--count", cnt,      "--subjects",
+                            subjects, "--company_ids", company, "--quiet", "--seed", "42"};
     int na = 12;
     if (history) {
         argv[na++] = "--history-count";

@@ -57,8 +57,10 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--json"))
             json = true;
         else {
-            fprintf(stderr, "usage: %s --count N --subjects LIST [--label L] [--history-count N] "
-                            "[--invalid-ratio X] [--env K=V]... [--cluster] [--json]\n", argv[0]);
+            fprintf(stderr,
+                    "usage: %s --count N --subjects LIST [--label L] [--history-count N] "
+                    "[--invalid-ratio X] [--env K=V]... [--cluster] [--json]\n",
+                    argv[0]);
             return 2;
         }
     }
@@ -105,8 +107,9 @@ int main(int argc, char **argv)
         h_sleep_ms(50); /* rendering /metrics costs the service CPU: do not poll it too often */
     }
     /* Rows cross-check (history batches count as one event each but write many rows). */
-    long long rows = h_pg_int(&p, "SELECT (SELECT count(*) FROM daisi_bench.chats) + (SELECT count(*) FROM daisi_bench.messages)"
-                                  " + (SELECT count(*) FROM daisi_bench.contacts) + (SELECT count(*) FROM daisi_bench.agents)");
+    long long rows =
+        h_pg_int(&p, "SELECT (SELECT count(*) FROM daisi_bench.chats) + (SELECT count(*) FROM daisi_bench.messages)"
+                     " + (SELECT count(*) FROM daisi_bench.contacts) + (SELECT count(*) FROM daisi_bench.agents)");
     double secs = t_last && t_first ? (double)(t_last - t_first) / 1000.0 : 0;
     /* The first poll after a commit can be up to 50 ms late: count the window from the poll before. */
     double rate = secs > 0 ? (double)count / (secs + 0.05) : 0;

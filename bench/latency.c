@@ -62,8 +62,8 @@ static int probe(char *out, size_t len, long k, int64_t us, char *subject, size_
                     "\"message_type\":\"text\",\"message_text\":\"probe message\",\"status\":\"%s\","
                     "\"key\":{\"id\":\"lat-m%ld\",\"fromMe\":%s,\"remoteJid\":\"%s@s.whatsapp.net\"},"
                     "\"message_obj\":{\"conversation\":\"probe message\",\"pub_us\":%lld},\"message_timestamp\":%lld}",
-                    c, c, peer, agent, in ? "IN" : "OUT", in ? peer : self, in ? self : peer,
-                    in ? "received" : "sent", c, in ? "false" : "true", peer, (long long)us, sec);
+                    c, c, peer, agent, in ? "IN" : "OUT", in ? peer : self, in ? self : peer, in ? "received" : "sent",
+                    c, in ? "false" : "true", peer, (long long)us, sec);
 }
 
 static void print_timeline(const h_pg_t *p, long long start_us)
@@ -124,8 +124,9 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--timeline"))
             timeline = true;
         else {
-            fprintf(stderr, "usage: %s --rate R [--duration S] [--probe-share X] [--warmup S] [--history-count N] "
-                            "[--subjects LIST] [--invalid-ratio X] [--label L] [--env K=V]... [--timeline] [--json]\n",
+            fprintf(stderr,
+                    "usage: %s --rate R [--duration S] [--probe-share X] [--warmup S] [--history-count N] "
+                    "[--subjects LIST] [--invalid-ratio X] [--label L] [--env K=V]... [--timeline] [--json]\n",
                     argv[0]);
             return 2;
         }
@@ -156,8 +157,9 @@ int main(int argc, char **argv)
     snprintf(rbuf, sizeof rbuf, "%.1f", bg_rate);
     snprintf(dbuf, sizeof dbuf, "%.3fs", duration);
     snprintf(report, sizeof report, "%s/loadgen.json", dir);
-    const char *lg[24] = {loadgen, "--url", n.url, "--rate", rbuf, "--duration", dbuf, "--company_ids", COMPANY,
-                          "--history-count", history, "--invalid-ratio", invalid, "--seed", "7", "--quiet", "--json"};
+    const char *lg[24] = {loadgen, "--url",         n.url,   "--rate",          rbuf,    "--duration",
+                          dbuf,    "--company_ids", COMPANY, "--history-count", history, "--invalid-ratio",
+                          invalid, "--seed",        "7",     "--quiet",         "--json"};
     int na = 17;
     if (subjects) {
         lg[na++] = "--subjects";
@@ -227,17 +229,18 @@ int main(int argc, char **argv)
                                   "SELECT (SELECT count(*) FROM daisi_%s.chats WHERE chat_id LIKE 'lat-%%')"
                                   " + (SELECT count(*) FROM daisi_%s.messages WHERE message_id LIKE 'lat-%%')",
                                   COMPANY, COMPANY);
-    char *row = h_pg_str(&p,
-                         "WITH l AS ("
-                         " SELECT extract(epoch FROM updated_at) * 1000 - (last_message->>'pub_us')::float8 / 1000 AS ms,"
-                         " (last_message->>'pub_us')::bigint AS us FROM daisi_%s.chats WHERE chat_id LIKE 'lat-%%'"
-                         " UNION ALL"
-                         " SELECT extract(epoch FROM updated_at) * 1000 - (message_obj->>'pub_us')::float8 / 1000,"
-                         " (message_obj->>'pub_us')::bigint FROM daisi_%s.messages WHERE message_id LIKE 'lat-%%')"
-                         " SELECT concat_ws(' ', count(*), percentile_cont(0.5) WITHIN GROUP (ORDER BY ms),"
-                         " percentile_cont(0.95) WITHIN GROUP (ORDER BY ms),"
-                         " percentile_cont(0.99) WITHIN GROUP (ORDER BY ms), max(ms)) FROM l WHERE us >= %lld",
-                         COMPANY, COMPANY, (long long)counted_from_us);
+    char *row =
+        h_pg_str(&p,
+                 "WITH l AS ("
+                 " SELECT extract(epoch FROM updated_at) * 1000 - (last_message->>'pub_us')::float8 / 1000 AS ms,"
+                 " (last_message->>'pub_us')::bigint AS us FROM daisi_%s.chats WHERE chat_id LIKE 'lat-%%'"
+                 " UNION ALL"
+                 " SELECT extract(epoch FROM updated_at) * 1000 - (message_obj->>'pub_us')::float8 / 1000,"
+                 " (message_obj->>'pub_us')::bigint FROM daisi_%s.messages WHERE message_id LIKE 'lat-%%')"
+                 " SELECT concat_ws(' ', count(*), percentile_cont(0.5) WITHIN GROUP (ORDER BY ms),"
+                 " percentile_cont(0.95) WITHIN GROUP (ORDER BY ms),"
+                 " percentile_cont(0.99) WITHIN GROUP (ORDER BY ms), max(ms)) FROM l WHERE us >= %lld",
+                 COMPANY, COMPANY, (long long)counted_from_us);
     long counted = 0;
     double p50 = -1, p95 = -1, p99 = -1, mx = -1;
     if (!row || sscanf(row, "%ld %lf %lf %lf %lf", &counted, &p50, &p95, &p99, &mx) != 5)

@@ -237,7 +237,8 @@ static void run_batch(bench_t *b, const pool_t *p, size_t start, size_t n, bool 
         if (history) {
             for (uint32_t j = 0; j < s->ev.n_items; j++)
                 if (s->ev.items[j].err == ERR_NONE)
-                    b->items[nitems++] = (store_item_t){.ev = &s->ev.items[j], .meta = s->meta, .meta_len = s->meta_len};
+                    b->items[nitems++] =
+                        (store_item_t){.ev = &s->ev.items[j], .meta = s->meta, .meta_len = s->meta_len};
         } else {
             b->items[nitems++] = (store_item_t){
                 .ev = &s->ev, .meta = s->meta, .meta_len = s->meta_len, .onboard = p->et == ET_MESSAGES_UPSERT};
@@ -250,10 +251,10 @@ static void run_batch(bench_t *b, const pool_t *p, size_t start, size_t n, bool 
 }
 
 typedef struct {
-    double ns_per_msg;        /* median over the repetitions */
-    double allocs_per_msg;    /* over all timed repetitions */
+    double ns_per_msg;     /* median over the repetitions */
+    double allocs_per_msg; /* over all timed repetitions */
     double frees_per_msg;
-    double items_per_msg;     /* store rows per message (history: valid items) */
+    double items_per_msg; /* store rows per message (history: valid items) */
     double statements_per_batch;
 } result_t;
 
@@ -318,8 +319,7 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--json"))
             json = true;
         else {
-            fprintf(stderr, "usage: %s [--loadgen PATH] [--ms-per-rep N] [--reps N] [--only BASE] [--json]\n",
-                    argv[0]);
+            fprintf(stderr, "usage: %s [--loadgen PATH] [--ms-per-rep N] [--reps N] [--only BASE] [--json]\n", argv[0]);
             return 2;
         }
     }
@@ -356,8 +356,8 @@ int main(int argc, char **argv)
         printf("handler microbenchmark: batches of %d realtime / %d history messages (%d items each); median of %d x "
                "%.0f ms\n",
                RT_BATCH, HIST_BATCH, HIST_ITEMS, reps, ms_per_rep);
-        printf("%-22s %6s %6s %12s %9s %11s %10s %9s %8s\n", "event type", "bytes", "rows", "parse ns/ev",
-               "allocs", "full ns/ev", "allocs/ev", "frees/ev", "stmts/b");
+        printf("%-22s %6s %6s %12s %9s %11s %10s %9s %8s\n", "event type", "bytes", "rows", "parse ns/ev", "allocs",
+               "full ns/ev", "allocs/ev", "frees/ev", "stmts/b");
     }
     for (int et = 0; et < ET_BASE_COUNT; et++) {
         const pool_t *p = &pools[et];
@@ -378,12 +378,13 @@ int main(int argc, char **argv)
             fprintf(stderr, "bench-micro: %s: %zu payloads failed validation\n", event_type_base(p->et),
                     b.invalid - invalid0);
         if (json)
-            printf("{\"type\":\"%s\",\"history\":%s,\"bytes\":%.0f,\"rows_per_event\":%.2f,\"parse_ns\":%.1f,"
-                   "\"parse_allocs\":%.3f,\"full_ns\":%.1f,\"allocs\":%.3f,\"frees\":%.3f,\"statements_per_batch\":%.2f,"
-                   "\"full_ns_per_item\":%.1f}\n",
-                   event_type_base(p->et), history ? "true" : "false", (double)bytes / (double)p->n,
-                   full.items_per_msg, parse.ns_per_msg, parse.allocs_per_msg, full.ns_per_msg, full.allocs_per_msg,
-                   full.frees_per_msg, full.statements_per_batch, full.ns_per_msg / (full.items_per_msg > 0 ? full.items_per_msg : 1));
+            printf(
+                "{\"type\":\"%s\",\"history\":%s,\"bytes\":%.0f,\"rows_per_event\":%.2f,\"parse_ns\":%.1f,"
+                "\"parse_allocs\":%.3f,\"full_ns\":%.1f,\"allocs\":%.3f,\"frees\":%.3f,\"statements_per_batch\":%.2f,"
+                "\"full_ns_per_item\":%.1f}\n",
+                event_type_base(p->et), history ? "true" : "false", (double)bytes / (double)p->n, full.items_per_msg,
+                parse.ns_per_msg, parse.allocs_per_msg, full.ns_per_msg, full.allocs_per_msg, full.frees_per_msg,
+                full.statements_per_batch, full.ns_per_msg / (full.items_per_msg > 0 ? full.items_per_msg : 1));
         else
             printf("%-22s %6.0f %6.1f %12.0f %9.2f %11.0f %10.2f %9.2f %8.1f%s\n", event_type_base(p->et),
                    (double)bytes / (double)p->n, full.items_per_msg, parse.ns_per_msg, parse.allocs_per_msg,
@@ -392,8 +393,8 @@ int main(int argc, char **argv)
         if (history && !json)
             printf("%-22s %6s %6s %12.0f %9.3f %11.0f %10.3f %9.3f   per item\n", "", "", "",
                    parse.ns_per_msg / full.items_per_msg, parse.allocs_per_msg / full.items_per_msg,
-                   full.ns_per_msg / full.items_per_msg,
-                   full.allocs_per_msg / full.items_per_msg, full.frees_per_msg / full.items_per_msg);
+                   full.ns_per_msg / full.items_per_msg, full.allocs_per_msg / full.items_per_msg,
+                   full.frees_per_msg / full.items_per_msg);
     }
     if (!json)
         printf("(parse = subject check + payload_parse; full = + last_metadata + store planning and $1 JSON of every "

@@ -27,20 +27,20 @@
 #define SUBJECT "v1.chats.upsert." COMPANY
 #define FETCH 256
 
-#define TABLE_DDL(t)                                                                                                  \
-    "CREATE TABLE refbench." t " (id bigserial PRIMARY KEY, chat_id text NOT NULL UNIQUE, jid text, push_name text," \
-    " is_group boolean, group_name text, unread_count integer, last_message jsonb, conversation_timestamp bigint,"    \
-    " not_spam boolean, agent_id text, company_id text, phone_number text, custom_name text, last_metadata jsonb,"   \
+#define TABLE_DDL(t)                                                                                                   \
+    "CREATE TABLE refbench." t " (id bigserial PRIMARY KEY, chat_id text NOT NULL UNIQUE, jid text, push_name text,"   \
+    " is_group boolean, group_name text, unread_count integer, last_message jsonb, conversation_timestamp bigint,"     \
+    " not_spam boolean, agent_id text, company_id text, phone_number text, custom_name text, last_metadata jsonb,"     \
     " created_at timestamptz, updated_at timestamptz)"
 
-#define COLS                                                                                                          \
-    "chat_id, jid, push_name, is_group, group_name, unread_count, last_message, conversation_timestamp, not_spam,"   \
+#define COLS                                                                                                           \
+    "chat_id, jid, push_name, is_group, group_name, unread_count, last_message, conversation_timestamp, not_spam,"     \
     " agent_id, company_id, phone_number, last_metadata, created_at, updated_at"
 
-#define SET_LATEST                                                                                                    \
-    " ON CONFLICT (chat_id) DO UPDATE SET push_name = EXCLUDED.push_name, group_name = EXCLUDED.group_name,"         \
-    " unread_count = EXCLUDED.unread_count, last_message = EXCLUDED.last_message,"                                   \
-    " conversation_timestamp = EXCLUDED.conversation_timestamp, not_spam = EXCLUDED.not_spam,"                       \
+#define SET_LATEST                                                                                                     \
+    " ON CONFLICT (chat_id) DO UPDATE SET push_name = EXCLUDED.push_name, group_name = EXCLUDED.group_name,"           \
+    " unread_count = EXCLUDED.unread_count, last_message = EXCLUDED.last_message,"                                     \
+    " conversation_timestamp = EXCLUDED.conversation_timestamp, not_spam = EXCLUDED.not_spam,"                         \
     " last_metadata = EXCLUDED.last_metadata, updated_at = now()"
 
 static const char SQL_ONE[] = "INSERT INTO refbench.chats_a (" COLS ") VALUES ($1, $2, $3, $4::boolean, $5,"
@@ -134,9 +134,9 @@ static bool one_event(env_t *e, natsMsg *m)
         natsMsg_Term(m, NULL);
         return true;
     }
-    static const char *const keys[] = {"chat_id",   "jid",      "push_name",  "is_group",   "group_name",
-                                       "unread_count", "last_message", "conversation_timestamp", "not_spam",
-                                       "agent_id",  "company_id", "phone_number"};
+    static const char *const keys[] = {"chat_id",    "jid",          "push_name",    "is_group",
+                                       "group_name", "unread_count", "last_message", "conversation_timestamp",
+                                       "not_spam",   "agent_id",     "company_id",   "phone_number"};
     char nums[12][32], meta[512], *owned[12] = {NULL};
     const char *values[13];
     for (int i = 0; i < 12; i++)
@@ -355,7 +355,8 @@ int main(int argc, char **argv)
     }
     e.pg = PQconnectdb(p.dsn);
     if (PQstatus(e.pg) != CONNECTION_OK || !pg_ok(PQexec(e.pg, "CREATE SCHEMA refbench"), "schema") ||
-        !pg_ok(PQexec(e.pg, TABLE_DDL("chats_a")), "table a") || !pg_ok(PQexec(e.pg, TABLE_DDL("chats_b")), "table b") ||
+        !pg_ok(PQexec(e.pg, TABLE_DDL("chats_a")), "table a") ||
+        !pg_ok(PQexec(e.pg, TABLE_DDL("chats_b")), "table b") ||
         !pg_ok(PQprepare(e.pg, "one", SQL_ONE, 0, NULL), "prepare one") ||
         !pg_ok(PQprepare(e.pg, "many", SQL_MANY, 0, NULL), "prepare many"))
         return 1;

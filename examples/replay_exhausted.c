@@ -37,8 +37,10 @@ int main(int argc, char **argv)
     char *sch = PQescapeIdentifier(db, schema, strlen(schema));
     int rc = 1;
     if (!id) {
-        snprintf(sql, sizeof sql, "SELECT id, source_subject, last_error FROM %s.exhausted_events"
-                                  " WHERE NOT resolved ORDER BY id", sch);
+        snprintf(sql, sizeof sql,
+                 "SELECT id, source_subject, last_error FROM %s.exhausted_events"
+                 " WHERE NOT resolved ORDER BY id",
+                 sch);
         PGresult *r = PQexec(db, sql);
         if (PQresultStatus(r) == PGRES_TUPLES_OK) {
             for (int i = 0; i < PQntuples(r); i++)
@@ -50,8 +52,10 @@ int main(int argc, char **argv)
         PQclear(r);
     } else {
         /* original_payload is NULL when the original was not JSON (the DLQ record keeps it as base64). */
-        snprintf(sql, sizeof sql, "SELECT source_subject, original_payload::text FROM %s.exhausted_events"
-                                  " WHERE id = $1 AND NOT resolved AND original_payload IS NOT NULL", sch);
+        snprintf(sql, sizeof sql,
+                 "SELECT source_subject, original_payload::text FROM %s.exhausted_events"
+                 " WHERE id = $1 AND NOT resolved AND original_payload IS NOT NULL",
+                 sch);
         PGresult *r = PQexecParams(db, sql, 1, NULL, &id, NULL, NULL, 0);
         natsConnection *nc = NULL;
         jsCtx *js = NULL;
@@ -63,8 +67,10 @@ int main(int argc, char **argv)
             fprintf(stderr, "no unresolved exhausted event %s with a JSON original in %s\n", id, schema);
         else if (connect_js(url, &nc, &js) && publish(js, PQgetvalue(r, 0, 0), PQgetvalue(r, 0, 1), msg_id)) {
             const char *params[2] = {id, "replayed by examples/replay_exhausted"};
-            snprintf(sql, sizeof sql, "UPDATE %s.exhausted_events SET resolved = true, resolved_at = now(),"
-                                      " notes = $2 WHERE id = $1", sch);
+            snprintf(sql, sizeof sql,
+                     "UPDATE %s.exhausted_events SET resolved = true, resolved_at = now(),"
+                     " notes = $2 WHERE id = $1",
+                     sch);
             PGresult *u = PQexecParams(db, sql, 2, NULL, params, NULL, NULL, 0);
             if (PQresultStatus(u) == PGRES_COMMAND_OK) {
                 printf("row %s marked resolved\n", id);

@@ -10,12 +10,12 @@
 
 /* Settings of one consuming lane (realtime or historical). Durations are milliseconds. */
 typedef struct {
-    char *stream;          /* nats.<lane>.stream */
-    char *consumer;        /* durable name prefix, nats.<lane>.consumer */
-    char *group;           /* nats.<lane>.group: accepted for compatibility (unused by pull consumers) */
-    char *subject_list;    /* nats.<lane>.subjectList: comma list of bases to consume; "" = all of the lane */
-    int max_age_days;      /* nats.<lane>.maxAge */
-    int max_deliver;       /* nats.<lane>.maxDeliver */
+    char *stream;              /* nats.<lane>.stream */
+    char *consumer;            /* durable name prefix, nats.<lane>.consumer */
+    char *group;               /* nats.<lane>.group: accepted for compatibility (unused by pull consumers) */
+    char *subject_list;        /* nats.<lane>.subjectList: comma list of bases to consume; "" = all of the lane */
+    int max_age_days;          /* nats.<lane>.maxAge */
+    int max_deliver;           /* nats.<lane>.maxDeliver */
     int64_t nak_base_delay_ms; /* nats.<lane>.nakBaseDelay */
     int64_t nak_max_delay_ms;  /* nats.<lane>.nakMaxDelay */
     int64_t ack_wait_ms;       /* nats.<lane>.ackWait */
@@ -25,13 +25,13 @@ typedef struct {
 } lane_config_t;
 
 typedef struct {
-    char *log_level;      /* logLevel: debug|info|warn|error */
-    char *server_address; /* server.address */
-    int server_port;      /* server.port */
-    int http_max_connections;      /* server.maxConnections (own key) */
+    char *log_level;                    /* logLevel: debug|info|warn|error */
+    char *server_address;               /* server.address */
+    int server_port;                    /* server.port */
+    int http_max_connections;           /* server.maxConnections (own key) */
     int64_t http_connection_timeout_ms; /* server.connectionTimeout (own key) */
 
-    char *nats_url; /* nats.url (secret-bearing: mask user:pass); one URL or a comma-separated list */
+    char *nats_url;            /* nats.url (secret-bearing: mask user:pass); one URL or a comma-separated list */
     int nats_stream_replicas;  /* nats.streamReplicas: replicas of the streams the service creates (1-5) */
     char *nats_tls_ca_file;    /* nats.tls.caFile; the nats.tls.* and auth fields are NULL when unset */
     char *nats_tls_cert_file;  /* nats.tls.certFile (with keyFile: client certificate) */
@@ -63,16 +63,16 @@ typedef struct {
     int db_max_connections; /* database.maxConnections (database.poolSize, its old name, is an alias): sessions */
     int db_writers;         /* database.writers: sessions of the lanes' writers; resolved from 0 (auto) at load */
 
-    char *company_id;  /* company.id / COMPANY_ID, validated ^[A-Za-z0-9_]{1,48}$ */
-    char schema[64];   /* derived: "daisi_" + lower(company_id), unquoted */
+    char *company_id;            /* company.id / COMPANY_ID, validated ^[A-Za-z0-9_]{1,48}$ */
+    char schema[64];             /* derived: "daisi_" + lower(company_id), unquoted */
     bool consume[ET_BASE_COUNT]; /* derived: the bases whose lane is started (subjectList; empty: all of the lane) */
 
     bool metrics_enabled;
     int metrics_max_agent_labels;
     bool metrics_jid_label;
 
-    int64_t shutdown_timeout_ms; /* shutdown.timeout (own key), 20s */
-    int64_t startup_timeout_ms;  /* startup.timeout (own key), 60s */
+    int64_t shutdown_timeout_ms;         /* shutdown.timeout (own key), 20s */
+    int64_t startup_timeout_ms;          /* startup.timeout (own key), 60s */
     int64_t partition_check_interval_ms; /* database.partitionCheckInterval (own key), 1h */
 } config_t;
 

@@ -14,11 +14,11 @@
 
 /* What went wrong with a statement, in SPEC 4 terms. */
 typedef struct {
-    char sqlstate[6];   /* "" when there is none (lost connection) */
-    char message[512];  /* "SQLSTATE 23505: duplicate key ..." - safe to put in a DLQ record */
-    error_class_t cls;  /* ERR_DATABASE or ERR_TIMEOUT */
-    bool retryable;     /* transient: retry the same work later */
-    bool outage;        /* the database is unreachable or restarting: pause, reconnect, retry; never burn deliveries */
+    char sqlstate[6];  /* "" when there is none (lost connection) */
+    char message[512]; /* "SQLSTATE 23505: duplicate key ..." - safe to put in a DLQ record */
+    error_class_t cls; /* ERR_DATABASE or ERR_TIMEOUT */
+    bool retryable;    /* transient: retry the same work later */
+    bool outage;       /* the database is unreachable or restarting: pause, reconnect, retry; never burn deliveries */
 } db_error_t;
 
 /* A session; owned by exactly one thread at a time. */

@@ -19,9 +19,9 @@ typedef struct {
     bool payload_is_json; /* embed as JSON; otherwise base64 */
     const char *error;    /* human-readable reason */
     error_class_t cls;
-    bool retryable;       /* error_type "retryable" | "fatal" */
-    int retry_count;      /* deliveries of the source message so far */
-    int max_retry;        /* the source consumer's max deliver */
+    bool retryable;  /* error_type "retryable" | "fatal" */
+    int retry_count; /* deliveries of the source message so far */
+    int max_retry;   /* the source consumer's max deliver */
     const char *source_stream;
     uint64_t source_sequence;
     const char *source_message_id; /* Nats-Msg-Id of the source, or "<stream>:<seq>" */

@@ -36,7 +36,7 @@ dlq_exhauster_t *dlq_exhauster_create(const config_t *cfg, mes_nats_t *nats, db_
 void dlq_exhauster_destroy(dlq_exhauster_t *x); /* NULL-safe */
 
 typedef struct {
-    const char *record;        /* a DLQ record (SPEC 5.1); anything else is kept the way the workers keep one */
+    const char *record; /* a DLQ record (SPEC 5.1); anything else is kept the way the workers keep one */
     size_t len;
     const char *msg_id;        /* the row's dlq_message_id */
     const char *also_known_as; /* NULL, or a key under which the same event may be stored already (no row then) */

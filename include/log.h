@@ -29,12 +29,12 @@ bool log_enabled(log_level_t level);
 /* Writes {"ts":..,"level":..,"logger":..,"msg":..,"company_id":..,<fields>} + "\n". Fields with LOGF_NONE are skipped. */
 void log_emit(log_level_t level, const char *logger, const char *msg, const log_field_t *fields, size_t nfields);
 
-#define LOG_AT(lvl, logger, msg, ...)                                                                      \
-    do {                                                                                                   \
-        if (log_enabled(lvl)) {                                                                            \
-            const log_field_t lf__[] = {{.type = LOGF_NONE}, __VA_ARGS__};                                 \
-            log_emit((lvl), (logger), (msg), lf__, sizeof lf__ / sizeof lf__[0]);                          \
-        }                                                                                                  \
+#define LOG_AT(lvl, logger, msg, ...)                                                                                  \
+    do {                                                                                                               \
+        if (log_enabled(lvl)) {                                                                                        \
+            const log_field_t lf__[] = {{.type = LOGF_NONE}, __VA_ARGS__};                                             \
+            log_emit((lvl), (logger), (msg), lf__, sizeof lf__ / sizeof lf__[0]);                                      \
+        }                                                                                                              \
     } while (0)
 #define log_debug(logger, ...) LOG_AT(LOG_DEBUG, logger, __VA_ARGS__)
 #define log_info(logger, ...) LOG_AT(LOG_INFO, logger, __VA_ARGS__)

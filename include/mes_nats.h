@@ -21,7 +21,7 @@ typedef struct {
     atomic_uint_fast64_t reconnects; /* bumped by the reconnected callback */
     natsStatus last_status;          /* last JetStream API failure of ensure_streams (retry decisions) */
     int last_jerr;
-    unsigned replicas_warned;        /* streams whose replica difference was logged already */
+    unsigned replicas_warned; /* streams whose replica difference was logged already */
 } mes_nats_t;
 
 /* Per fetch loop: notices reconnects, stalls and a durable or stream deleted at runtime, so the loop can re-create

@@ -68,7 +68,7 @@ typedef struct { /* v1.messages.update */
     tri_t is_deleted;
 } message_update_t;
 
-typedef struct { /* v1.contacts.upsert / v1.contacts.update / v1.history.contacts items */
+typedef struct {        /* v1.contacts.upsert / v1.contacts.update / v1.history.contacts items */
     str_t phone_number; /* normalised: digits only (payload_phone_normalize) */
     str_t agent_id, chat_id, push_name, company_id;
 } contact_t;
@@ -82,11 +82,11 @@ typedef enum { TEXT_UNCHECKED = 0, TEXT_JSON, TEXT_NOT_JSON } text_json_t;
 
 typedef struct event event_t;
 struct event {
-    event_type_t type;   /* for history items: ET_CHATS_UPSERT, ET_MESSAGES_UPSERT or ET_CONTACTS_UPSERT */
-    error_class_t err;   /* ERR_NONE, ERR_UNMARSHAL or ERR_VALIDATION */
-    const char *errmsg;  /* NUL-terminated, arena; names the field and the limit; NULL when valid */
-    str_t raw;           /* raw JSON text of this event / history item (span of the source) */
-    text_json_t json;    /* whether payload_parse found the whole text to be JSON (unchecked: it stopped before) */
+    event_type_t type;  /* for history items: ET_CHATS_UPSERT, ET_MESSAGES_UPSERT or ET_CONTACTS_UPSERT */
+    error_class_t err;  /* ERR_NONE, ERR_UNMARSHAL or ERR_VALIDATION */
+    const char *errmsg; /* NUL-terminated, arena; names the field and the limit; NULL when valid */
+    str_t raw;          /* raw JSON text of this event / history item (span of the source) */
+    text_json_t json;   /* whether payload_parse found the whole text to be JSON (unchecked: it stopped before) */
     union {
         chat_upsert_t chat;
         chat_update_t chat_update;
@@ -132,6 +132,5 @@ int64_t payload_timestamp_normalize(int64_t ts);
 int32_t payload_timestamp_days(int64_t ts);
 /* "YYYY-MM-DD" of days since epoch into out[11]. */
 void payload_days_to_date(int32_t days, char out[11]);
-
 
 #endif

@@ -21,13 +21,13 @@ int store_ensure_partitions(db_conn_t *c, time_t now, db_error_t *err) __attribu
 
 /* One event (or history item) to write. */
 typedef struct {
-    const event_t *ev;   /* valid event; ev->type is the entity event type (history items: *_UPSERT) */
-    const char *meta;    /* last_metadata JSON object text */
+    const event_t *ev; /* valid event; ev->type is the entity event type (history items: *_UPSERT) */
+    const char *meta;  /* last_metadata JSON object text */
     uint32_t meta_len;
-    bool onboard;        /* realtime messages.upsert: run onboarding in the same transaction */
+    bool onboard; /* realtime messages.upsert: run onboarding in the same transaction */
     /* out */
-    error_class_t result;      /* ERR_NONE or ERR_NOT_FOUND (update of a missing row) */
-    onboarding_status_t onb;   /* when onboard: the onboarding outcome */
+    error_class_t result;    /* ERR_NONE or ERR_NOT_FOUND (update of a missing row) */
+    onboarding_status_t onb; /* when onboard: the onboarding outcome */
 } store_item_t;
 
 typedef struct store_op store_op_t;
@@ -72,9 +72,9 @@ typedef struct {
     const char *company_id;
     const char *source_subject;
     const char *last_error;
-    int retry_count;          /* source deliveries + DLQ attempts */
-    const char *event_ts;     /* RFC 3339 "ts" of the record, or NULL */
-    const char *dlq_payload;  /* the record (JSON text) */
+    int retry_count;         /* source deliveries + DLQ attempts */
+    const char *event_ts;    /* RFC 3339 "ts" of the record, or NULL */
+    const char *dlq_payload; /* the record (JSON text) */
     const char *original_json;
     const char *dlq_message_id; /* the record's Nats-Msg-Id: a redelivered exhaustion never writes two rows */
     const char *also_known_as;  /* NULL, or another dlq_message_id under which the same event may be stored already

@@ -47,8 +47,19 @@
 /* ---------------------------------------------------------------------------------------------------------------- */
 /* Contract tables.                                                                                                 */
 
-enum { S_CHATS_UPSERT, S_CHATS_UPDATE, S_MESSAGES_UPSERT, S_MESSAGES_UPDATE, S_CONTACTS_UPSERT, S_CONTACTS_UPDATE,
-       S_CONNECTION_UPDATE, S_HISTORY_CHATS, S_HISTORY_MESSAGES, S_HISTORY_CONTACTS, NSUBJ };
+enum {
+    S_CHATS_UPSERT,
+    S_CHATS_UPDATE,
+    S_MESSAGES_UPSERT,
+    S_MESSAGES_UPDATE,
+    S_CONTACTS_UPSERT,
+    S_CONTACTS_UPDATE,
+    S_CONNECTION_UPDATE,
+    S_HISTORY_CHATS,
+    S_HISTORY_MESSAGES,
+    S_HISTORY_CONTACTS,
+    NSUBJ
+};
 
 /* Default weights: a chat app's day, mostly messages and their status updates; history imports are rare but each
  * carries --history-count items. Durable names are the service's defaults (SPEC 1.3). */
@@ -79,12 +90,9 @@ enum { K_NONE = -1, K_CHAT, K_MESSAGE, K_CONTACT, K_AGENT, K_HCHAT, K_HMESSAGE, 
 static const struct {
     const char *name, *table, *column, *tag;
 } KIND[NKIND] = {
-    {"chats", "chats", "chat_id", "c"},
-    {"messages", "messages", "message_id", "m"},
-    {"contacts", "contacts", NULL, "62"},
-    {"agents", "agents", "agent_id", "a"},
-    {"history_chats", "chats", "chat_id", "hc"},
-    {"history_messages", "messages", "message_id", "hm"},
+    {"chats", "chats", "chat_id", "c"},           {"messages", "messages", "message_id", "m"},
+    {"contacts", "contacts", NULL, "62"},         {"agents", "agents", "agent_id", "a"},
+    {"history_chats", "chats", "chat_id", "hc"},  {"history_messages", "messages", "message_id", "hm"},
     {"history_contacts", "contacts", NULL, "63"},
 };
 
@@ -96,12 +104,12 @@ enum { E_TIMEOUT, E_NO_RESPONDERS, E_MAX_PAYLOAD, E_OTHER, NERR };
 static const char *const ERR_NAME[NERR] = {"timeout", "no_responders", "max_payload", "other"};
 
 #define AGENTS_PER_TENANT 8
-#define UPDATE_LAG 64               /* updates target entities created at least this many creations ago */
+#define UPDATE_LAG 64                  /* updates target entities created at least this many creations ago */
 #define VCLOCK_BASE_MS 1700000000000LL /* --dry-run clock: 2023-11-14, then +10 ms per event */
 #define MAX_TENANTS 64
 #define MISSING_SHOWN 20
-#define FAILED_CAP 1000000          /* failed publishes remembered for --verify; beyond it verify is inconclusive */
-#define VERIFY_CHUNK 200000         /* entity ids per anti-join query */
+#define FAILED_CAP 1000000  /* failed publishes remembered for --verify; beyond it verify is inconclusive */
+#define VERIFY_CHUNK 200000 /* entity ids per anti-join query */
 
 /* ---------------------------------------------------------------------------------------------------------------- */
 /* Small utilities: clocks, PRNG, buffers, sets.                                                                     */
@@ -127,7 +135,6 @@ static void *xcalloc(size_t n, size_t sz)
         die_oom();
     return p;
 }
-
 
 /* xoshiro256** seeded through splitmix64: fast, good, and the same numbers on every platform (never rand()). */
 typedef struct {
@@ -334,9 +341,9 @@ typedef struct {
     int weights[NSUBJ];
     const char *companies[MAX_TENANTS];
     int ntenants;
-    double rate;            /* events/s; 0 = as fast as in-flight allows */
-    double duration_s;      /* 0 = none */
-    uint64_t count;         /* 0 = none */
+    double rate;       /* events/s; 0 = as fast as in-flight allows */
+    double duration_s; /* 0 = none */
+    uint64_t count;    /* 0 = none */
     int concurrency;
     int history_count;
     double invalid_ratio;
@@ -487,8 +494,7 @@ static int parse_subjects(opts_t *o, char *list)
         if (colon) {
             *colon = '\0';
             if (!parse_u64(colon + 1, &w) || w > 1000000)
-                return usage_error("--subjects: weight '%s' of %s must be an integer 0..1000000", colon + 1,
-                                   items[i]);
+                return usage_error("--subjects: weight '%s' of %s must be an integer 0..1000000", colon + 1, items[i]);
         }
         int k = -1;
         for (int j = 0; j < NSUBJ; j++)
@@ -511,8 +517,12 @@ static int parse_subjects(opts_t *o, char *list)
 /* Returns 0, 2 (bad usage, message printed) or -1 (--help printed). */
 static int parse_args(opts_t *o, int argc, char **argv)
 {
-    *o = (opts_t){.url = "nats://127.0.0.1:4222", .concurrency = 1000, .history_count = 50, .seed = 1,
-                  .verify_timeout_s = 120, .ack_timeout_s = 10};
+    *o = (opts_t){.url = "nats://127.0.0.1:4222",
+                  .concurrency = 1000,
+                  .history_count = 50,
+                  .seed = 1,
+                  .verify_timeout_s = 120,
+                  .ack_timeout_s = 10};
     for (int i = 0; i < NSUBJ; i++)
         o->weights[i] = SUBJ[i].weight;
     char *companies = NULL;
@@ -542,10 +552,23 @@ static int parse_args(opts_t *o, int argc, char **argv)
                 o->dry_run = true;
             continue;
         }
-        static const char *const valued[] = {"--url", "--subjects", "--company_ids", "--rate", "--duration",
-                                             "--count", "--concurrency", "--history-count", "--invalid-ratio",
-                                             "--seed", "--metrics-port", "--metrics-address", "--verify", "--id-prefix",
-                                             "--verify-timeout", "--ack-timeout", NULL};
+        static const char *const valued[] = {"--url",
+                                             "--subjects",
+                                             "--company_ids",
+                                             "--rate",
+                                             "--duration",
+                                             "--count",
+                                             "--concurrency",
+                                             "--history-count",
+                                             "--invalid-ratio",
+                                             "--seed",
+                                             "--metrics-port",
+                                             "--metrics-address",
+                                             "--verify",
+                                             "--id-prefix",
+                                             "--verify-timeout",
+                                             "--ack-timeout",
+                                             NULL};
         bool known = false;
         for (int j = 0; valued[j]; j++)
             known |= strcmp(arg, valued[j]) == 0;
@@ -666,8 +689,8 @@ static int parse_args(opts_t *o, int argc, char **argv)
 
 typedef struct {
     const char *co;
-    char idp[160];           /* "<prefix>-<co>-": every entity id of this tenant starts with it */
-    uint64_t made[NKIND];    /* entities created so far: ids 0..made-1 */
+    char idp[160];            /* "<prefix>-<co>-": every entity id of this tenant starts with it */
+    uint64_t made[NKIND];     /* entities created so far: ids 0..made-1 */
     uint64_t delivered, read; /* status ladder: messages below `delivered` got "delivered", below `read` "read" */
 } tenant_t;
 
@@ -689,10 +712,9 @@ typedef struct {
 } gen_t;
 
 static const char *const WORDS[] = {
-    "halo",    "kak",     "pesanan", "sudah", "dikirim", "terima",  "kasih",   "promo", "hari",  "ini",
-    "diskon",  "50%",     "it's",    "ready", "ok",      "thanks",  "order",   "besok", "harga", "tolong",
-    "cek",     "invoice", "lunas",   "kirim", "alamat",  "selamat", "pagi",    "siang", "malam", "ya",
-    "tracking", "resi",
+    "halo",  "kak",   "pesanan", "sudah",   "dikirim", "terima", "kasih", "promo", "hari",     "ini",  "diskon",
+    "50%",   "it's",  "ready",   "ok",      "thanks",  "order",  "besok", "harga", "tolong",   "cek",  "invoice",
+    "lunas", "kirim", "alamat",  "selamat", "pagi",    "siang",  "malam", "ya",    "tracking", "resi",
 };
 
 static const char *const AGENT_STATUS[] = {"open", "connecting", "close"};
@@ -943,8 +965,7 @@ static void gen_poison(gen_t *g, const tenant_t *t, uint64_t seq, event_t *ev)
         case 1: /* missing comma */
             sb_printf(b, "{\"message_id\":\"%sx%" PRIu64 "\" \"flow\":\"IN\"}", t->idp, seq);
             break;
-        default: /* not JSON at all */
-            sb_printf(b, "poison-%" PRIu64 " <not json> \x01\x02", seq);
+        default: /* not JSON at all */ sb_printf(b, "poison-%" PRIu64 " <not json> \x01\x02", seq);
         }
         return;
     case P_MISSING:
@@ -957,22 +978,17 @@ static void gen_poison(gen_t *g, const tenant_t *t, uint64_t seq, event_t *ev)
             sb_printf(b, "{\"jid\":\"%sx%" PRIu64 "@s.whatsapp.net\",\"agent_id\":\"%sa0\",\"phone_number\":\"1\"}",
                       t->idp, seq, t->idp);
             break;
-        case S_CHATS_UPDATE:
-            sb_printf(b, "{\"unread_delta\":1,\"note\":\"%sx%" PRIu64 "\"}", t->idp, seq);
-            break;
+        case S_CHATS_UPDATE: sb_printf(b, "{\"unread_delta\":1,\"note\":\"%sx%" PRIu64 "\"}", t->idp, seq); break;
         case S_MESSAGES_UPSERT:
             sb_printf(b, "{\"message_id\":\"%sx%" PRIu64 "\",\"chat_id\":\"%sc0\",\"jid\":\"j\",\"agent_id\":\"%sa0\"}",
                       t->idp, seq, t->idp, t->idp);
             break;
-        case S_MESSAGES_UPDATE:
-            sb_printf(b, "{\"status\":\"read\",\"note\":\"%sx%" PRIu64 "\"}", t->idp, seq);
-            break;
+        case S_MESSAGES_UPDATE: sb_printf(b, "{\"status\":\"read\",\"note\":\"%sx%" PRIu64 "\"}", t->idp, seq); break;
         case S_CONTACTS_UPSERT:
         case S_CONTACTS_UPDATE:
             sb_printf(b, "{\"agent_id\":\"%sa0\",\"push_name\":\"%sx%" PRIu64 "\"}", t->idp, t->idp, seq);
             break;
-        default:
-            sb_printf(b, "{\"status\":\"open\",\"agent_name\":\"%sx%" PRIu64 "\"}", t->idp, seq);
+        default: sb_printf(b, "{\"status\":\"open\",\"agent_name\":\"%sx%" PRIu64 "\"}", t->idp, seq);
         }
         return;
     case P_WRONG_TYPE:
@@ -1001,8 +1017,7 @@ static void gen_poison(gen_t *g, const tenant_t *t, uint64_t seq, event_t *ev)
         case S_CONTACTS_UPDATE:
             sb_printf(b, "{\"phone_number\":62%" PRIu64 ",\"agent_id\":\"%sa0\"}", seq, t->idp);
             break;
-        default:
-            sb_printf(b, "{\"agent_id\":[\"%sx%" PRIu64 "\"]}", t->idp, seq);
+        default: sb_printf(b, "{\"agent_id\":[\"%sx%" PRIu64 "\"]}", t->idp, seq);
         }
         return;
     default: /* P_COMPANY: well-formed, but for another tenant */
@@ -1065,12 +1080,11 @@ static void gen_next(gen_t *g, uint64_t seq, int64_t now_ms, event_t *ev)
         case 1: /* the agent opened the chat */
             sb_printf(b, "{\"chat_id\":\"%sc%" PRIu64 "\",\"unread_count\":0}", t->idp, k);
             break;
-        case 2:
-            sb_printf(b, "{\"id\":\"%sc%" PRIu64 "\",\"unread_delta\":-1}", t->idp, k);
-            break;
+        case 2: sb_printf(b, "{\"id\":\"%sc%" PRIu64 "\",\"unread_delta\":-1}", t->idp, k); break;
         default: /* a new incoming message */
-            sb_printf(b, "{\"chat_id\":\"%sc%" PRIu64 "\",\"unread_delta\":%d,\"conversation_timestamp\":%" PRId64
-                         ",\"last_message\":{\"text\":\"",
+            sb_printf(b,
+                      "{\"chat_id\":\"%sc%" PRIu64 "\",\"unread_delta\":%d,\"conversation_timestamp\":%" PRId64
+                      ",\"last_message\":{\"text\":\"",
                       t->idp, k, 1 + (int)rnd_below(&g->rng, 3), now_ms / 1000);
             put_text(g, b, 1 + (int)rnd_below(&g->rng, 5));
             sb_puts(b, "\"}}");
@@ -1216,9 +1230,8 @@ static void lat_record(lat_t *l, int64_t ns)
     atomic_fetch_add_explicit(&l->prom[i], 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&l->sum_ns, (uint64_t)ns, memory_order_relaxed);
     uint64_t m = atomic_load_explicit(&l->max_ns, memory_order_relaxed);
-    while ((uint64_t)ns > m &&
-           !atomic_compare_exchange_weak_explicit(&l->max_ns, &m, (uint64_t)ns, memory_order_relaxed,
-                                                  memory_order_relaxed))
+    while ((uint64_t)ns > m && !atomic_compare_exchange_weak_explicit(&l->max_ns, &m, (uint64_t)ns,
+                                                                      memory_order_relaxed, memory_order_relaxed))
         ;
 }
 
@@ -1366,8 +1379,7 @@ static void render_metrics(lg_t *g, sbuf_t *b)
               "loadgen_in_flight %" PRId64 "\n"
               "# HELP loadgen_target_rate Target events per second (0 = unbounded).\n"
               "# TYPE loadgen_target_rate gauge\nloadgen_target_rate %g\n",
-              atomic_load(&g->deficit_full) + atomic_load(&g->deficit_behind), atomic_load(&g->inflight),
-              g->o.rate);
+              atomic_load(&g->deficit_full) + atomic_load(&g->deficit_behind), atomic_load(&g->inflight), g->o.rate);
 }
 
 static enum MHD_Result on_http(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
@@ -1684,8 +1696,8 @@ typedef struct {
 typedef struct {
     bool ran, drained, inconclusive;
     double drain_s;
-    char not_drained[256];       /* first consumer still busy (or missing) at the timeout */
-    char error[256];             /* why verify could not run */
+    char not_drained[256]; /* first consumer still busy (or missing) at the timeout */
+    char error[256];       /* why verify could not run */
     vcount_t ent[MAX_TENANTS][NKIND];
     vcount_t poison;
     char *missing_ids[MISSING_SHOWN];
@@ -1696,7 +1708,7 @@ typedef struct {
 typedef struct {
     lg_t *g;
     verify_t *v;
-    u64set_t dlq_seq;                    /* our seqs that have a DLQ record or an exhausted_events row */
+    u64set_t dlq_seq;                     /* our seqs that have a DLQ record or an exhausted_events row */
     u64set_t dlq_ent[MAX_TENANTS][NKIND]; /* entity numbers found inside such records */
     PGconn *pg;
 } vctx_t;
@@ -1738,8 +1750,8 @@ static int64_t consumer_backlog(lg_t *g, int tenant, int s, jsOptions *jo, char 
              g->o.companies[tenant], SUBJ[s].durable_suffix);
     jsConsumerInfo *ci = NULL;
     jsErrCode jerr = 0;
-    natsStatus st = js_GetConsumerInfo(&ci, g->js, SUBJ[s].history ? HISTORY_STREAM : REALTIME_STREAM, durable, jo,
-                                       &jerr);
+    natsStatus st =
+        js_GetConsumerInfo(&ci, g->js, SUBJ[s].history ? HISTORY_STREAM : REALTIME_STREAM, durable, jo, &jerr);
     if (st != NATS_OK) {
         snprintf(why, len, "%s: %s", durable,
                  jerr == JSConsumerNotFoundErr ? "consumer not found (is the service running for this tenant?)"
@@ -1747,8 +1759,7 @@ static int64_t consumer_backlog(lg_t *g, int tenant, int s, jsOptions *jo, char 
         return -1;
     }
     int64_t n = (int64_t)ci->NumPending + ci->NumAckPending;
-    snprintf(why, len, "%s: %" PRIu64 " pending, %" PRId64 " awaiting ack", durable, ci->NumPending,
-             ci->NumAckPending);
+    snprintf(why, len, "%s: %" PRIu64 " pending, %" PRId64 " awaiting ack", durable, ci->NumPending, ci->NumAckPending);
     jsConsumerInfo_Destroy(ci);
     return n;
 }
@@ -1853,8 +1864,8 @@ static void absorb_record(vctx_t *x, int tenant, const char *data, size_t len)
         size_t bl = strlen(SUBJ[s].base);
         if (strncmp(subject, SUBJ[s].base, bl) != 0 || subject[bl] != '.')
             continue;
-        static const int kind_of[NSUBJ] = {K_CHAT, K_NONE, K_MESSAGE, K_NONE, K_CONTACT, K_NONE, K_AGENT,
-                                           K_HCHAT, K_HMESSAGE, K_HCONTACT};
+        static const int kind_of[NSUBJ] = {K_CHAT, K_NONE,  K_MESSAGE, K_NONE,     K_CONTACT,
+                                           K_NONE, K_AGENT, K_HCHAT,   K_HMESSAGE, K_HCONTACT};
         int kind = kind_of[s];
         if (kind == K_NONE)
             break;
@@ -2138,8 +2149,9 @@ static void report_text(lg_t *g, const verify_t *v, FILE *f)
         snprintf(target, sizeof target, "%.0f/s", g->o.rate);
     else
         snprintf(target, sizeof target, "max");
-    fprintf(f, "  elapsed %.3fs, target rate %s, achieved %.1f events/s, deficit %" PRIu64
-               " (in-flight full %" PRIu64 ", behind schedule %" PRIu64 ")\n",
+    fprintf(f,
+            "  elapsed %.3fs, target rate %s, achieved %.1f events/s, deficit %" PRIu64 " (in-flight full %" PRIu64
+            ", behind schedule %" PRIu64 ")\n",
             el, target, el > 0 ? (double)att / el : 0.0, dfull + dbehind, dfull, dbehind);
     fprintf(f, "  events: attempted %" PRIu64 ", published %" PRIu64 ", errors %" PRIu64 ", duplicates %" PRIu64 "\n",
             att, pub, err, atomic_load(&g->duplicates));

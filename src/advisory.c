@@ -63,8 +63,9 @@ static bool find_target(const config_t *cfg, const char *stream, const char *con
         mes_nats_durable(&t->d, cfg, dlq ? MES_DURABLE_DLQ : MES_DURABLE_LANE, (event_type_t)i);
         if (strcmp(t->d.stream, stream) == 0 && strcmp(t->d.durable, consumer) == 0) {
             t->dlq = dlq;
-            t->ms = dlq ? MSTREAM_DLQ
-                        : event_type_lane((event_type_t)i) == LANE_HISTORICAL ? MSTREAM_HISTORICAL : MSTREAM_REALTIME;
+            t->ms = dlq                                                   ? MSTREAM_DLQ
+                    : event_type_lane((event_type_t)i) == LANE_HISTORICAL ? MSTREAM_HISTORICAL
+                                                                          : MSTREAM_REALTIME;
             return true;
         }
     }
@@ -136,7 +137,8 @@ static void build_record(advisory_t *a, const adv_t *v, const target_t *t, natsM
     snprintf(seqid, sizeof seqid, "%s:%lld", v->stream, (long long)v->seq);
     clock_rfc3339_now(now, sizeof now);
     buf_reset(&a->meta);
-    consumer_build_meta(&a->meta, v->stream, (uint64_t)v->seq, v->consumer, 0, src_id ? src_id : seqid, t->d.filter, now);
+    consumer_build_meta(&a->meta, v->stream, (uint64_t)v->seq, v->consumer, 0, src_id ? src_id : seqid, t->d.filter,
+                        now);
     *is_json = body && blen > 0 && json_parse(&a->doc, body, blen, NULL, 0) == JSON_OK;
     dlq_record_t r = {
         .source_subject = t->d.filter,

@@ -146,8 +146,7 @@ bool clock_rfc3339_valid(const char *s, bool date_only_ok)
     if (!*s)
         return date_only_ok;
     if ((*s != 'T' && *s != 't' && *s != ' ') || !fixed_digits(s + 1, 2, &h) || s[3] != ':' ||
-        !fixed_digits(s + 4, 2, &mi) || s[6] != ':' || !fixed_digits(s + 7, 2, &sec) || h > 23 || mi > 59 ||
-        sec > 60)
+        !fixed_digits(s + 4, 2, &mi) || s[6] != ':' || !fixed_digits(s + 7, 2, &sec) || h > 23 || mi > 59 || sec > 60)
         return false;
     s += 9;
     if (*s == '.') {

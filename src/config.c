@@ -171,7 +171,7 @@ typedef struct {
 typedef struct {
     raw_t raw[NKEYS];
     char env[NKEYS][64]; /* long env name of each key */
-    const char *file; /* YAML file being read, NULL if none */
+    const char *file;    /* YAML file being read, NULL if none */
     char *err;
     size_t errlen;
 } load_t;
@@ -274,8 +274,10 @@ static void allowed(const cfkey_t *k, char *out, size_t len)
     case T_DUR:
         fmt_duration(k->min, lo, sizeof lo);
         fmt_duration(k->max, hi, sizeof hi);
-        snprintf(out, len, "must be a duration between %s and %s written as a number with a unit ms, s, m or h "
-                 "(e.g. 500ms, 2s, 1m, 1h, 1m30s)", lo, hi);
+        snprintf(out, len,
+                 "must be a duration between %s and %s written as a number with a unit ms, s, m or h "
+                 "(e.g. 500ms, 2s, 1m, 1h, 1m30s)",
+                 lo, hi);
         return;
     case T_STR: break;
     }
@@ -283,12 +285,16 @@ static void allowed(const cfkey_t *k, char *out, size_t len)
     case C_LEVEL: snprintf(out, len, "must be one of debug, info, warn, error"); break;
     case C_IP: snprintf(out, len, "must be a numeric IPv4 or IPv6 address such as 0.0.0.0, 127.0.0.1 or ::"); break;
     case C_NAME:
-        snprintf(out, len, "must be 1 to %lld characters without spaces, control characters, '.', '*', '>', '/' or "
-                 "'\\' (NATS name rules)", k->max);
+        snprintf(out, len,
+                 "must be 1 to %lld characters without spaces, control characters, '.', '*', '>', '/' or "
+                 "'\\' (NATS name rules)",
+                 k->max);
         break;
     case C_SUBJECT:
-        snprintf(out, len, "must be a NATS subject of 1 to %lld characters: non-empty tokens separated by '.', "
-                 "without spaces, '*' or '>'", k->max);
+        snprintf(out, len,
+                 "must be a NATS subject of 1 to %lld characters: non-empty tokens separated by '.', "
+                 "without spaces, '*' or '>'",
+                 k->max);
         break;
     case C_RT_BASES:
     case C_HIST_BASES:
@@ -300,8 +306,10 @@ static void allowed(const cfkey_t *k, char *out, size_t len)
         break;
     case C_TEXT: snprintf(out, len, "must be 1 to %lld characters without control characters", k->max); break;
     case C_URLS:
-        snprintf(out, len, "must be one NATS server URL or a comma-separated list of them (nats://host:port or "
-                 "tls://host:port, 1 to %lld characters in all, no empty items, no spaces inside a URL)", k->max);
+        snprintf(out, len,
+                 "must be one NATS server URL or a comma-separated list of them (nats://host:port or "
+                 "tls://host:port, 1 to %lld characters in all, no empty items, no spaces inside a URL)",
+                 k->max);
         break;
     }
 }
@@ -682,8 +690,10 @@ static int check_nats(load_t *ld, const config_t *cfg)
     }
     static const struct {
         const char *a, *b;
-    } pairs[] = {{"nats.tls.certFile", "nats.tls.keyFile"}, {"nats.tls.keyFile", "nats.tls.certFile"},
-                 {"nats.user", "nats.password"}, {"nats.password", "nats.user"}};
+    } pairs[] = {{"nats.tls.certFile", "nats.tls.keyFile"},
+                 {"nats.tls.keyFile", "nats.tls.certFile"},
+                 {"nats.user", "nats.password"},
+                 {"nats.password", "nats.user"}};
     char why[200];
     for (size_t p = 0; p < sizeof pairs / sizeof pairs[0]; p++) {
         if (field_str(cfg, pairs[p].a) && !field_str(cfg, pairs[p].b)) {
@@ -697,8 +707,10 @@ static int check_nats(load_t *ld, const config_t *cfg)
         if (!field_str(cfg, auth[a]))
             continue;
         if (first) {
-            snprintf(why, sizeof why, "cannot be combined with %s: give one NATS authentication method "
-                     "(user/password, token, NKey seed file or credentials file)", first);
+            snprintf(why, sizeof why,
+                     "cannot be combined with %s: give one NATS authentication method "
+                     "(user/password, token, NKey seed file or credentials file)",
+                     first);
             return bad_value(ld, (size_t)key_index(auth[a]), why);
         }
         first = auth[a];
@@ -750,9 +762,9 @@ static int next_event(load_t *ld, yaml_parser_t *p, yaml_event_t *ev)
 {
     if (yaml_parser_parse(p, ev))
         return 0;
-    return fail(ld, "config file %s is not valid YAML: line %zu column %zu: %s%s%s", ld->file,
-                p->problem_mark.line + 1, p->problem_mark.column + 1, p->problem ? p->problem : "parse error",
-                p->context ? " " : "", p->context ? p->context : "");
+    return fail(ld, "config file %s is not valid YAML: line %zu column %zu: %s%s%s", ld->file, p->problem_mark.line + 1,
+                p->problem_mark.column + 1, p->problem ? p->problem : "parse error", p->context ? " " : "",
+                p->context ? p->context : "");
 }
 
 static int line_of(const yaml_event_t *ev)
@@ -791,8 +803,10 @@ static int set_raw(load_t *ld, const char *path, int line, char *text)
 
     if (i < 0) {
         free(text);
-        return fail(ld, "unknown key %s in config file %s line %d (not a setting of this service; check the spelling "
-                    "against config/default.yaml)", path, ld->file, line);
+        return fail(ld,
+                    "unknown key %s in config file %s line %d (not a setting of this service; check the spelling "
+                    "against config/default.yaml)",
+                    path, ld->file, line);
     }
     raw_t *r = &ld->raw[i];
     if (r->line) {
@@ -834,8 +848,7 @@ static int list_value(load_t *ld, yaml_parser_t *p, const char *path, const yaml
         if (e.type == YAML_SEQUENCE_END_EVENT)
             break;
         if (e.type != YAML_SCALAR_EVENT || memchr(e.data.scalar.value, '\0', e.data.scalar.length)) {
-            fail(ld, "key %s in config file %s line %d: list items must be plain strings", path, ld->file,
-                 line_of(&e));
+            fail(ld, "key %s in config file %s line %d: list items must be plain strings", path, ld->file, line_of(&e));
             yaml_event_delete(&e);
             goto cleanup;
         }
@@ -895,11 +908,13 @@ static int walk_mapping(load_t *ld, yaml_parser_t *p, const char *prefix, int de
         else if (val.type == YAML_SEQUENCE_START_EVENT && i >= 0 && (keys[i].flags & F_LIST))
             rc = list_value(ld, p, path, &val);
         else if (i >= 0)
-            rc = fail(ld, "key %s in config file %s line %d expects a single value, not a %s", keys[i].name,
-                      ld->file, line, val.type == YAML_SEQUENCE_START_EVENT ? "list" : "mapping");
+            rc = fail(ld, "key %s in config file %s line %d expects a single value, not a %s", keys[i].name, ld->file,
+                      line, val.type == YAML_SEQUENCE_START_EVENT ? "list" : "mapping");
         else if (val.type == YAML_SEQUENCE_START_EVENT)
-            rc = fail(ld, "unknown key %s in config file %s line %d (not a setting of this service; check the "
-                      "spelling against config/default.yaml)", path, ld->file, line);
+            rc = fail(ld,
+                      "unknown key %s in config file %s line %d (not a setting of this service; check the "
+                      "spelling against config/default.yaml)",
+                      path, ld->file, line);
         else if (depth + 1 >= MAX_DEPTH)
             rc = fail(ld, "config file %s line %d: nesting under %s is too deep", ld->file, line, path);
         else
@@ -1030,7 +1045,8 @@ int config_load(config_t *cfg, int argc, char **argv, char *err, size_t errlen)
     for (char *c = cfg->schema; *c; c++)
         *c = (char)tolower((unsigned char)*c);
     for (int et = 0; et < ET_BASE_COUNT; et++) {
-        const lane_config_t *lc = event_type_lane((event_type_t)et) == LANE_HISTORICAL ? &cfg->historical : &cfg->realtime;
+        const lane_config_t *lc =
+            event_type_lane((event_type_t)et) == LANE_HISTORICAL ? &cfg->historical : &cfg->realtime;
         cfg->consume[et] = !*lc->subject_list || list_has(lc->subject_list, event_type_base((event_type_t)et));
     }
     /* From here on every library error text is masked against these (secrets_mask in log.c, db.c, the CLI). */

@@ -17,7 +17,7 @@
 /* Rows per transaction at most (a single message with more items still goes in one transaction of its own). */
 #define MAX_TX_ITEMS 1024
 #define DLQ_PUBACK_WAIT_MS 5000 /* how long a batch waits for its DLQ records' PubAcks */
-#define UPSERT_WAIT_MS 5000 /* at most this long an update batch waits for its entity's upsert lane */
+#define UPSERT_WAIT_MS 5000     /* at most this long an update batch waits for its entity's upsert lane */
 
 /* What happens to one message once its batch has been decided. */
 typedef enum { OUT_ACK = 0, OUT_DLQ, OUT_RETRY, OUT_LEAVE } outcome_t;
@@ -52,9 +52,9 @@ struct consumer {
     event_type_t et;
     lane_t lane;
     const atomic_bool *stop;
-    pull_t *sub; /* the fetcher's (main's before it starts) */
+    pull_t *sub;             /* the fetcher's (main's before it starts) */
     mes_fetch_watch_t watch; /* main's until the fetcher starts, then the fetcher's */
-    mes_durable_t dur; /* its durable consumer, as configured */
+    mes_durable_t dur;       /* its durable consumer, as configured */
     atomic_bool subscribed;
     pthread_t thread;       /* the lane: validate, commit, ack */
     pthread_t fetch_thread; /* prefetches the next batch while the lane commits the current one */
@@ -81,7 +81,7 @@ struct consumer {
     payload_ctx_t pctx;
     store_scratch_t scratch;
     dlq_batch_t *dlqb; /* publishes a batch's DLQ records together */
-    buf_t metabuf; /* last_metadata scratch, reused per message */
+    buf_t metabuf;     /* last_metadata scratch, reused per message */
     slot_t *slots;
     store_item_t *items;
     size_t items_cap;
@@ -229,8 +229,8 @@ static const char *check_subject(consumer_t *c, const char *subject)
     const char *dot = strrchr(subject, '.');
     if (!dot || event_type_from_base(subject, (size_t)(dot - subject)) != c->et ||
         strcmp(dot + 1, c->cfg->company_id) != 0)
-        return arena_printf(c->pctx.arena, "unknown subject '%.200s' (expected %s.%s)", subject,
-                            event_type_base(c->et), c->cfg->company_id);
+        return arena_printf(c->pctx.arena, "unknown subject '%.200s' (expected %s.%s)", subject, event_type_base(c->et),
+                            c->cfg->company_id);
     return NULL;
 }
 
@@ -346,8 +346,7 @@ static const char *not_found_text(consumer_t *c, const event_t *ev)
         return arena_printf(c->pctx.arena, "contact agent_id '%.*s' phone_number '%.*s' not found",
                             (int)ev->u.contact.agent_id.len, ev->u.contact.agent_id.p,
                             (int)ev->u.contact.phone_number.len, ev->u.contact.phone_number.p);
-    default:
-        return "row not found";
+    default: return "row not found";
     }
 }
 
@@ -460,11 +459,11 @@ static void queue_dlq(consumer_t *c, slot_t *s)
     if (s->out == OUT_DLQ) {
         /* Embed the original as JSON only when it is JSON: the parse knows, unless a subject or size error was
          * raised before it. */
-        bool is_json = s->ev.json == TEXT_JSON ||
-                       (s->ev.json == TEXT_UNCHECKED && s->data && s->len > 0 &&
-                        json_parse(&c->pctx.doc, s->data, (size_t)s->len, NULL, 0) == JSON_OK);
-        send_dlq(c, s, s->data ? s->data : "", (size_t)(s->len > 0 ? s->len : 0), is_json, s->err, s->cls,
-                 s->retryable, -1);
+        bool is_json =
+            s->ev.json == TEXT_JSON || (s->ev.json == TEXT_UNCHECKED && s->data && s->len > 0 &&
+                                        json_parse(&c->pctx.doc, s->data, (size_t)s->len, NULL, 0) == JSON_OK);
+        send_dlq(c, s, s->data ? s->data : "", (size_t)(s->len > 0 ? s->len : 0), is_json, s->err, s->cls, s->retryable,
+                 -1);
     } else if (c->lane == LANE_HISTORICAL && s->ev.err == ERR_NONE && s->out == OUT_ACK) {
         for (uint32_t i = 0; i < s->ev.n_items && !s->dlq_unsent; i++) {
             const event_t *it = &s->ev.items[i];
@@ -552,8 +551,7 @@ static void finish(consumer_t *c, slot_t *s)
         pull_ack(c->nats->nc, s->msg);
         metrics_event_action(c->et, c->lane, ACT_DLQ_PUBLISHED_ACK_SUCCESS, s->cls);
         break;
-    case OUT_LEAVE:
-        break;
+    case OUT_LEAVE: break;
     }
     metrics_processing_duration(c->et, c->lane, clock_mono_s() - s->t_recv);
 cleanup:
@@ -705,9 +703,10 @@ static void process_batch(consumer_t *c, natsMsg **msgs, size_t n, double fetch_
     if (max_seq > atomic_load(&c->done_seq))
         atomic_store(&c->done_seq, max_seq); /* only this lane writes it */
     /* Where a batch's time goes (for tuning; debug level costs nothing otherwise). */
-    log_debug("consumer", "batch", LF_S("durable", c->dur.durable), LF_I("n", (long long)n), LF_I("items", (long long)nitems),
-              LF_D("fetch_ms", fetch_s * 1000), LF_D("prepare_ms", (t_prepared - t) * 1000),
-              LF_D("commit_ms", (t_committed - t_prepared) * 1000), LF_D("finish_ms", (clock_mono_s() - t_committed) * 1000));
+    log_debug("consumer", "batch", LF_S("durable", c->dur.durable), LF_I("n", (long long)n),
+              LF_I("items", (long long)nitems), LF_D("fetch_ms", fetch_s * 1000),
+              LF_D("prepare_ms", (t_prepared - t) * 1000), LF_D("commit_ms", (t_committed - t_prepared) * 1000),
+              LF_D("finish_ms", (clock_mono_s() - t_committed) * 1000));
 }
 
 /* ---- the lane thread ---------------------------------------------------------------------------------------- */

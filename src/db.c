@@ -26,8 +26,8 @@ void db_classify(const char *sqlstate, bool conn_bad, db_error_t *err)
      * reached a server that cannot take writes (a standby, or a primary demoted or fenced by an HA tool). None of
      * them says anything about the events: the writer drops the session, reconnects (a multi-host DSN with
      * target_session_attrs=read-write then finds the new primary) and retries the batch in hand. */
-    if (strncmp(s, "08", 2) == 0 || strncmp(s, "53", 2) == 0 || strcmp(s, "57P01") == 0 ||
-        strcmp(s, "57P02") == 0 || strcmp(s, "57P03") == 0 || strcmp(s, "25006") == 0) {
+    if (strncmp(s, "08", 2) == 0 || strncmp(s, "53", 2) == 0 || strcmp(s, "57P01") == 0 || strcmp(s, "57P02") == 0 ||
+        strcmp(s, "57P03") == 0 || strcmp(s, "25006") == 0) {
         err->outage = true;
         return;
     }
@@ -131,8 +131,9 @@ db_conn_t *db_connect(const config_t *cfg, db_error_t *err)
      * an idle session; tcp_user_timeout ends a session whose sent data stays unacknowledged (a primary host that
      * vanished mid-COMMIT), which keepalives cannot detect while data is in flight: without it the writer would sit
      * in the kernel's retransmission timeout (~15 min) instead of failing over. */
-    const char *keys[] = {"connect_timeout", "keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count",
-                          "tcp_user_timeout", "application_name", "dbname", NULL};
+    const char *keys[] = {"connect_timeout",     "keepalives",       "keepalives_idle",
+                          "keepalives_interval", "keepalives_count", "tcp_user_timeout",
+                          "application_name",    "dbname",           NULL};
     const char *vals[] = {"5", "1", "10", "5", "3", "30000", "message-event-service", cfg->postgres_dsn, NULL};
     c->pg = PQconnectdbParams(keys, vals, 1);
     if (!c->pg || PQstatus(c->pg) != CONNECTION_OK) {

@@ -38,7 +38,7 @@ struct dlq_worker {
     db_pool_t *pool; /* sessions the workers share (with maintenance, advisories): they wait for one, never open one */
     pull_t *sub;
     mes_fetch_watch_t watch; /* main's until the fetcher starts, then the fetcher's */
-    mes_durable_t dur; /* v1_dlq_worker_<co>, as configured */
+    mes_durable_t dur;       /* v1_dlq_worker_<co>, as configured */
     atomic_bool subscribed;
     atomic_bool fetcher_done;
     queue_t q;
@@ -79,8 +79,8 @@ typedef struct {
     char ts[64];
     char stream[128];
     int64_t seq;
-    bool truncated; /* original_payload is a prefix: the full original is at stream/seq */
-    bool fatal;     /* error_type "fatal": the publisher found that retrying cannot help */
+    bool truncated;   /* original_payload is a prefix: the full original is at stream/seq */
+    bool fatal;       /* error_type "fatal": the publisher found that retrying cannot help */
     char error[1024]; /* the record's own error */
 } record_t;
 
@@ -369,13 +369,16 @@ static result_t apply(worker_t *wk, const record_t *r, int attempt, const char *
     const char *dot = strrchr(r->subject, '.');
     event_type_t et = dot ? event_type_from_base(r->subject, (size_t)(dot - r->subject)) : ET_UNKNOWN;
     if (strcmp(r->company, cfg->company_id) != 0 || !dot || strcmp(dot + 1, cfg->company_id) != 0) {
-        *why = arena_printf(wk->pctx.arena, "DLQ record of another tenant (company '%s', subject '%s') "
-                                            "rejected by %s", shown(wk, r->company, strlen(r->company), 64),
-                     shown(wk, r->subject, strlen(r->subject), 128), cfg->company_id);
+        *why = arena_printf(wk->pctx.arena,
+                            "DLQ record of another tenant (company '%s', subject '%s') "
+                            "rejected by %s",
+                            shown(wk, r->company, strlen(r->company), 64),
+                            shown(wk, r->subject, strlen(r->subject), 128), cfg->company_id);
         return RES_EXHAUST;
     }
     if (et == ET_UNKNOWN) {
-        *why = arena_printf(wk->pctx.arena, "unknown source subject '%s'", shown(wk, r->subject, strlen(r->subject), 128));
+        *why =
+            arena_printf(wk->pctx.arena, "unknown source subject '%s'", shown(wk, r->subject, strlen(r->subject), 128));
         return RES_EXHAUST;
     }
 
@@ -405,8 +408,8 @@ static result_t apply(worker_t *wk, const record_t *r, int attempt, const char *
     /* The wrapped item is item 0 of its one-item batch: report it under its index in the original batch. */
     if (event_type_lane(et) == LANE_HISTORICAL && r->item_index >= 0 && ev.n_items == 1 && ev.items[0].errmsg &&
         strncmp(ev.items[0].errmsg, "item 0: ", 8) == 0) {
-        const char *fixed = arena_printf(wk->pctx.arena, "item %lld: %s", (long long)r->item_index,
-                                         ev.items[0].errmsg + 8);
+        const char *fixed =
+            arena_printf(wk->pctx.arena, "item %lld: %s", (long long)r->item_index, ev.items[0].errmsg + 8);
         if (fixed)
             ev.items[0].errmsg = fixed;
     }
@@ -491,8 +494,8 @@ static void degrade(worker_t *wk, store_exhausted_t *e, buf_t *payload, buf_t *o
     buf_puts(payload, "\"}");
     e->dlq_payload = payload->data ? payload->data : "{}";
     e->event_ts = NULL;
-    e->last_error = arena_printf(wk->pctx.arena, "%s [stored degraded: PostgreSQL refused the row as it was: %s]",
-                                 why, shown(wk, refusal, strlen(refusal), 400));
+    e->last_error = arena_printf(wk->pctx.arena, "%s [stored degraded: PostgreSQL refused the row as it was: %s]", why,
+                                 shown(wk, refusal, strlen(refusal), 400));
     if (!e->last_error)
         e->last_error = why;
 }
@@ -502,10 +505,10 @@ typedef struct {
     const char *msg_id;        /* dlq_message_id */
     const char *also_known_as; /* NULL or a second key that means "stored already" */
     int retry_count;
-    bool last_chance; /* a retryable refusal stores the degraded row at once: there is no later delivery */
-    const char *origin; /* for the log line */
+    bool last_chance;          /* a retryable refusal stores the degraded row at once: there is no later delivery */
+    const char *origin;        /* for the log line */
     const char *original_json; /* NULL, or the full JSON original when the record holds a truncated copy */
-    bool inserted;      /* out: this call wrote the row */
+    bool inserted;             /* out: this call wrote the row */
 } row_key_t;
 
 /* Stores the exhausted_events row of record data[0..len) (parsed into r): the record as dlq_payload, its JSON
@@ -595,8 +598,7 @@ static result_t exhaust(worker_t *wk, const char *data, size_t len, const record
     if (natsMsgHeader_Get(wk->msg, "Nats-Msg-Id", &hid) != NATS_OK || !hid || !*hid || strlen(hid) > 200 ||
         !text_utf8_valid(hid, strlen(hid))) {
         (void)natsMsg_GetMetaData(&md, wk->msg);
-        snprintf(msgid, sizeof msgid, "%s:%llu", cfg->dlq_stream,
-                 (unsigned long long)(md ? md->Sequence.Stream : 0));
+        snprintf(msgid, sizeof msgid, "%s:%llu", cfg->dlq_stream, (unsigned long long)(md ? md->Sequence.Stream : 0));
         jsMsgMetaData_Destroy(md);
         hid = msgid;
     }
@@ -629,8 +631,7 @@ static void settle(worker_t *wk, result_t res, int attempt)
         if (s == NATS_OK)
             metrics_dlq_task_retry();
         break;
-    case RES_LEAVE:
-        return;
+    case RES_LEAVE: return;
     }
     if (s != NATS_OK) {
         metrics_dlq_ack_failure();
@@ -875,8 +876,8 @@ dlq_exh_result_t dlq_exhauster_store(dlq_exhauster_t *x, const dlq_exhaust_t *in
     parse_record(wk, in->record, in->len, &r);
     const char *why = in->why;
     if (r.valid && r.error[0] && strcmp(r.error, why) != 0) { /* a DLQ record: its own error says what failed */
-        const char *both = arena_printf(wk->pctx.arena, "%s; the record's error: %s", why,
-                                        shown(wk, r.error, strlen(r.error), 2048));
+        const char *both =
+            arena_printf(wk->pctx.arena, "%s; the record's error: %s", why, shown(wk, r.error, strlen(r.error), 2048));
         if (both)
             why = both;
     }

@@ -4,15 +4,22 @@
 #include <string.h>
 
 static const char *const bases[ET_COUNT] = {
-    "v1.chats.upsert",    "v1.chats.update",     "v1.messages.upsert",  "v1.messages.update",
-    "v1.contacts.upsert", "v1.contacts.update",  "v1.connection.update", "v1.history.chats",
-    "v1.history.messages", "v1.history.contacts", "unknown",
+    "v1.chats.upsert",
+    "v1.chats.update",
+    "v1.messages.upsert",
+    "v1.messages.update",
+    "v1.contacts.upsert",
+    "v1.contacts.update",
+    "v1.connection.update",
+    "v1.history.chats",
+    "v1.history.messages",
+    "v1.history.contacts",
+    "unknown",
 };
 
 static const char *const suffixes[ET_COUNT] = {
-    "chats_upsert",    "chats_update", "messages_upsert", "messages_update",
-    "contacts_upsert", "contacts_update", "connection_update", "chats",
-    "messages",        "contacts",     "unknown",
+    "chats_upsert",      "chats_update", "messages_upsert", "messages_update", "contacts_upsert", "contacts_update",
+    "connection_update", "chats",        "messages",        "contacts",        "unknown",
 };
 
 const char *event_type_base(event_type_t et)

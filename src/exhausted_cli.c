@@ -46,16 +46,16 @@ typedef struct {
     bool unresolved, all_unresolved, json;
     const char *subject, *since, *id, *limit, *note; /* point into argv; NULL when not given */
     /* Derived by check_opts; every SQL parameter is text. */
-    char id_txt[24];     /* canonical decimal of --id */
-    char since_ts[64];   /* --since as a timestamp for $n::timestamptz, or "" */
-    char since_ago[40];  /* --since as "<n> seconds" for $n::interval, or "" */
+    char id_txt[24];    /* canonical decimal of --id */
+    char since_ts[64];  /* --since as a timestamp for $n::timestamptz, or "" */
+    char since_ago[40]; /* --since as "<n> seconds" for $n::interval, or "" */
 } opts_t;
 
 typedef struct {
     const char *name;
     unsigned cmds; /* subcommands that accept the flag */
     bool takes_value;
-    size_t off;    /* of a bool (no value) or a const char * (value) in opts_t */
+    size_t off; /* of a bool (no value) or a const char * (value) in opts_t */
 } flag_t;
 
 static const flag_t flags[] = {
@@ -369,13 +369,13 @@ static void put_error_cell(FILE *out, const char *s)
 
 /* $1 company, $2 unresolved only, $3 subject (or base), $4 since timestamp, $5 since age, $6 limit. The newest rows
  * win the limit; count(*) OVER () still sees every match, so a cut list can say how much it left out. */
-#define LIST_FROM                                                                                                  \
-    " FROM exhausted_events e"                                                                                     \
-    " WHERE e.company_id = $1"                                                                                     \
-    " AND ($2::boolean IS NOT TRUE OR e.resolved IS NOT TRUE)"                                                     \
-    " AND ($3::text IS NULL OR e.source_subject = $3 OR e.source_subject = $3 || '.' || $1)"                       \
-    " AND ($4::timestamptz IS NULL OR e.created_at >= $4::timestamptz)"                                            \
-    " AND ($5::interval IS NULL OR e.created_at >= now() - $5::interval)"                                          \
+#define LIST_FROM                                                                                                      \
+    " FROM exhausted_events e"                                                                                         \
+    " WHERE e.company_id = $1"                                                                                         \
+    " AND ($2::boolean IS NOT TRUE OR e.resolved IS NOT TRUE)"                                                         \
+    " AND ($3::text IS NULL OR e.source_subject = $3 OR e.source_subject = $3 || '.' || $1)"                           \
+    " AND ($4::timestamptz IS NULL OR e.created_at >= $4::timestamptz)"                                                \
+    " AND ($5::interval IS NULL OR e.created_at >= now() - $5::interval)"                                              \
     " ORDER BY e.id DESC LIMIT $6::integer"
 
 static const char list_table_sql[] =
@@ -592,11 +592,13 @@ static int fetch_source(mes_nats_t *n, const PGresult *r, const char *subject, b
     long long seq;
 
     if (strcmp(PQgetvalue(r, 0, COL_ITEM), "t") == 0)
-        return set_outcome(res, REFUSED, "the DLQ record holds a truncated history item and its source message is "
-                                         "the whole batch; replay it by hand from the batch");
+        return set_outcome(res, REFUSED,
+                           "the DLQ record holds a truncated history item and its source message is "
+                           "the whole batch; replay it by hand from the batch");
     if (!stream || PQgetisnull(r, 0, COL_SEQUENCE) || !parse_count(PQgetvalue(r, 0, COL_SEQUENCE), INT64_MAX, &seq))
-        return set_outcome(res, REFUSED, "the DLQ record holds a truncated original and no source_stream/"
-                                         "source_sequence to fetch the whole message from");
+        return set_outcome(res, REFUSED,
+                           "the DLQ record holds a truncated original and no source_stream/"
+                           "source_sequence to fetch the whole message from");
     char why[512];
     switch (mes_nats_get_source(n, stream, (uint64_t)seq, subject, out, why, sizeof why)) {
     case MES_SRC_OK: return 0;
@@ -697,8 +699,8 @@ static outcome_t replay_row(cli_t *c, mes_nats_t *n, const char *id, replay_resu
     struct tm tm;
     gmtime_r(&at, &tm);
     strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", &tm);
-    snprintf(note, sizeof note, "replayed at %s to %s (stream seq %llu)%s", ts, subject,
-             (unsigned long long)res->seq, res->duplicate ? " (de-duplicated retry)" : "");
+    snprintf(note, sizeof note, "replayed at %s to %s (stream seq %llu)%s", ts, subject, (unsigned long long)res->seq,
+             res->duplicate ? " (de-duplicated retry)" : "");
     const char *mark_params[3] = {id, c->cfg->company_id, note};
     if (!(mark = db_exec(c->db, replay_mark_sql, 3, mark_params, &err)) || db_command(c->db, "COMMIT", &err) != 0) {
         set_outcome(res, FAILED, "published to %s (stream %s seq %llu) but marking the row resolved failed: %s",
@@ -809,21 +811,11 @@ int exhausted_cli(const config_t *cfg, int argc, char **argv)
         goto cleanup;
     }
     switch (c.o.cmd) {
-    case CMD_LIST:
-        rc = cmd_list(&c);
-        break;
-    case CMD_SHOW:
-        rc = cmd_show(&c);
-        break;
-    case CMD_REPLAY:
-        rc = cmd_replay(&c);
-        break;
-    case CMD_RESOLVE:
-        rc = cmd_resolve(&c);
-        break;
-    case CMD_NONE:
-        rc = bad_usage(NULL);
-        break;
+    case CMD_LIST: rc = cmd_list(&c); break;
+    case CMD_SHOW: rc = cmd_show(&c); break;
+    case CMD_REPLAY: rc = cmd_replay(&c); break;
+    case CMD_RESOLVE: rc = cmd_resolve(&c); break;
+    case CMD_NONE: rc = bad_usage(NULL); break;
     }
 cleanup:
     db_close(c.db);

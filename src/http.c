@@ -50,8 +50,7 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
 }
 
 /* Queues a response and drops our reference; MHD owns it from here. */
-static enum MHD_Result reply(struct MHD_Connection *conn, unsigned status, struct MHD_Response *resp,
-                             const char *type)
+static enum MHD_Result reply(struct MHD_Connection *conn, unsigned status, struct MHD_Response *resp, const char *type)
 {
     if (!resp)
         return MHD_NO; /* out of memory: MHD closes the connection */
@@ -66,8 +65,8 @@ static enum MHD_Result reply(struct MHD_Connection *conn, unsigned status, struc
 
 static enum MHD_Result reply_static(struct MHD_Connection *conn, unsigned status, const char *body)
 {
-    return reply(conn, status,
-                 MHD_create_response_from_buffer(strlen(body), (void *)body, MHD_RESPMEM_PERSISTENT), json_type);
+    return reply(conn, status, MHD_create_response_from_buffer(strlen(body), (void *)body, MHD_RESPMEM_PERSISTENT),
+                 json_type);
 }
 
 /* Takes ownership of a malloc'd body; it is released with the same allocator that made it. */
@@ -205,16 +204,12 @@ http_server_t *http_start(const http_config_t *cfg)
 
     mhd_last_error[0] = '\0';
     unsigned flags = MHD_USE_AUTO_INTERNAL_THREAD | MHD_USE_ERROR_LOG | family_flag;
-    srv->daemon = MHD_start_daemon(flags, 0, NULL, NULL, handle, srv,
-                                   MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
-                                   MHD_OPTION_SOCK_ADDR, sa,
-                                   MHD_OPTION_THREAD_POOL_SIZE, (unsigned)POOL_THREADS,
-                                   MHD_OPTION_CONNECTION_LIMIT, limit,
-                                   MHD_OPTION_PER_IP_CONNECTION_LIMIT, per_ip,
+    srv->daemon = MHD_start_daemon(flags, 0, NULL, NULL, handle, srv, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+                                   MHD_OPTION_SOCK_ADDR, sa, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)POOL_THREADS,
+                                   MHD_OPTION_CONNECTION_LIMIT, limit, MHD_OPTION_PER_IP_CONNECTION_LIMIT, per_ip,
                                    MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)timeout_s,
                                    MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONN_MEMORY_LIMIT,
-                                   MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)LISTEN_BACKLOG,
-                                   MHD_OPTION_END);
+                                   MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)LISTEN_BACKLOG, MHD_OPTION_END);
     if (!srv->daemon) {
         log_error("http", "cannot start the HTTP server", LF_S("address", addr), LF_I("port", cfg->port),
                   LF_S("detail", mhd_last_error));

@@ -32,14 +32,13 @@ enum { C_PLAIN = 0, C_QUOTE, C_BSLASH, C_CTRL, C_HIGH };
 #define X4(v) v, v, v, v
 #define X16(v) X4(v), X4(v), X4(v), X4(v)
 static const uint8_t str_class[256] = {
-    X16(C_CTRL), X16(C_CTRL),
-    0, 0, C_QUOTE, 0, X4(0), X4(0), X4(0), /* 0x20-0x2f */
-    X16(0), X16(0),                        /* 0x30-0x4f */
-    X4(0), X4(0), X4(0),                   /* 0x50-0x5b */
-    C_BSLASH, 0, 0, 0,                     /* 0x5c-0x5f */
-    X16(0), X16(0),                        /* 0x60-0x7f */
-    X16(C_HIGH), X16(C_HIGH), X16(C_HIGH), X16(C_HIGH),
-    X16(C_HIGH), X16(C_HIGH), X16(C_HIGH), X16(C_HIGH),
+    X16(C_CTRL), X16(C_CTRL), 0,           0,           C_QUOTE,     0,           X4(0),       X4(0),
+    X4(0),                                    /* 0x20-0x2f */
+    X16(0),      X16(0),                      /* 0x30-0x4f */
+    X4(0),       X4(0),       X4(0),          /* 0x50-0x5b */
+    C_BSLASH,    0,           0,           0, /* 0x5c-0x5f */
+    X16(0),      X16(0),                      /* 0x60-0x7f */
+    X16(C_HIGH), X16(C_HIGH), X16(C_HIGH), X16(C_HIGH), X16(C_HIGH), X16(C_HIGH), X16(C_HIGH), X16(C_HIGH),
 };
 
 void json_doc_init(json_doc_t *d)
@@ -143,12 +142,8 @@ static int scan_string(const unsigned char *s, size_t len, size_t *pp, uint8_t *
             return E_EOF;
         }
         switch (str_class[s[p]]) {
-        case C_QUOTE:
-            *pp = p + 1;
-            return E_OK;
-        case C_CTRL:
-            *pp = p;
-            return s[p] == 0 ? E_NUL : E_CTRL;
+        case C_QUOTE: *pp = p + 1; return E_OK;
+        case C_CTRL: *pp = p; return s[p] == 0 ? E_NUL : E_CTRL;
         case C_HIGH: {
             size_t n = text_utf8_len((const char *)s + p, len - p);
             if (!n) {
@@ -165,9 +160,14 @@ static int scan_string(const unsigned char *s, size_t len, size_t *pp, uint8_t *
                 return E_EOF;
             }
             switch (s[p + 1]) {
-            case '"': case '\\': case '/': case 'b': case 'f': case 'n': case 'r': case 't':
-                p += 2;
-                break;
+            case '"':
+            case '\\':
+            case '/':
+            case 'b':
+            case 'f':
+            case 'n':
+            case 'r':
+            case 't': p += 2; break;
             case 'u': {
                 long cu = hex4(s, len, p);
                 *pp = p;
@@ -186,9 +186,7 @@ static int scan_string(const unsigned char *s, size_t len, size_t *pp, uint8_t *
                 p += 6;
                 break;
             }
-            default:
-                *pp = p;
-                return E_ESCAPE;
+            default: *pp = p; return E_ESCAPE;
             }
         }
     }

@@ -15,10 +15,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#define LINE_CAP 65536            /* hard size of one line, newline included */
+#define LINE_CAP 65536             /* hard size of one line, newline included */
 #define LINE_SOFT (LINE_CAP - 256) /* past this no new character is escaped; the rest is markers and closers */
-#define FIELD_MAX 8192            /* input bytes kept per string value */
-#define KEY_MAX 256               /* input bytes kept per key */
+#define FIELD_MAX 8192             /* input bytes kept per string value */
+#define KEY_MAX 256                /* input bytes kept per key */
 #define MARKER "...[truncated]"
 
 typedef struct {

@@ -70,7 +70,9 @@ static void log_ignored_signal(void)
     int sig = atomic_exchange(&g_ignored_signal, 0);
     if (sig)
         log_info("main", "signal ignored: configuration is read once at startup; restart the process to change it",
-                 LF_S("signal", sig == SIGHUP ? "SIGHUP" : sig == SIGUSR1 ? "SIGUSR1" : "SIGUSR2"));
+                 LF_S("signal", sig == SIGHUP    ? "SIGHUP"
+                                : sig == SIGUSR1 ? "SIGUSR1"
+                                                 : "SIGUSR2"));
 }
 
 /* A stop request (SIGTERM/SIGINT) while startup still waits for PostgreSQL or NATS is not a failure: the step that
@@ -79,7 +81,6 @@ static bool stopping(void)
 {
     return atomic_load(&g_stop);
 }
-
 
 /* /ready runs on HTTP threads from the first moment, while main still builds the components it reads: main
  * publishes each one by raising g_stage (release) once it is complete, and ready() reads only what is published
@@ -111,8 +112,8 @@ static bool ready(void *ctx, char *details, size_t len)
     int k = snprintf(details, len,
                      "\"postgres\":\"%s\",\"nats\":\"%s\",\"consumers\":\"%d/%d subscribed\",\"dlq_worker\":\"%s\","
                      "\"advisories\":\"%s\"",
-                     db ? "up" : "down", nats ? "up" : "down", subscribed, nlanes, dlq ? "subscribed" : "not subscribed",
-                     adv ? "subscribed" : "not subscribed");
+                     db ? "up" : "down", nats ? "up" : "down", subscribed, nlanes,
+                     dlq ? "subscribed" : "not subscribed", adv ? "subscribed" : "not subscribed");
     /* Name the durables being re-created (after a reconnect, a stall, or a durable or stream deleted at runtime);
      * durable names are [A-Za-z0-9_] (SPEC 1: the company id rule), so they need no escaping. */
     if (stage >= STAGE_LANES && (!consumers || (stage >= STAGE_ALL && !dlq)) && k > 0 && (size_t)k < len) {
@@ -166,8 +167,7 @@ static int start_database(app_t *a, int64_t deadline)
     if (rc == 0)
         rc = store_ensure_partitions(db, time(NULL), &err);
     if (rc != 0)
-        log_error("main", "startup failed: database schema", LF_S("schema", a->cfg.schema),
-                  LF_S("error", err.message));
+        log_error("main", "startup failed: database schema", LF_S("schema", a->cfg.schema), LF_S("error", err.message));
     else
         log_info("main", "database schema ready", LF_S("schema", a->cfg.schema));
     db_close(db);

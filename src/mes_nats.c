@@ -474,7 +474,8 @@ static int ensure_streams(mes_nats_t *n, const char *only)
     };
     for (size_t i = 0; i < sizeof streams / sizeof streams[0]; i++)
         if ((!only || strcmp(only, streams[i].name) == 0) &&
-            ensure_stream(n, (int)i, streams[i].name, streams[i].subjects, streams[i].nsubj, streams[i].max_age_days) != 0)
+            ensure_stream(n, (int)i, streams[i].name, streams[i].subjects, streams[i].nsubj, streams[i].max_age_days) !=
+                0)
             return -1;
     return 0;
 }
@@ -490,7 +491,8 @@ void mes_nats_durable(mes_durable_t *d, const config_t *cfg, mes_durable_kind_t 
     case MES_DURABLE_LANE: {
         const lane_config_t *lc = event_type_lane(et) == LANE_HISTORICAL ? &cfg->historical : &cfg->realtime;
         snprintf(d->stream, sizeof d->stream, "%s", lc->stream);
-        snprintf(d->durable, sizeof d->durable, "%s%s_%s", lc->consumer, cfg->company_id, event_type_durable_suffix(et));
+        snprintf(d->durable, sizeof d->durable, "%s%s_%s", lc->consumer, cfg->company_id,
+                 event_type_durable_suffix(et));
         snprintf(d->filter, sizeof d->filter, "%s.%s", event_type_base(et), cfg->company_id);
         d->ack_wait_ms = lc->ack_wait_ms;
         d->max_deliver = lc->max_deliver;
@@ -687,8 +689,9 @@ bool mes_nats_fetch_watch(mes_nats_t *n, mes_fetch_watch_t *w, const mes_durable
         if (!js_not_found(s, jerr))
             return false; /* NATS did not answer: the next check asks again */
         w->missing = true;
-        log_warn("nats", jerr == JSStreamNotFoundErr ? "stream deleted at runtime; re-creating it and the consumer"
-                                                     : "consumer deleted at runtime; re-creating it",
+        log_warn("nats",
+                 jerr == JSStreamNotFoundErr ? "stream deleted at runtime; re-creating it and the consumer"
+                                             : "consumer deleted at runtime; re-creating it",
                  LF_S("stream", stream), LF_S("durable", durable));
         return true;
     }

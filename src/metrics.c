@@ -39,13 +39,12 @@ typedef struct {
 
 static const double dur_bound[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                                    0.1,    0.25,    0.5,    1,     2.5,    5,     10,   30};
-static const char *const dur_le[] = {"0.0001", "0.00025", "0.0005", "0.001", "0.0025", "0.005",
-                                     "0.01",   "0.025",   "0.05",   "0.1",   "0.25",   "0.5",
-                                     "1",      "2.5",     "5",      "10",    "30"};
+static const char *const dur_le[] = {"0.0001", "0.00025", "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05",
+                                     "0.1",    "0.25",    "0.5",    "1",     "2.5",    "5",     "10",   "30"};
 static const hist_kind_t dur_kind = {17, dur_bound, dur_le, true};
 
 static const double batch_bound[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096};
-static const char *const batch_le[] = {"1",   "2",   "4",    "8",    "16",   "32",  "64",
+static const char *const batch_le[] = {"1",   "2",   "4",   "8",    "16",   "32",  "64",
                                        "128", "256", "512", "1024", "2048", "4096"};
 static const hist_kind_t batch_kind = {13, batch_bound, batch_le, false};
 
@@ -61,11 +60,10 @@ static const struct {
     db_op_t op;
     db_entity_t ent;
 } db_pairs[] = {
-    {DBOP_UPSERT, DBENT_CHAT},           {DBOP_UPDATE, DBENT_CHAT},    {DBOP_BULK_UPSERT, DBENT_CHAT},
-    {DBOP_UPSERT, DBENT_MESSAGE},        {DBOP_UPDATE, DBENT_MESSAGE}, {DBOP_BULK_UPSERT, DBENT_MESSAGE},
-    {DBOP_UPSERT, DBENT_CONTACT},        {DBOP_UPDATE, DBENT_CONTACT}, {DBOP_BULK_UPSERT, DBENT_CONTACT},
-    {DBOP_UPSERT, DBENT_AGENT},          {DBOP_SAVE, DBENT_ONBOARDING_LOG},
-    {DBOP_SAVE, DBENT_EXHAUSTED_EVENT},
+    {DBOP_UPSERT, DBENT_CHAT},    {DBOP_UPDATE, DBENT_CHAT},         {DBOP_BULK_UPSERT, DBENT_CHAT},
+    {DBOP_UPSERT, DBENT_MESSAGE}, {DBOP_UPDATE, DBENT_MESSAGE},      {DBOP_BULK_UPSERT, DBENT_MESSAGE},
+    {DBOP_UPSERT, DBENT_CONTACT}, {DBOP_UPDATE, DBENT_CONTACT},      {DBOP_BULK_UPSERT, DBENT_CONTACT},
+    {DBOP_UPSERT, DBENT_AGENT},   {DBOP_SAVE, DBENT_ONBOARDING_LOG}, {DBOP_SAVE, DBENT_EXHAUSTED_EVENT},
 };
 
 /* Everything the hot path touches. Zero is the initial state; metrics_init resets it. */
@@ -249,8 +247,10 @@ static bool proc_stat(unsigned long long *start_ticks, unsigned long long *vsize
     const char *p = strrchr(buf, ')'); /* comm may contain spaces and parentheses */
     /* fields 3..24: state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime cutime cstime
      * priority nice num_threads itrealvalue starttime vsize rss */
-    return p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d %*d %llu"
-                              " %llu %lld", start_ticks, vsize, rss_pages) == 3;
+    return p && sscanf(p + 2,
+                       "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d %*d %llu"
+                       " %llu %lld",
+                       start_ticks, vsize, rss_pages) == 3;
 }
 
 /* Start of this process in Unix seconds: starttime is in clock ticks since boot (CLOCK_BOOTTIME), so anchor it with
@@ -331,8 +331,7 @@ void metrics_routing_duration(event_type_t et, lane_t lane, double seconds)
     observe(&m.routing[et_of(et)][lane_of(lane)], &dur_kind, seconds);
 }
 
-void metrics_event_with_agent(event_type_t et, const char *agent_id, size_t agent_len, const char *jid,
-                              size_t jid_len)
+void metrics_event_with_agent(event_type_t et, const char *agent_id, size_t agent_len, const char *jid, size_t jid_len)
 {
     char a[LABEL_OUT_MAX], j[LABEL_OUT_MAX];
     /* Keyed on the escaped form: two raw values that render identically must share one series. */
@@ -596,8 +595,7 @@ static void render_events(FILE *f)
         for (unsigned et = 0; e && et < ET_COUNT; et++) {
             if (e->count[et])
                 fprintf(f, "%s{event_type=\"%s\",company_id=\"%s\",agent_id=\"%s\",jid=\"%s\"} %llu\n", name,
-                        event_type_base((event_type_t)et), company, e->agent, e->jid,
-                        (unsigned long long)e->count[et]);
+                        event_type_base((event_type_t)et), company, e->agent, e->jid, (unsigned long long)e->count[et]);
         }
     }
     pthread_mutex_unlock(&agents.mu);

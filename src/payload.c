@@ -8,9 +8,9 @@
 #include "text.h"
 
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
-#define MAX_FIELDS 20     /* most fields in one table; each has a canonical and an alias slot */
-#define MAX_KEY_LEN 32    /* no known key is longer, so longer keys are skipped without decoding */
-#define SHOW_MAX 64       /* bytes of a sent value quoted in an error message */
+#define MAX_FIELDS 20  /* most fields in one table; each has a canonical and an alias slot */
+#define MAX_KEY_LEN 32 /* no known key is longer, so longer keys are skipped without decoding */
+#define SHOW_MAX 64    /* bytes of a sent value quoted in an error message */
 
 typedef enum {
     K_STR,      /* string of at most `limit` decoded bytes */
@@ -48,12 +48,22 @@ typedef struct {
     uint32_t n;
 } table_t;
 
-#define FIELD(T, m, nm, al, kind, flags, limit) \
-    { nm, al, sizeof(nm) - 1, sizeof(al) - 1, kind, flags, limit, (int32_t)offsetof(T, m), NULL, 0 }
-#define CHECK_ONLY(nm, al, kind, flags, limit) { nm, al, sizeof(nm) - 1, sizeof(al) - 1, kind, flags, limit, -1, NULL, 0 }
-#define OBJECT(T, m, nm, kind, sub) \
-    { nm, "", sizeof(nm) - 1, 0, kind, 0, PAYLOAD_MAX_OBJECT, (int32_t)offsetof(T, m), sub, ARRAY_LEN(sub) }
-#define TABLE(a) { a, ARRAY_LEN(a) }
+#define FIELD(T, m, nm, al, kind, flags, limit)                                                                        \
+    {                                                                                                                  \
+        nm, al, sizeof(nm) - 1, sizeof(al) - 1, kind, flags, limit, (int32_t)offsetof(T, m), NULL, 0                   \
+    }
+#define CHECK_ONLY(nm, al, kind, flags, limit)                                                                         \
+    {                                                                                                                  \
+        nm, al, sizeof(nm) - 1, sizeof(al) - 1, kind, flags, limit, -1, NULL, 0                                        \
+    }
+#define OBJECT(T, m, nm, kind, sub)                                                                                    \
+    {                                                                                                                  \
+        nm, "", sizeof(nm) - 1, 0, kind, 0, PAYLOAD_MAX_OBJECT, (int32_t)offsetof(T, m), sub, ARRAY_LEN(sub)           \
+    }
+#define TABLE(a)                                                                                                       \
+    {                                                                                                                  \
+        a, ARRAY_LEN(a)                                                                                                \
+    }
 
 static const field_t chat_upsert_fields[] = {
     FIELD(chat_upsert_t, chat_id, "chat_id", "", K_STR, REQ, PAYLOAD_MAX_ID),
@@ -162,9 +172,15 @@ static const field_t history_contacts_fields[] = {
 
 /* Indexed by event_type_t. */
 static const table_t tables[ET_BASE_COUNT] = {
-    TABLE(chat_upsert_fields),      TABLE(chat_update_fields),     TABLE(message_upsert_fields),
-    TABLE(message_update_fields),   TABLE(contact_fields),         TABLE(contact_fields),
-    TABLE(agent_fields),            TABLE(history_chats_fields),   TABLE(history_messages_fields),
+    TABLE(chat_upsert_fields),
+    TABLE(chat_update_fields),
+    TABLE(message_upsert_fields),
+    TABLE(message_update_fields),
+    TABLE(contact_fields),
+    TABLE(contact_fields),
+    TABLE(agent_fields),
+    TABLE(history_chats_fields),
+    TABLE(history_messages_fields),
     TABLE(history_contacts_fields),
 };
 
@@ -183,11 +199,11 @@ typedef struct {
     payload_ctx_t *ctx;
     const char *src;
     const json_tok_t *toks;
-    event_t *ev;          /* receives err/errmsg */
-    long item;            /* history item index for the "item <i>: " prefix, or -1 */
+    event_t *ev; /* receives err/errmsg */
+    long item;   /* history item index for the "item <i>: " prefix, or -1 */
     company_mode_t company;
-    str_t inherit_agent;  /* container agent_id for history message items */
-    uint32_t items_tok;   /* K_ITEMS: token of the container array */
+    str_t inherit_agent; /* container agent_id for history message items */
+    uint32_t items_tok;  /* K_ITEMS: token of the container array */
 } pstate_t;
 
 static int fail(pstate_t *st, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -417,8 +433,7 @@ static int apply_field(pstate_t *st, const field_t *f, uint32_t tok, const char 
             *(opt_i64_t *)dst = (opt_i64_t){true, v};
         return 0;
     case K_TS:
-    case K_MSGTS:
-        return get_timestamp(st, name, tok, f->kind == K_TS ? 0 : INT64_MIN, dst ? dst : &(opt_i64_t){0});
+    case K_MSGTS: return get_timestamp(st, name, tok, f->kind == K_TS ? 0 : INT64_MIN, dst ? dst : &(opt_i64_t){0});
     case K_OBJ:
     case K_CAMPAIGN:
         if (t->type != JSON_OBJECT)
@@ -522,7 +537,8 @@ static void parse_object(pstate_t *st, event_type_t et, uint32_t obj, event_t *e
     if (apply(st, tables[et].f, tables[et].n, obj, &ev->u, NULL))
         return;
     if (et == ET_MESSAGES_UPSERT)
-        ev->u.msg.message_date = ev->u.msg.message_timestamp.set ? payload_timestamp_days(ev->u.msg.message_timestamp.v) : 0;
+        ev->u.msg.message_date =
+            ev->u.msg.message_timestamp.set ? payload_timestamp_days(ev->u.msg.message_timestamp.v) : 0;
 }
 
 static void parse_history(pstate_t *st, event_type_t et, event_t *ev)
@@ -609,10 +625,8 @@ error_class_t payload_parse(payload_ctx_t *ctx, event_type_t et, const char *dat
     json_status_t js = json_parse(&ctx->doc, data, len, jerr, sizeof jerr);
     ev->json = js == JSON_OK ? TEXT_JSON : TEXT_NOT_JSON;
     switch (js) {
-    case JSON_OK:
-        break;
-    case JSON_ESYNTAX:
-        return set_error(ctx, ev, ERR_UNMARSHAL, "invalid JSON: %s", jerr);
+    case JSON_OK: break;
+    case JSON_ESYNTAX: return set_error(ctx, ev, ERR_UNMARSHAL, "invalid JSON: %s", jerr);
     case JSON_ELIMIT: /* well-formed so far but beyond our limits: the sender must change it, not fix its JSON */
         return set_error(ctx, ev, ERR_VALIDATION, "JSON %s", jerr);
     default: /* JSON_ENOMEM: our problem, not the sender's */

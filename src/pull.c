@@ -102,8 +102,8 @@ natsStatus pull_fetch(pull_t *p, int max, bool no_wait, int64_t wait_ms, natsMsg
     int64_t expires_ms = nowait ? NOWAIT_EXPIRES_MS : (wait_ms > 0 ? wait_ms : 1);
     char reply[sizeof p->inbox + 24], body[128];
     snprintf(reply, sizeof reply, "%s.%" PRIu64, p->inbox, ++p->id);
-    int len = snprintf(body, sizeof body, "{\"batch\":%d,\"expires\":%lld%s}", max - n, (long long)expires_ms * 1000000LL,
-                       nowait ? ",\"no_wait\":true" : "");
+    int len = snprintf(body, sizeof body, "{\"batch\":%d,\"expires\":%lld%s}", max - n,
+                       (long long)expires_ms * 1000000LL, nowait ? ",\"no_wait\":true" : "");
     rc = natsConnection_PublishRequest(p->nc, p->next_subject, reply, body, len);
     if (rc != NATS_OK)
         goto cleanup;

@@ -61,10 +61,10 @@ enum reg_kind { REG_NATS = 1, REG_PG, REG_SVC, REG_DIR };
 struct reg_entry {
     volatile sig_atomic_t used; /* set last when adding, cleared first when removing */
     int kind;
-    pid_t owner;                /* getpid() of the process that registered it */
+    pid_t owner; /* getpid() of the process that registered it */
     pid_t pid;
     volatile sig_atomic_t exited;
-    int status;                 /* exit code, or 128+signal, once exited */
+    int status; /* exit code, or 128+signal, once exited */
     char path[256];
 };
 
@@ -489,8 +489,7 @@ static void print_tail(const char *path, int lines)
     }
     if (seen > lines)
         i++;
-    fprintf(stderr, "harness: --- last lines of %s ---\n%s%s", path, s + i,
-            len && s[len - 1] != '\n' ? "\n" : "");
+    fprintf(stderr, "harness: --- last lines of %s ---\n%s%s", path, s + i, len && s[len - 1] != '\n' ? "\n" : "");
     free(s);
 }
 
@@ -501,7 +500,8 @@ static uint64_t rng_next(void)
     if (!rng_state) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
-        rng_state = ((uint64_t)getpid() << 32) ^ (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 20) ^ 0x9e3779b97f4a7c15ULL;
+        rng_state =
+            ((uint64_t)getpid() << 32) ^ (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 20) ^ 0x9e3779b97f4a7c15ULL;
     }
     rng_state ^= rng_state << 13;
     rng_state ^= rng_state >> 7;
@@ -1072,8 +1072,7 @@ void h_nats_stop(h_nats_t *n)
         while (!proc_gone(n->pid) && clock_mono_ms() < deadline)
             sleep_ms(10);
         if (!proc_gone(n->pid)) {
-            fprintf(stderr, "harness: nats-server %d ignored SIGTERM for %d ms; SIGKILL\n", (int)n->pid,
-                    STOP_GRACE_MS);
+            fprintf(stderr, "harness: nats-server %d ignored SIGTERM for %d ms; SIGKILL\n", (int)n->pid, STOP_GRACE_MS);
             kill(-n->pid, SIGKILL);
             kill(n->pid, SIGKILL);
             while (!proc_gone(n->pid))
@@ -1229,8 +1228,8 @@ static bool pg_template(char *out, size_t outlen)
         goto done;
     snprintf(data, sizeof data, "%s/data", work);
     snprintf(initdb, sizeof initdb, "%s/initdb", bin);
-    const char *argv[] = {initdb, "-D", data, "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8",
-                          "--locale=C", NULL};
+    const char *argv[] = {initdb,     "-D",        data, "-A",   "trust",      "-U",
+                          "postgres", "--no-sync", "-E", "UTF8", "--locale=C", NULL};
     char *log = NULL;
     int st = run_as_postgres(argv, work, 120000, &log);
     if (st != 0) {
@@ -1415,8 +1414,8 @@ bool h_pg_start_standby(h_pg_t *s, const h_pg_t *primary, const char *app_name, 
     snprintf(bb, sizeof bb, "%s/pg_basebackup", pg_bin());
     snprintf(port, sizeof port, "%d", primary->port);
     /* -c fast: do not wait for a spread checkpoint; -N: the copy need not be fsynced (fsync=off everywhere). */
-    const char *argv[] = {bb, "-h", "127.0.0.1", "-p", port, "-U", "postgres", "-D", s->dir, "-R", "-X", "stream",
-                          "-c", "fast", "-N", NULL};
+    const char *argv[] = {bb,     "-h", "127.0.0.1", "-p",     port, "-U",   "postgres", "-D",
+                          s->dir, "-R", "-X",        "stream", "-c", "fast", "-N",       NULL};
     char *out = NULL;
     int st = run_as_postgres(argv, s->dir, 120000, &out);
     if (st != 0) {
@@ -2025,8 +2024,7 @@ jsCtx *h_nats_jsctx(const h_nats_t *n)
 static bool transient(natsStatus s)
 {
     return s == NATS_TIMEOUT || s == NATS_NO_RESPONDERS || s == NATS_CONNECTION_CLOSED ||
-           s == NATS_CONNECTION_DISCONNECTED || s == NATS_NO_SERVER || s == NATS_IO_ERROR ||
-           s == NATS_STALE_CONNECTION;
+           s == NATS_CONNECTION_DISCONNECTED || s == NATS_NO_SERVER || s == NATS_IO_ERROR || s == NATS_STALE_CONNECTION;
 }
 
 bool h_publish(const h_nats_t *n, const char *subject, const char *data, size_t len, const char *msg_id)
@@ -2120,9 +2118,8 @@ bool h_streams_create(const h_nats_t *n)
     jsCtx *js = nats_js(n);
     if (!js)
         return false;
-    const char *rt[] = {"v1.chats.upsert.*",    "v1.chats.update.*",    "v1.messages.upsert.*",
-                        "v1.messages.update.*", "v1.contacts.upsert.*", "v1.contacts.update.*",
-                        "v1.connection.update.*"};
+    const char *rt[] = {"v1.chats.upsert.*",    "v1.chats.update.*",    "v1.messages.upsert.*",  "v1.messages.update.*",
+                        "v1.contacts.upsert.*", "v1.contacts.update.*", "v1.connection.update.*"};
     const char *hist[] = {"v1.history.chats.*", "v1.history.messages.*", "v1.history.contacts.*"};
     const char *dlq[] = {"v1.dlq.>"};
     return ensure_stream(js, "wa_events_stream", rt, 7, 30) &&

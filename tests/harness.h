@@ -15,21 +15,21 @@
 typedef struct {
     pid_t pid;
     int port;
-    char dir[256];     /* temp dir (store / data dir) */
-    char url[256];     /* nats://127.0.0.1:port (or, set by a test, a comma list of a cluster's servers) */
-    char conf[300];    /* config file (h_nats_start_conf), empty for h_nats_start */
+    char dir[256];        /* temp dir (store / data dir) */
+    char url[256];        /* nats://127.0.0.1:port (or, set by a test, a comma list of a cluster's servers) */
+    char conf[300];       /* config file (h_nats_start_conf), empty for h_nats_start */
     char server_name[32]; /* "n<port>" with h_nats_start_conf */
-    int wait;          /* H_NATS_WAIT_*: how (re)starts decide the server is ready */
+    int wait;             /* H_NATS_WAIT_*: how (re)starts decide the server is ready */
 } h_nats_t;
 
 enum { H_NATS_WAIT_JS = 0, H_NATS_WAIT_LOG = 1, H_NATS_WAIT_NONE = 2 };
 
 typedef struct {
-    pid_t pid;         /* postmaster pid */
+    pid_t pid; /* postmaster pid */
     int port;
-    char dir[256];     /* data dir (owned by postgres) */
-    char dsn[256];     /* "host=127.0.0.1 port=N user=postgres dbname=postgres" */
-    char opts[1024];   /* extra server options of h_pg_start_opts / h_pg_start_standby, kept for h_pg_restart */
+    char dir[256];   /* data dir (owned by postgres) */
+    char dsn[256];   /* "host=127.0.0.1 port=N user=postgres dbname=postgres" */
+    char opts[1024]; /* extra server options of h_pg_start_opts / h_pg_start_standby, kept for h_pg_restart */
 } h_pg_t;
 
 typedef struct {
@@ -65,7 +65,7 @@ bool h_nats_restart(h_nats_t *n);
 /* initdb (cached template under $MES_BUILD_DIR/pg-template, copied per test) + pg_ctl start on a free port, as the
  * postgres user via runuser; listen only on 127.0.0.1; trust auth; fsync=off. Waits until it answers queries. */
 bool h_pg_start(h_pg_t *p);
-void h_pg_stop(h_pg_t *p);   /* fast shutdown, by PID */
+void h_pg_stop(h_pg_t *p);    /* fast shutdown, by PID */
 bool h_pg_restart(h_pg_t *p); /* start again on the same dir and port */
 /* h_pg_start with extra server options appended after the harness's own, so a repeated -c wins (e.g.
  * "-c ssl=on -c ssl_cert_file=/dir/server.crt -c ssl_key_file=/dir/server.key", "-c synchronous_commit=on").

@@ -242,30 +242,21 @@ static key_t_ item_key(const store_scratch_t *s, const store_item_t *items, uint
         return k;
     }
     switch (ev->type) {
-    case ET_CHATS_UPSERT:
-        k.a = ev->u.chat.chat_id;
-        break;
-    case ET_CHATS_UPDATE:
-        k.a = ev->u.chat_update.chat_id;
-        break;
+    case ET_CHATS_UPSERT: k.a = ev->u.chat.chat_id; break;
+    case ET_CHATS_UPDATE: k.a = ev->u.chat_update.chat_id; break;
     case ET_MESSAGES_UPSERT: /* conflict key is (message_id, message_date) */
         k.a = ev->u.msg.message_id;
         k.b.p = (const char *)&ev->u.msg.message_date;
         k.b.len = sizeof ev->u.msg.message_date;
         break;
-    case ET_MESSAGES_UPDATE:
-        k.a = ev->u.msg_update.message_id;
-        break;
+    case ET_MESSAGES_UPDATE: k.a = ev->u.msg_update.message_id; break;
     case ET_CONTACTS_UPSERT:
     case ET_CONTACTS_UPDATE:
         k.a = ev->u.contact.agent_id;
         k.b = ev->u.contact.phone_number;
         break;
-    case ET_CONNECTION_UPDATE:
-        k.a = ev->u.agent.agent_id;
-        break;
-    default:
-        break;
+    case ET_CONNECTION_UPDATE: k.a = ev->u.agent.agent_id; break;
+    default: break;
     }
     return k;
 }
@@ -289,7 +280,8 @@ static int cmp_items(const void *pa, const void *pb, void *arg)
 {
     const sort_ctx_t *ctx = arg;
     uint32_t ia = *(const uint32_t *)pa, ib = *(const uint32_t *)pb;
-    key_t_ ka = item_key(ctx->s, ctx->items, ia, ctx->onboarding), kb = item_key(ctx->s, ctx->items, ib, ctx->onboarding);
+    key_t_ ka = item_key(ctx->s, ctx->items, ia, ctx->onboarding),
+           kb = item_key(ctx->s, ctx->items, ib, ctx->onboarding);
     int c = str_cmp(ka.a, kb.a);
     if (!c)
         c = str_cmp(ka.b, kb.b);
@@ -357,8 +349,9 @@ typedef enum {
 } stmt_t;
 
 static const char *const stmt_sql[ST_COUNT] = {
-    SQL_CHATS_UPSERT,  SQL_CHATS_UPDATE,  SQL_MESSAGES_UPSERT, SQL_MESSAGES_UPDATE, SQL_CONTACTS_UPSERT, SQL_CONTACTS_UPDATE,
-    SQL_AGENTS_INSERT, SQL_AGENTS_UPDATE, SQL_ONB_CREATE,      SQL_ONB_MERGE,       SQL_ONB_LOG,
+    SQL_CHATS_UPSERT,    SQL_CHATS_UPDATE,    SQL_MESSAGES_UPSERT, SQL_MESSAGES_UPDATE,
+    SQL_CONTACTS_UPSERT, SQL_CONTACTS_UPDATE, SQL_AGENTS_INSERT,   SQL_AGENTS_UPDATE,
+    SQL_ONB_CREATE,      SQL_ONB_MERGE,       SQL_ONB_LOG,
 };
 
 static void stmt_name(stmt_t st, char out[16])
@@ -499,8 +492,8 @@ static void build_rows(buf_t *b, const store_item_t *items, const uint32_t *idx,
 
 /* Collects the items selected by `want` into s->order sorted by key, and assigns each its round (its rank among the
  * items with the same key). Returns the count and the number of rounds. */
-static size_t plan(store_scratch_t *s, const store_item_t *items, size_t n, bool (*want)(const store_item_t *, const void *),
-                   const void *arg, bool onboarding, uint32_t *rounds)
+static size_t plan(store_scratch_t *s, const store_item_t *items, size_t n,
+                   bool (*want)(const store_item_t *, const void *), const void *arg, bool onboarding, uint32_t *rounds)
 {
     size_t m = 0;
     for (size_t i = 0; i < n; i++) {
@@ -715,8 +708,8 @@ int store_commit(db_conn_t *c, store_item_t *items, size_t n, store_scratch_t *s
     uint32_t *idx = NULL;
     for (size_t i = 0; i < n; i++) {
         items[i].result = ERR_NONE;
-        items[i].onb = (items[i].onboard && items[i].ev->type == ET_MESSAGES_UPSERT) ? ONB_SKIPPED_NOT_APPLICABLE
-                                                                                       : ONB_COUNT;
+        items[i].onb =
+            (items[i].onboard && items[i].ev->type == ET_MESSAGES_UPSERT) ? ONB_SKIPPED_NOT_APPLICABLE : ONB_COUNT;
     }
     if (n == 0)
         return 0;

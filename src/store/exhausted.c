@@ -9,8 +9,8 @@ int store_exhausted_insert(db_conn_t *c, const store_exhausted_t *e, bool *inser
 {
     char retries[16];
     snprintf(retries, sizeof retries, "%d", e->retry_count);
-    const char *params[9] = {e->company_id, e->source_subject, e->last_error,     retries,        e->event_ts,
-                             e->dlq_payload, e->original_json, e->dlq_message_id, e->also_known_as};
+    const char *params[9] = {e->company_id,  e->source_subject, e->last_error,     retries,         e->event_ts,
+                             e->dlq_payload, e->original_json,  e->dlq_message_id, e->also_known_as};
     double t0 = clock_mono_s();
     PGresult *r;
     if (e->also_known_as) /* the other key is only looked at: the unique one stays the arbiter between replicas */

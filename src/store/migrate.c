@@ -69,8 +69,8 @@ static const struct {
 
 #define NMIGRATIONS (sizeof migrations / sizeof migrations[0])
 
-static const char *const required_tables[] = {"schema_migrations", "chats",          "messages",         "contacts",
-                                              "agents",            "onboarding_log", "exhausted_events", NULL};
+static const char *const required_tables[] = {
+    "schema_migrations", "chats", "messages", "contacts", "agents", "onboarding_log", "exhausted_events", NULL};
 
 static int verify(db_conn_t *c, db_error_t *err)
 {
@@ -141,8 +141,8 @@ int store_migrate(db_conn_t *c, bool auto_migrate, db_error_t *err)
         if (!r)
             goto cleanup;
         PQclear(r);
-        log_info("store", "migration applied", LF_I("version", migrations[i].version),
-                 LF_S("name", migrations[i].name), LF_S("schema", c->cfg->schema));
+        log_info("store", "migration applied", LF_I("version", migrations[i].version), LF_S("name", migrations[i].name),
+                 LF_S("schema", c->cfg->schema));
     }
     if (db_command(c, "COMMIT", err) != 0)
         goto cleanup;

@@ -6,32 +6,32 @@
 
 /* chats.upsert and history chats. Older events (by conversation_timestamp) do not overwrite the "latest" columns;
  * identity columns stay from the first insert; absent fields keep the stored value. */
-#define SQL_CHATS_UPSERT                                                                                          \
-    "INSERT INTO chats AS c (chat_id, jid, push_name, is_group, group_name, unread_count, last_message,"          \
-    " conversation_timestamp, not_spam, agent_id, company_id, phone_number, custom_name, last_metadata,"          \
-    " created_at, updated_at)"                                                                                    \
-    " SELECT r.chat_id, r.jid, r.push_name, r.is_group, r.group_name, r.unread_count, r.last_message,"            \
-    " r.conversation_timestamp, r.not_spam, r.agent_id, r.company_id, r.phone_number, r.custom_name, r.meta,"     \
-    " now(), now()"                                                                                               \
-    " FROM jsonb_to_recordset($1::jsonb) AS r(chat_id text, jid text, push_name text, is_group boolean,"          \
-    " group_name text, unread_count integer, last_message jsonb, conversation_timestamp bigint, not_spam boolean," \
-    " agent_id text, company_id text, phone_number text, custom_name text, meta jsonb)"                           \
-    " ON CONFLICT (chat_id) DO UPDATE SET"                                                                        \
-    " push_name = CASE WHEN EXCLUDED.conversation_timestamp < c.conversation_timestamp THEN c.push_name"          \
-    "   ELSE COALESCE(EXCLUDED.push_name, c.push_name) END,"                                                      \
-    " group_name = CASE WHEN EXCLUDED.conversation_timestamp < c.conversation_timestamp THEN c.group_name"        \
-    "   ELSE COALESCE(EXCLUDED.group_name, c.group_name) END,"                                                    \
-    " unread_count = CASE WHEN EXCLUDED.conversation_timestamp < c.conversation_timestamp THEN c.unread_count"    \
-    "   ELSE COALESCE(EXCLUDED.unread_count, c.unread_count) END,"                                                \
-    " last_message = CASE WHEN EXCLUDED.conversation_timestamp < c.conversation_timestamp THEN c.last_message"    \
-    "   ELSE COALESCE(EXCLUDED.last_message, c.last_message) END,"                                                \
-    " conversation_timestamp = GREATEST(c.conversation_timestamp, EXCLUDED.conversation_timestamp),"              \
-    " not_spam = COALESCE(EXCLUDED.not_spam, c.not_spam),"                                                        \
-    " custom_name = COALESCE(EXCLUDED.custom_name, c.custom_name),"                                               \
-    " jid = COALESCE(c.jid, EXCLUDED.jid), agent_id = COALESCE(c.agent_id, EXCLUDED.agent_id),"                   \
-    " company_id = COALESCE(c.company_id, EXCLUDED.company_id),"                                                  \
-    " phone_number = COALESCE(c.phone_number, EXCLUDED.phone_number),"                                            \
-    " is_group = COALESCE(c.is_group, EXCLUDED.is_group),"                                                        \
+#define SQL_CHATS_UPSERT                                                                                               \
+    "INSERT INTO chats AS c (chat_id, jid, push_name, is_group, group_name, unread_count, last_message,"               \
+    " conversation_timestamp, not_spam, agent_id, company_id, phone_number, custom_name, last_metadata,"               \
+    " created_at, updated_at)"                                                                                         \
+    " SELECT r.chat_id, r.jid, r.push_name, r.is_group, r.group_name, r.unread_count, r.last_message,"                 \
+    " r.conversation_timestamp, r.not_spam, r.agent_id, r.company_id, r.phone_number, r.custom_name, r.meta,"          \
+    " now(), now()"                                                                                                    \
+    " FROM jsonb_to_recordset($1::jsonb) AS r(chat_id text, jid text, push_name text, is_group boolean,"               \
+    " group_name text, unread_count integer, last_message jsonb, conversation_timestamp bigint, not_spam boolean,"     \
+    " agent_id text, company_id text, phone_number text, custom_name text, meta jsonb)"                                \
+    " ON CONFLICT (chat_id) DO UPDATE SET"                                                                             \
+    " push_name = CASE WHEN EXCLUDED.conversation_timestamp < c.conversation_timestamp THEN c.push_name"               \
+    "   ELSE COALESCE(EXCLUDED.push_name, c.push_name) END,"                                                           \
+    " group_name = CASE WHEN EXCLUDED.conversation_timestamp < c.conversation_timestamp THEN c.group_name"             \
+    "   ELSE COALESCE(EXCLUDED.group_name, c.group_name) END,"                                                         \
+    " unread_count = CASE WHEN EXCLUDED.conversation_timestamp < c.conversation_timestamp THEN c.unread_count"         \
+    "   ELSE COALESCE(EXCLUDED.unread_count, c.unread_count) END,"                                                     \
+    " last_message = CASE WHEN EXCLUDED.conversation_timestamp < c.conversation_timestamp THEN c.last_message"         \
+    "   ELSE COALESCE(EXCLUDED.last_message, c.last_message) END,"                                                     \
+    " conversation_timestamp = GREATEST(c.conversation_timestamp, EXCLUDED.conversation_timestamp),"                   \
+    " not_spam = COALESCE(EXCLUDED.not_spam, c.not_spam),"                                                             \
+    " custom_name = COALESCE(EXCLUDED.custom_name, c.custom_name),"                                                    \
+    " jid = COALESCE(c.jid, EXCLUDED.jid), agent_id = COALESCE(c.agent_id, EXCLUDED.agent_id),"                        \
+    " company_id = COALESCE(c.company_id, EXCLUDED.company_id),"                                                       \
+    " phone_number = COALESCE(c.phone_number, EXCLUDED.phone_number),"                                                 \
+    " is_group = COALESCE(c.is_group, EXCLUDED.is_group),"                                                             \
     " last_metadata = EXCLUDED.last_metadata, updated_at = now()"
 
 /* Plans: $1 is a JSON array, which the planner always guesses at 100 rows; with its default random_page_cost it
@@ -46,117 +46,117 @@
 
 /* chats.update: the chat must exist (RETURNING tells which did). unread_count sets, unread_delta adds (floor 0,
  * computed in bigint and capped to int4 so a hostile delta cannot overflow). */
-#define SQL_CHATS_UPDATE                                                                                          \
-    "WITH r AS MATERIALIZED (SELECT * FROM jsonb_to_recordset($1::jsonb) AS r(i integer, chat_id text,"           \
-    " agent_id text, unread_count integer, unread_delta integer, conversation_timestamp bigint, last_message jsonb," \
-    " meta jsonb)), l AS MATERIALIZED (SELECT k.chat_id FROM chats k"                                             \
-    " WHERE k.chat_id = ANY (ARRAY(SELECT chat_id FROM r))"                                                       \
-    " ORDER BY k.chat_id COLLATE \"C\" FOR UPDATE)"                                                               \
-    " UPDATE chats AS c SET"                                                                                      \
-    " unread_count = CASE WHEN r.unread_count IS NULL AND r.unread_delta IS NULL THEN c.unread_count"             \
-    "   ELSE LEAST(2147483647, GREATEST(0, COALESCE(r.unread_count, c.unread_count, 0)::bigint"                   \
-    "   + COALESCE(r.unread_delta, 0)))::integer END,"                                                            \
-    " conversation_timestamp = GREATEST(c.conversation_timestamp, r.conversation_timestamp),"                     \
-    " last_message = COALESCE(r.last_message, c.last_message),"                                                   \
-    " agent_id = COALESCE(c.agent_id, r.agent_id),"                                                               \
-    " last_metadata = r.meta, updated_at = now()"                                                                 \
+#define SQL_CHATS_UPDATE                                                                                               \
+    "WITH r AS MATERIALIZED (SELECT * FROM jsonb_to_recordset($1::jsonb) AS r(i integer, chat_id text,"                \
+    " agent_id text, unread_count integer, unread_delta integer, conversation_timestamp bigint, last_message jsonb,"   \
+    " meta jsonb)), l AS MATERIALIZED (SELECT k.chat_id FROM chats k"                                                  \
+    " WHERE k.chat_id = ANY (ARRAY(SELECT chat_id FROM r))"                                                            \
+    " ORDER BY k.chat_id COLLATE \"C\" FOR UPDATE)"                                                                    \
+    " UPDATE chats AS c SET"                                                                                           \
+    " unread_count = CASE WHEN r.unread_count IS NULL AND r.unread_delta IS NULL THEN c.unread_count"                  \
+    "   ELSE LEAST(2147483647, GREATEST(0, COALESCE(r.unread_count, c.unread_count, 0)::bigint"                        \
+    "   + COALESCE(r.unread_delta, 0)))::integer END,"                                                                 \
+    " conversation_timestamp = GREATEST(c.conversation_timestamp, r.conversation_timestamp),"                          \
+    " last_message = COALESCE(r.last_message, c.last_message),"                                                        \
+    " agent_id = COALESCE(c.agent_id, r.agent_id),"                                                                    \
+    " last_metadata = r.meta, updated_at = now()"                                                                      \
     " FROM r WHERE c.chat_id = r.chat_id AND c.chat_id = ANY (ARRAY(SELECT chat_id FROM l)) RETURNING r.i"
 
 /* messages.upsert and history messages: status never regresses along the ladder; identity columns stay. */
-#define SQL_MESSAGES_UPSERT                                                                                       \
-    "INSERT INTO messages AS m (message_id, from_phone, to_phone, chat_id, jid, message_text, message_url,"       \
-    " message_type, company_id, key, message_obj, flow, agent_id, status, message_timestamp, message_date,"       \
-    " last_metadata, created_at, updated_at)"                                                                     \
-    " SELECT r.message_id, r.from_phone, r.to_phone, r.chat_id, r.jid, r.message_text, r.message_url,"            \
-    " r.message_type, r.company_id, r.key, r.message_obj, r.flow, r.agent_id, r.status, r.message_timestamp,"     \
-    " r.message_date, r.meta, now(), now()"                                                                       \
-    " FROM jsonb_to_recordset($1::jsonb) AS r(message_id text, from_phone text, to_phone text, chat_id text,"     \
-    " jid text, message_text text, message_url text, message_type text, company_id text, key jsonb,"              \
-    " message_obj jsonb, flow text, agent_id text, status text, message_timestamp bigint, message_date date,"     \
-    " meta jsonb)"                                                                                                \
-    " ON CONFLICT (message_id, message_date) DO UPDATE SET"                                                       \
-    " message_text = COALESCE(EXCLUDED.message_text, m.message_text),"                                            \
-    " message_url = COALESCE(EXCLUDED.message_url, m.message_url),"                                               \
-    " message_type = COALESCE(EXCLUDED.message_type, m.message_type),"                                            \
-    " message_obj = COALESCE(EXCLUDED.message_obj, m.message_obj),"                                               \
-    " status = CASE WHEN EXCLUDED.status IS NULL THEN m.status"                                                   \
-    "   WHEN mes_status_rank(EXCLUDED.status) > 0 AND mes_status_rank(EXCLUDED.status) < mes_status_rank(m.status)" \
-    "   THEN m.status ELSE EXCLUDED.status END,"                                                                  \
-    " from_phone = COALESCE(m.from_phone, EXCLUDED.from_phone), to_phone = COALESCE(m.to_phone, EXCLUDED.to_phone)," \
-    " chat_id = COALESCE(m.chat_id, EXCLUDED.chat_id), jid = COALESCE(m.jid, EXCLUDED.jid),"                      \
-    " flow = COALESCE(m.flow, EXCLUDED.flow), agent_id = COALESCE(m.agent_id, EXCLUDED.agent_id),"                \
-    " key = COALESCE(m.key, EXCLUDED.key),"                                                                       \
-    " message_timestamp = COALESCE(m.message_timestamp, EXCLUDED.message_timestamp),"                             \
-    " company_id = COALESCE(m.company_id, EXCLUDED.company_id),"                                                  \
+#define SQL_MESSAGES_UPSERT                                                                                            \
+    "INSERT INTO messages AS m (message_id, from_phone, to_phone, chat_id, jid, message_text, message_url,"            \
+    " message_type, company_id, key, message_obj, flow, agent_id, status, message_timestamp, message_date,"            \
+    " last_metadata, created_at, updated_at)"                                                                          \
+    " SELECT r.message_id, r.from_phone, r.to_phone, r.chat_id, r.jid, r.message_text, r.message_url,"                 \
+    " r.message_type, r.company_id, r.key, r.message_obj, r.flow, r.agent_id, r.status, r.message_timestamp,"          \
+    " r.message_date, r.meta, now(), now()"                                                                            \
+    " FROM jsonb_to_recordset($1::jsonb) AS r(message_id text, from_phone text, to_phone text, chat_id text,"          \
+    " jid text, message_text text, message_url text, message_type text, company_id text, key jsonb,"                   \
+    " message_obj jsonb, flow text, agent_id text, status text, message_timestamp bigint, message_date date,"          \
+    " meta jsonb)"                                                                                                     \
+    " ON CONFLICT (message_id, message_date) DO UPDATE SET"                                                            \
+    " message_text = COALESCE(EXCLUDED.message_text, m.message_text),"                                                 \
+    " message_url = COALESCE(EXCLUDED.message_url, m.message_url),"                                                    \
+    " message_type = COALESCE(EXCLUDED.message_type, m.message_type),"                                                 \
+    " message_obj = COALESCE(EXCLUDED.message_obj, m.message_obj),"                                                    \
+    " status = CASE WHEN EXCLUDED.status IS NULL THEN m.status"                                                        \
+    "   WHEN mes_status_rank(EXCLUDED.status) > 0 AND mes_status_rank(EXCLUDED.status) < mes_status_rank(m.status)"    \
+    "   THEN m.status ELSE EXCLUDED.status END,"                                                                       \
+    " from_phone = COALESCE(m.from_phone, EXCLUDED.from_phone), to_phone = COALESCE(m.to_phone, EXCLUDED.to_phone),"   \
+    " chat_id = COALESCE(m.chat_id, EXCLUDED.chat_id), jid = COALESCE(m.jid, EXCLUDED.jid),"                           \
+    " flow = COALESCE(m.flow, EXCLUDED.flow), agent_id = COALESCE(m.agent_id, EXCLUDED.agent_id),"                     \
+    " key = COALESCE(m.key, EXCLUDED.key),"                                                                            \
+    " message_timestamp = COALESCE(m.message_timestamp, EXCLUDED.message_timestamp),"                                  \
+    " company_id = COALESCE(m.company_id, EXCLUDED.company_id),"                                                       \
     " last_metadata = EXCLUDED.last_metadata, updated_at = now()"
 
 /* messages.update: by message_id in any partition; present fields apply, including is_deleted = false. */
-#define SQL_MESSAGES_UPDATE                                                                                       \
-    "WITH r AS MATERIALIZED (SELECT * FROM jsonb_to_recordset($1::jsonb) AS r(i integer, message_id text,"        \
-    " status text, message_url text, edited_message_obj jsonb, is_deleted boolean, meta jsonb)),"                 \
-    " l AS MATERIALIZED (SELECT k.message_id FROM messages k"                                                     \
-    " WHERE k.message_id = ANY (ARRAY(SELECT message_id FROM r))"                                                 \
-    " ORDER BY k.message_id COLLATE \"C\", k.message_date FOR UPDATE)"                                            \
-    " UPDATE messages AS m SET"                                                                                   \
-    " status = CASE WHEN r.status IS NULL THEN m.status"                                                          \
-    "   WHEN mes_status_rank(r.status) > 0 AND mes_status_rank(r.status) < mes_status_rank(m.status)"             \
-    "   THEN m.status ELSE r.status END,"                                                                         \
-    " message_url = COALESCE(r.message_url, m.message_url),"                                                      \
-    " edited_message_obj = COALESCE(r.edited_message_obj, m.edited_message_obj),"                                 \
-    " is_deleted = COALESCE(r.is_deleted, m.is_deleted),"                                                         \
-    " last_metadata = r.meta, updated_at = now()"                                                                 \
+#define SQL_MESSAGES_UPDATE                                                                                            \
+    "WITH r AS MATERIALIZED (SELECT * FROM jsonb_to_recordset($1::jsonb) AS r(i integer, message_id text,"             \
+    " status text, message_url text, edited_message_obj jsonb, is_deleted boolean, meta jsonb)),"                      \
+    " l AS MATERIALIZED (SELECT k.message_id FROM messages k"                                                          \
+    " WHERE k.message_id = ANY (ARRAY(SELECT message_id FROM r))"                                                      \
+    " ORDER BY k.message_id COLLATE \"C\", k.message_date FOR UPDATE)"                                                 \
+    " UPDATE messages AS m SET"                                                                                        \
+    " status = CASE WHEN r.status IS NULL THEN m.status"                                                               \
+    "   WHEN mes_status_rank(r.status) > 0 AND mes_status_rank(r.status) < mes_status_rank(m.status)"                  \
+    "   THEN m.status ELSE r.status END,"                                                                              \
+    " message_url = COALESCE(r.message_url, m.message_url),"                                                           \
+    " edited_message_obj = COALESCE(r.edited_message_obj, m.edited_message_obj),"                                      \
+    " is_deleted = COALESCE(r.is_deleted, m.is_deleted),"                                                              \
+    " last_metadata = r.meta, updated_at = now()"                                                                      \
     " FROM r WHERE m.message_id = r.message_id AND m.message_id = ANY (ARRAY(SELECT message_id FROM l)) RETURNING r.i"
 
 /* contacts.upsert and history contacts: identity (agent_id, normalised phone); a fresh UUID on insert. */
-#define SQL_CONTACTS_UPSERT                                                                                       \
-    "INSERT INTO contacts AS c (id, phone_number, agent_id, chat_id, push_name, company_id, last_metadata,"       \
-    " created_at, updated_at)"                                                                                    \
-    " SELECT gen_random_uuid()::text, r.phone_number, r.agent_id, r.chat_id, r.push_name, r.company_id, r.meta,"  \
-    " now(), now()"                                                                                               \
-    " FROM jsonb_to_recordset($1::jsonb) AS r(phone_number text, agent_id text, chat_id text, push_name text,"    \
-    " company_id text, meta jsonb)"                                                                               \
-    " ON CONFLICT (agent_id, phone_number) DO UPDATE SET"                                                         \
-    " chat_id = COALESCE(EXCLUDED.chat_id, c.chat_id), push_name = COALESCE(EXCLUDED.push_name, c.push_name),"    \
-    " company_id = COALESCE(c.company_id, EXCLUDED.company_id),"                                                  \
+#define SQL_CONTACTS_UPSERT                                                                                            \
+    "INSERT INTO contacts AS c (id, phone_number, agent_id, chat_id, push_name, company_id, last_metadata,"            \
+    " created_at, updated_at)"                                                                                         \
+    " SELECT gen_random_uuid()::text, r.phone_number, r.agent_id, r.chat_id, r.push_name, r.company_id, r.meta,"       \
+    " now(), now()"                                                                                                    \
+    " FROM jsonb_to_recordset($1::jsonb) AS r(phone_number text, agent_id text, chat_id text, push_name text,"         \
+    " company_id text, meta jsonb)"                                                                                    \
+    " ON CONFLICT (agent_id, phone_number) DO UPDATE SET"                                                              \
+    " chat_id = COALESCE(EXCLUDED.chat_id, c.chat_id), push_name = COALESCE(EXCLUDED.push_name, c.push_name),"         \
+    " company_id = COALESCE(c.company_id, EXCLUDED.company_id),"                                                       \
     " last_metadata = EXCLUDED.last_metadata, updated_at = now()"
 
-#define SQL_CONTACTS_UPDATE                                                                                       \
-    "WITH r AS MATERIALIZED (SELECT * FROM jsonb_to_recordset($1::jsonb) AS r(i integer, phone_number text,"      \
-    " agent_id text, chat_id text, push_name text, meta jsonb)),"                                                 \
-    " l AS MATERIALIZED (SELECT x.id FROM (SELECT agent_id, phone_number FROM r"                                  \
-    " ORDER BY agent_id COLLATE \"C\", phone_number COLLATE \"C\") o CROSS JOIN LATERAL (SELECT k.id FROM contacts k" \
-    " WHERE k.agent_id = o.agent_id AND k.phone_number = o.phone_number LIMIT 1 FOR UPDATE) x)"                   \
-    " UPDATE contacts AS c SET"                                                                                   \
-    " chat_id = COALESCE(r.chat_id, c.chat_id), push_name = COALESCE(r.push_name, c.push_name),"                  \
-    " last_metadata = r.meta, updated_at = now()"                                                                 \
-    " FROM r WHERE c.agent_id = r.agent_id AND c.phone_number = r.phone_number"                                   \
-    " AND c.id = ANY (ARRAY(SELECT id FROM l))"                                                                   \
+#define SQL_CONTACTS_UPDATE                                                                                            \
+    "WITH r AS MATERIALIZED (SELECT * FROM jsonb_to_recordset($1::jsonb) AS r(i integer, phone_number text,"           \
+    " agent_id text, chat_id text, push_name text, meta jsonb)),"                                                      \
+    " l AS MATERIALIZED (SELECT x.id FROM (SELECT agent_id, phone_number FROM r"                                       \
+    " ORDER BY agent_id COLLATE \"C\", phone_number COLLATE \"C\") o CROSS JOIN LATERAL (SELECT k.id FROM contacts k"  \
+    " WHERE k.agent_id = o.agent_id AND k.phone_number = o.phone_number LIMIT 1 FOR UPDATE) x)"                        \
+    " UPDATE contacts AS c SET"                                                                                        \
+    " chat_id = COALESCE(r.chat_id, c.chat_id), push_name = COALESCE(r.push_name, c.push_name),"                       \
+    " last_metadata = r.meta, updated_at = now()"                                                                      \
+    " FROM r WHERE c.agent_id = r.agent_id AND c.phone_number = r.phone_number"                                        \
+    " AND c.id = ANY (ARRAY(SELECT id FROM l))"                                                                        \
     " RETURNING r.i"
 
 /* connection.update, step 1: new agents, absent optional strings stored as '' (never NULL). Step 2 then applies
  * present fields to every agent of the batch. Two statements (not one upsert) because an upsert cannot tell an
  * absent field from a present "" once the insert side has turned absent into ''. Step 2 runs with a new snapshot,
  * so an agent inserted concurrently by a replica is updated, not missed. */
-#define SQL_AGENTS_INSERT                                                                                         \
-    "INSERT INTO agents (agent_id, qr_code, status, agent_name, phone_number, host_name, version, company_id,"    \
-    " last_metadata, created_at, updated_at)"                                                                     \
-    " SELECT r.agent_id, COALESCE(r.qr_code, ''), COALESCE(r.status, ''), COALESCE(r.agent_name, ''),"            \
-    " COALESCE(r.phone_number, ''), COALESCE(r.host_name, ''), COALESCE(r.version, ''), r.company_id, r.meta,"    \
-    " now(), now()"                                                                                               \
-    " FROM jsonb_to_recordset($1::jsonb) AS r(agent_id text, qr_code text, status text, agent_name text,"         \
-    " phone_number text, host_name text, version text, company_id text, meta jsonb)"                              \
+#define SQL_AGENTS_INSERT                                                                                              \
+    "INSERT INTO agents (agent_id, qr_code, status, agent_name, phone_number, host_name, version, company_id,"         \
+    " last_metadata, created_at, updated_at)"                                                                          \
+    " SELECT r.agent_id, COALESCE(r.qr_code, ''), COALESCE(r.status, ''), COALESCE(r.agent_name, ''),"                 \
+    " COALESCE(r.phone_number, ''), COALESCE(r.host_name, ''), COALESCE(r.version, ''), r.company_id, r.meta,"         \
+    " now(), now()"                                                                                                    \
+    " FROM jsonb_to_recordset($1::jsonb) AS r(agent_id text, qr_code text, status text, agent_name text,"              \
+    " phone_number text, host_name text, version text, company_id text, meta jsonb)"                                   \
     " ON CONFLICT (agent_id) DO NOTHING"
 
-#define SQL_AGENTS_UPDATE                                                                                         \
-    "WITH r AS MATERIALIZED (SELECT * FROM jsonb_to_recordset($1::jsonb) AS r(agent_id text, qr_code text,"       \
-    " status text, agent_name text, phone_number text, host_name text, version text, company_id text, meta jsonb))," \
-    " l AS MATERIALIZED (SELECT k.agent_id FROM agents k WHERE k.agent_id = ANY (ARRAY(SELECT agent_id FROM r))"  \
-    " ORDER BY k.agent_id COLLATE \"C\" FOR UPDATE)"                                                              \
-    " UPDATE agents AS a SET"                                                                                     \
-    " qr_code = COALESCE(r.qr_code, a.qr_code), status = COALESCE(r.status, a.status),"                           \
-    " agent_name = COALESCE(r.agent_name, a.agent_name), phone_number = COALESCE(r.phone_number, a.phone_number)," \
-    " host_name = COALESCE(r.host_name, a.host_name), version = COALESCE(r.version, a.version),"                  \
-    " company_id = COALESCE(a.company_id, r.company_id), last_metadata = r.meta, updated_at = now()"              \
+#define SQL_AGENTS_UPDATE                                                                                              \
+    "WITH r AS MATERIALIZED (SELECT * FROM jsonb_to_recordset($1::jsonb) AS r(agent_id text, qr_code text,"            \
+    " status text, agent_name text, phone_number text, host_name text, version text, company_id text, meta jsonb)),"   \
+    " l AS MATERIALIZED (SELECT k.agent_id FROM agents k WHERE k.agent_id = ANY (ARRAY(SELECT agent_id FROM r))"       \
+    " ORDER BY k.agent_id COLLATE \"C\" FOR UPDATE)"                                                                   \
+    " UPDATE agents AS a SET"                                                                                          \
+    " qr_code = COALESCE(r.qr_code, a.qr_code), status = COALESCE(r.status, a.status),"                                \
+    " agent_name = COALESCE(r.agent_name, a.agent_name), phone_number = COALESCE(r.phone_number, a.phone_number),"     \
+    " host_name = COALESCE(r.host_name, a.host_name), version = COALESCE(r.version, a.version),"                       \
+    " company_id = COALESCE(a.company_id, r.company_id), last_metadata = r.meta, updated_at = now()"                   \
     " FROM r WHERE a.agent_id = r.agent_id AND a.agent_id = ANY (ARRAY(SELECT agent_id FROM l))"
 
 /* Onboarding (SPEC 6), same transaction as the messages, one row per (agent, phone) of the batch: first_tags are the
@@ -164,37 +164,37 @@
  * order (what later messages merge in). Step 1 creates missing contacts and says which; step 2
  * merges campaign tags and fills empty origin/first_message_* of existing ones (no write when nothing changes);
  * step 3 logs the first message per (agent, phone). */
-#define SQL_ONB_RECORDSET                                                                                         \
-    " FROM jsonb_to_recordset($1::jsonb) AS r(phone text, agent_id text, chat_id text, company_id text,"          \
-    " origin text, first_tags text, tags text, assigned_to text, message_id text, message_timestamp bigint,"      \
+#define SQL_ONB_RECORDSET                                                                                              \
+    " FROM jsonb_to_recordset($1::jsonb) AS r(phone text, agent_id text, chat_id text, company_id text,"               \
+    " origin text, first_tags text, tags text, assigned_to text, message_id text, message_timestamp bigint,"           \
     " meta jsonb)"
 
-#define SQL_ONB_CREATE                                                                                            \
-    "INSERT INTO contacts (id, phone_number, agent_id, chat_id, company_id, origin, tags, assigned_to,"           \
-    " first_message_id, first_message_timestamp, status, last_metadata, created_at, updated_at)"                  \
-    " SELECT gen_random_uuid()::text, r.phone, r.agent_id, r.chat_id, r.company_id,"                              \
-    " COALESCE(NULLIF(r.origin, ''), 'DirectChat'),"                                                              \
-    " mes_merge_tags(COALESCE(mes_merge_tags(NULL, r.first_tags), 'Onboarded'), r.tags),"                         \
-    " r.assigned_to, r.message_id, r.message_timestamp, 'ACTIVE', r.meta, now(), now()" SQL_ONB_RECORDSET         \
+#define SQL_ONB_CREATE                                                                                                 \
+    "INSERT INTO contacts (id, phone_number, agent_id, chat_id, company_id, origin, tags, assigned_to,"                \
+    " first_message_id, first_message_timestamp, status, last_metadata, created_at, updated_at)"                       \
+    " SELECT gen_random_uuid()::text, r.phone, r.agent_id, r.chat_id, r.company_id,"                                   \
+    " COALESCE(NULLIF(r.origin, ''), 'DirectChat'),"                                                                   \
+    " mes_merge_tags(COALESCE(mes_merge_tags(NULL, r.first_tags), 'Onboarded'), r.tags),"                              \
+    " r.assigned_to, r.message_id, r.message_timestamp, 'ACTIVE', r.meta, now(), now()" SQL_ONB_RECORDSET              \
     " ON CONFLICT (agent_id, phone_number) DO NOTHING RETURNING agent_id, phone_number"
 
-#define SQL_ONB_MERGE                                                                                             \
-    "WITH r AS MATERIALIZED (SELECT r.*, x.id" SQL_ONB_RECORDSET " CROSS JOIN LATERAL (SELECT k.id FROM contacts k" \
-    " WHERE k.agent_id = r.agent_id AND k.phone_number = r.phone LIMIT 1) x)"                                     \
-    " UPDATE contacts AS c SET"                                                                                   \
-    " tags = CASE WHEN r.tags IS NULL THEN c.tags ELSE mes_merge_tags(c.tags, r.tags) END,"                       \
-    " origin = COALESCE(NULLIF(c.origin, ''), NULLIF(r.origin, ''), 'DirectChat'),"                               \
-    " first_message_id = COALESCE(NULLIF(c.first_message_id, ''), r.message_id),"                                 \
-    " first_message_timestamp = COALESCE(c.first_message_timestamp, r.message_timestamp),"                        \
-    " last_metadata = r.meta, updated_at = now()"                                                                 \
-    " FROM r WHERE c.id = r.id AND c.id = ANY (ARRAY(SELECT id FROM r)) AND ("                                    \
-    " (r.tags IS NOT NULL AND mes_merge_tags(c.tags, r.tags) IS DISTINCT FROM c.tags)"                            \
-    " OR COALESCE(c.origin, '') = '' OR COALESCE(c.first_message_id, '') = ''"                                    \
+#define SQL_ONB_MERGE                                                                                                  \
+    "WITH r AS MATERIALIZED (SELECT r.*, x.id" SQL_ONB_RECORDSET " CROSS JOIN LATERAL (SELECT k.id FROM contacts k"    \
+    " WHERE k.agent_id = r.agent_id AND k.phone_number = r.phone LIMIT 1) x)"                                          \
+    " UPDATE contacts AS c SET"                                                                                        \
+    " tags = CASE WHEN r.tags IS NULL THEN c.tags ELSE mes_merge_tags(c.tags, r.tags) END,"                            \
+    " origin = COALESCE(NULLIF(c.origin, ''), NULLIF(r.origin, ''), 'DirectChat'),"                                    \
+    " first_message_id = COALESCE(NULLIF(c.first_message_id, ''), r.message_id),"                                      \
+    " first_message_timestamp = COALESCE(c.first_message_timestamp, r.message_timestamp),"                             \
+    " last_metadata = r.meta, updated_at = now()"                                                                      \
+    " FROM r WHERE c.id = r.id AND c.id = ANY (ARRAY(SELECT id FROM r)) AND ("                                         \
+    " (r.tags IS NOT NULL AND mes_merge_tags(c.tags, r.tags) IS DISTINCT FROM c.tags)"                                 \
+    " OR COALESCE(c.origin, '') = '' OR COALESCE(c.first_message_id, '') = ''"                                         \
     " OR (c.first_message_timestamp IS NULL AND r.message_timestamp IS NOT NULL))"
 
-#define SQL_ONB_LOG                                                                                               \
-    "INSERT INTO onboarding_log (message_id, agent_id, company_id, phone_number, \"timestamp\", last_metadata,"   \
-    " created_at) SELECT r.message_id, r.agent_id, r.company_id, r.phone, r.message_timestamp, r.meta, now()"     \
-    SQL_ONB_RECORDSET " ON CONFLICT (agent_id, phone_number) DO NOTHING"
+#define SQL_ONB_LOG                                                                                                    \
+    "INSERT INTO onboarding_log (message_id, agent_id, company_id, phone_number, \"timestamp\", last_metadata,"        \
+    " created_at) SELECT r.message_id, r.agent_id, r.company_id, r.phone, r.message_timestamp, r.meta, "               \
+    "now()" SQL_ONB_RECORDSET " ON CONFLICT (agent_id, phone_number) DO NOTHING"
 
 #endif

@@ -13,7 +13,7 @@
 
 /* Two deliveries, one second each: a client that never acks exhausts a message within seconds. */
 static const char *const ENV[] = {"NATS_REALTIME_MAXDELIVER=2", "NATS_REALTIME_ACKWAIT=1s", "NATS_DLQMAXDELIVER=2",
-                                  "NATS_DLQACKWAIT=1s", "NATS_DLQMAXRETRIES=2", NULL};
+                                  "NATS_DLQACKWAIT=1s",         "NATS_DLQMAXRETRIES=2",     NULL};
 
 static const char CHAT[] = "{\"chat_id\":\"lost-chat\",\"jid\":\"628@s.whatsapp.net\",\"agent_id\":\"ag1\","
                            "\"phone_number\":\"628\"}";
@@ -112,10 +112,11 @@ static bool up_then_down(void)
         fprintf(stderr, "/ready %d: %s\n", status, body ? body : "(none)");
     free(body);
     /* The family is there from startup, with a zero series per stream. */
-    ok = ok && h_metric(S.http_port, "message_event_service_jetstream_exhausted_total{company_id=\"" CO
-                                     "\",stream=\"wa_events_stream\"}") == 0 &&
+    ok = ok &&
          h_metric(S.http_port, "message_event_service_jetstream_exhausted_total{company_id=\"" CO
-                               "\",stream=\"dlq_stream\"}") == 0;
+                               "\",stream=\"wa_events_stream\"}") == 0 &&
+         h_metric(S.http_port,
+                  "message_event_service_jetstream_exhausted_total{company_id=\"" CO "\",stream=\"dlq_stream\"}") == 0;
     return h_svc_signal(&S, SIGTERM, 20000) == 0 && ok;
 }
 
@@ -146,11 +147,11 @@ TEST(an_event_exhausted_by_another_client_while_the_service_was_down_is_stored_o
 
     /* The same advisory again, several times, to both replicas: still one row, counted once. */
     char **adv = NULL;
-    REQUIRE(h_stream_read(&N, ADV_STREAM, ADV_SUBJECT("wa_events_stream", "wa_listener_acme_chats_upsert"), 1,
-                          &adv) == 1);
+    REQUIRE(h_stream_read(&N, ADV_STREAM, ADV_SUBJECT("wa_events_stream", "wa_listener_acme_chats_upsert"), 1, &adv) ==
+            1);
     for (int i = 0; i < 4; i++)
-        CHECK(h_publish(&N, ADV_SUBJECT("wa_events_stream", "wa_listener_acme_chats_upsert"), adv[0],
-                        strlen(adv[0]), NULL));
+        CHECK(h_publish(&N, ADV_SUBJECT("wa_events_stream", "wa_listener_acme_chats_upsert"), adv[0], strlen(adv[0]),
+                        NULL));
     h_strv_free(adv, 1);
     CHECK(advisories_settled(20000));
     CHECK_EQ_INT(h_pg_int(&P, "SELECT count(*) FROM " SCH ".exhausted_events"), 1);
@@ -289,8 +290,9 @@ TEST(the_advisory_consumer_resubscribes_after_a_nats_restart)
     CHECK_EQ_INT(exhaust_outside("wa_events_stream", "wa_listener_acme_contacts_update", "v1.contacts.update.acme",
                                  ADV_SUBJECT("wa_events_stream", "wa_listener_acme_contacts_update")),
                  2);
-    CHECK_EQ_INT(h_pg_wait_int(&P, 1, 30000, "SELECT count(*) FROM " SCH ".exhausted_events"
-                                             " WHERE source_subject = 'v1.contacts.update.acme'"),
+    CHECK_EQ_INT(h_pg_wait_int(&P, 1, 30000,
+                               "SELECT count(*) FROM " SCH ".exhausted_events"
+                               " WHERE source_subject = 'v1.contacts.update.acme'"),
                  1);
     CHECK_EQ_INT(h_svc_signal(&S, SIGTERM, 20000), 0);
 }

@@ -98,8 +98,8 @@ TEST(sessions_never_exceed_the_default_budget_of_four_with_lanes_and_dlq_workers
 /* The smallest budget: one writer session for all ten lanes, one session the DLQ workers share with maintenance. */
 TEST(a_budget_of_two_sessions_still_commits_everything_and_exhausts_what_fails)
 {
-    static const char *const env[] = {"DATABASE_MAXCONNECTIONS=2", "NATS_DLQBASEDELAY=100ms",
-                                      "NATS_DLQMAXDELAY=300ms", "NATS_DLQMAXRETRIES=2", NULL};
+    static const char *const env[] = {"DATABASE_MAXCONNECTIONS=2", "NATS_DLQBASEDELAY=100ms", "NATS_DLQMAXDELAY=300ms",
+                                      "NATS_DLQMAXRETRIES=2", NULL};
     check_budget(env, 2);
 }
 

@@ -39,7 +39,8 @@ TEST(an_original_jsonb_cannot_hold_is_stored_degraded_as_base64_at_once)
 {
     REQUIRE(it_up(CO, FAST));
     /* 1e131072 is valid JSON, but beyond jsonb's numeric range (22003). */
-    REQUIRE(pub_record("v1.chats.upsert." CO, "2026-11-22T10:00:00Z", "{\"chat_id\":\"x\",\"extra\":1e131072}", "h-num"));
+    REQUIRE(
+        pub_record("v1.chats.upsert." CO, "2026-11-22T10:00:00Z", "{\"chat_id\":\"x\",\"extra\":1e131072}", "h-num"));
     check_one_row_at_once();
     char *row = h_pg_str(&P, "SELECT concat_ws('|', source_subject, dlq_payload->>'degraded',"
                              " convert_from(decode(original_payload #>> '{}', 'base64'), 'UTF8'),"
@@ -78,7 +79,8 @@ TEST(a_nats_msg_id_that_is_not_utf8_keys_the_row_by_stream_sequence)
     REQUIRE(it_up(CO, FAST));
     REQUIRE(pub_record("v1.chats.upsert." CO, "2026-11-22T10:00:00Z", "{\"chat_id\":\"x\"}", "bad-\xff\xfe-id"));
     check_one_row_at_once();
-    CHECK_EQ_INT(h_pg_int(&P, "SELECT count(*) FROM " SCH ".exhausted_events WHERE dlq_message_id = 'dlq_stream:1'"), 1);
+    CHECK_EQ_INT(h_pg_int(&P, "SELECT count(*) FROM " SCH ".exhausted_events WHERE dlq_message_id = 'dlq_stream:1'"),
+                 1);
 }
 
 /* ---- records that hold a truncated original (over 512 KiB; issue 17, class 4) ---- */
@@ -103,8 +105,9 @@ TEST(a_large_update_before_its_upsert_is_applied_from_its_full_original_not_exha
                    "{\"message_id\":\"big\",\"chat_id\":\"c\",\"jid\":\"j\",\"agent_id\":\"a\",\"flow\":\"OUT\","
                    "\"status\":\"sent\",\"message_timestamp\":1700000000}",
                    "big-ups"));
-    CHECK_EQ_INT(h_pg_wait_int(&P, 1, 30000, "SELECT count(*) FROM " SCH ".messages WHERE message_id = 'big'"
-                                             " AND status = 'read'"),
+    CHECK_EQ_INT(h_pg_wait_int(&P, 1, 30000,
+                               "SELECT count(*) FROM " SCH ".messages WHERE message_id = 'big'"
+                               " AND status = 'read'"),
                  1);
     CHECK_EQ_INT(h_pg_int(&P, "SELECT count(*) FROM " SCH ".exhausted_events"), 0);
 }

@@ -35,8 +35,10 @@ TEST(update_before_its_upsert_is_applied_by_a_dlq_retry_once_the_upsert_lands)
     REQUIRE(it_up(CO, FAST));
     REQUIRE(it_pub("v1.chats.update", CO, "{\"chat_id\":\"late\",\"unread_count\":7}", "upd-late"));
     CHECK_EQ_INT(it_dlq_wait(CO, 1, 20000), 1);
-    REQUIRE(it_pub("v1.chats.upsert", CO, "{\"chat_id\":\"late\",\"jid\":\"j\",\"agent_id\":\"a\",\"phone_number\":\"1\"}", NULL));
-    CHECK_EQ_INT(h_pg_wait_int(&P, 7, 20000, "SELECT coalesce(unread_count, -1) FROM " SCH ".chats WHERE chat_id = 'late'"), 7);
+    REQUIRE(it_pub("v1.chats.upsert", CO,
+                   "{\"chat_id\":\"late\",\"jid\":\"j\",\"agent_id\":\"a\",\"phone_number\":\"1\"}", NULL));
+    CHECK_EQ_INT(
+        h_pg_wait_int(&P, 7, 20000, "SELECT coalesce(unread_count, -1) FROM " SCH ".chats WHERE chat_id = 'late'"), 7);
     /* The DLQ write carries the original's metadata plus the DLQ attempt. */
     CHECK_EQ_INT(h_pg_int(&P, "SELECT count(*) FROM " SCH ".chats WHERE last_metadata->>'message_id' = 'upd-late'"
                               " AND (last_metadata->>'dlq_attempt')::int >= 1"),
@@ -57,10 +59,11 @@ TEST(not_found_that_never_resolves_is_exhausted_after_max_retries_with_one_row)
     int64_t took = h_now_ms() - t0;
     /* Attempts 1 and 2 were NAKed with 200 ms then 400 ms (growing); attempt 3 exhausted. */
     CHECK(took >= 600);
-    char *row = h_pg_str(&P, "SELECT concat_ws('|', company_id, source_subject, retry_count, event_timestamp IS NOT NULL,"
-                             " dlq_payload->>'error_class', original_payload->>'chat_id', resolved,"
-                             " dlq_message_id LIKE 'dlq:wa_events_stream:%%', last_error LIKE '%%not found%%')"
-                             " FROM " SCH ".exhausted_events");
+    char *row =
+        h_pg_str(&P, "SELECT concat_ws('|', company_id, source_subject, retry_count, event_timestamp IS NOT NULL,"
+                     " dlq_payload->>'error_class', original_payload->>'chat_id', resolved,"
+                     " dlq_message_id LIKE 'dlq:wa_events_stream:%%', last_error LIKE '%%not found%%')"
+                     " FROM " SCH ".exhausted_events");
     CHECK_EQ_STR(row, "acme|v1.chats.update.acme|4|t|not_found|never|f|t|t");
     free(row);
     h_sleep_ms(300);
@@ -75,9 +78,10 @@ TEST(malformed_json_is_exhausted_at_once_with_null_original_and_base64_in_the_re
     REQUIRE(it_up(CO, FAST));
     REQUIRE(it_pub("v1.messages.upsert", CO, "{oops", "bad-json"));
     CHECK_EQ_INT(h_pg_wait_int(&P, 1, 20000, "SELECT count(*) FROM " SCH ".exhausted_events"), 1);
-    char *row = h_pg_str(&P, "SELECT concat_ws('|', original_payload IS NULL, dlq_payload->>'original_payload_encoding',"
-                             " dlq_payload->>'original_payload', retry_count, last_error LIKE 'invalid JSON%%')"
-                             " FROM " SCH ".exhausted_events");
+    char *row =
+        h_pg_str(&P, "SELECT concat_ws('|', original_payload IS NULL, dlq_payload->>'original_payload_encoding',"
+                     " dlq_payload->>'original_payload', retry_count, last_error LIKE 'invalid JSON%%')"
+                     " FROM " SCH ".exhausted_events");
     CHECK_EQ_STR(row, "t|base64|e29vcHM=|2|t");
     free(row);
     h_sleep_ms(200);
@@ -88,8 +92,9 @@ TEST(redelivered_exhaustion_does_not_write_a_second_row)
 {
     REQUIRE(it_up(CO, FAST));
     /* The row a crash between insert and ack would leave behind. */
-    REQUIRE(h_pg_exec(&P, "INSERT INTO " SCH ".exhausted_events (company_id, source_subject, dlq_payload, dlq_message_id)"
-                          " VALUES ('acme', 'v1.chats.upsert.acme', '{}', 'dlq:wa_events_stream:77')"));
+    REQUIRE(h_pg_exec(&P,
+                      "INSERT INTO " SCH ".exhausted_events (company_id, source_subject, dlq_payload, dlq_message_id)"
+                      " VALUES ('acme', 'v1.chats.upsert.acme', '{}', 'dlq:wa_events_stream:77')"));
     REQUIRE(pub_record(CO, CO, "v1.chats.upsert.acme", "e25vcGU=", true, "dlq:wa_events_stream:77"));
     int64_t end = h_now_ms() + 20000;
     while (h_now_ms() < end && metric("dlq_tasks_dropped_total{company_id=\"acme\"}") < 1)
@@ -120,11 +125,14 @@ TEST(two_tenants_never_touch_each_others_dlq_records)
     CHECK_EQ_INT(h_pg_wait_int(&P, 1, 20000, "SELECT count(*) FROM daisi_beta.exhausted_events"), 1);
     /* A record on acme's DLQ subject that claims to be beta's is rejected by acme, never applied anywhere. */
     REQUIRE(pub_record(CO, "beta", "v1.chats.upsert.beta",
-                       "{\"chat_id\":\"stolen\",\"jid\":\"j\",\"agent_id\":\"a\",\"phone_number\":\"1\"}", false, "x-1"));
+                       "{\"chat_id\":\"stolen\",\"jid\":\"j\",\"agent_id\":\"a\",\"phone_number\":\"1\"}", false,
+                       "x-1"));
     CHECK_EQ_INT(h_pg_wait_int(&P, 1, 20000, "SELECT count(*) FROM " SCH ".exhausted_events"), 1);
-    CHECK_EQ_INT(h_pg_int(&P, "SELECT count(*) FROM " SCH ".exhausted_events WHERE last_error LIKE '%%another tenant%%'"), 1);
+    CHECK_EQ_INT(
+        h_pg_int(&P, "SELECT count(*) FROM " SCH ".exhausted_events WHERE last_error LIKE '%%another tenant%%'"), 1);
     CHECK_EQ_INT(h_pg_int(&P, "SELECT count(*) FROM daisi_beta.exhausted_events"), 1);
-    CHECK_EQ_INT(h_pg_int(&P, "SELECT count(*) FROM " SCH ".chats") + h_pg_int(&P, "SELECT count(*) FROM daisi_beta.chats"), 0);
+    CHECK_EQ_INT(
+        h_pg_int(&P, "SELECT count(*) FROM " SCH ".chats") + h_pg_int(&P, "SELECT count(*) FROM daisi_beta.chats"), 0);
 }
 
 typedef struct {
@@ -147,7 +155,8 @@ static void *sample_queue(void *arg)
 
 TEST(queue_never_exceeds_its_capacity_and_no_record_is_processed_twice)
 {
-    const char *env[] = {"NATS_DLQQUEUESIZE=5", "NATS_DLQWORKERS=2", "NATS_DLQBASEDELAY=200ms", "NATS_DLQMAXDELAY=1s", NULL};
+    const char *env[] = {"NATS_DLQQUEUESIZE=5", "NATS_DLQWORKERS=2", "NATS_DLQBASEDELAY=200ms", "NATS_DLQMAXDELAY=1s",
+                         NULL};
     REQUIRE(it_up(CO, env));
     sampler_t smp = {S.http_port, 0, 0};
     pthread_t t;

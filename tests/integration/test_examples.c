@@ -35,7 +35,7 @@ static int run_env(const char *name, const char *const *env, char **out, const c
 }
 
 /* The test servers and tenant as options, then the example's own args, NULL-terminated. */
-#define RUN(out, name, ...)                                                                                          \
+#define RUN(out, name, ...)                                                                                            \
     run_env((name), NULL, (out), (const char *const[]){"--url", N.url, "--company", CO, __VA_ARGS__})
 
 static long long exhausted_rows(void)
@@ -52,9 +52,10 @@ TEST(chat_message_and_history_examples_write_their_rows_and_onboard_the_sender)
     CHECK_CONTAINS(out, "published v1.chats.upsert.acme (Nats-Msg-Id chat-example-chat-1): stream "
                         "wa_events_stream, sequence 1");
     free(out);
-    CHECK_EQ_INT(h_pg_wait_int(&P, 1, 30000, "SELECT count(*) FROM " SCH ".chats WHERE chat_id = 'example-chat-1'"
-                                             " AND push_name = 'Budi' AND unread_count = 1 AND company_id = 'acme'"
-                                             " AND last_message->>'text' = 'Halo, ada promo?'"),
+    CHECK_EQ_INT(h_pg_wait_int(&P, 1, 30000,
+                               "SELECT count(*) FROM " SCH ".chats WHERE chat_id = 'example-chat-1'"
+                               " AND push_name = 'Budi' AND unread_count = 1 AND company_id = 'acme'"
+                               " AND last_message->>'text' = 'Halo, ada promo?'"),
                  1);
     /* Published twice, stored once: the Nats-Msg-Id makes a retry safe. */
     CHECK_EQ_INT(RUN(&out, "publish_chat", NULL), 0);
@@ -64,9 +65,10 @@ TEST(chat_message_and_history_examples_write_their_rows_and_onboard_the_sender)
     CHECK_EQ_INT(RUN(&out, "publish_message_onboarding", NULL), 0);
     CHECK_CONTAINS(out, "published v1.messages.upsert.acme");
     free(out);
-    CHECK_EQ_INT(h_pg_wait_int(&P, 1, 30000, "SELECT count(*) FROM " SCH ".messages WHERE message_id = 'example-msg-1'"
-                                             " AND flow = 'IN' AND status = 'delivered'"
-                                             " AND message_date = (now() AT TIME ZONE 'UTC')::date"),
+    CHECK_EQ_INT(h_pg_wait_int(&P, 1, 30000,
+                               "SELECT count(*) FROM " SCH ".messages WHERE message_id = 'example-msg-1'"
+                               " AND flow = 'IN' AND status = 'delivered'"
+                               " AND message_date = (now() AT TIME ZONE 'UTC')::date"),
                  1);
     /* Onboarded in the message's transaction: the contact (phone normalised to digits) and its log row. */
     CHECK_EQ_INT(h_pg_int(&P, "SELECT count(*) FROM " SCH ".contacts WHERE agent_id = 'example-agent'"
@@ -85,9 +87,10 @@ TEST(chat_message_and_history_examples_write_their_rows_and_onboard_the_sender)
     CHECK_CONTAINS(out, "published v1.history.messages.acme (Nats-Msg-Id history-example-old-1-to-4): stream "
                         "wa_history_events_stream");
     free(out);
-    CHECK_EQ_INT(h_pg_wait_int(&P, 4, 30000, "SELECT count(*) FROM " SCH ".messages"
-                                             " WHERE message_id LIKE 'example-old-%%' AND company_id = 'acme'"
-                                             " AND message_date = '2023-11-14' AND message_timestamp > 1700000000"),
+    CHECK_EQ_INT(h_pg_wait_int(&P, 4, 30000,
+                               "SELECT count(*) FROM " SCH ".messages"
+                               " WHERE message_id LIKE 'example-old-%%' AND company_id = 'acme'"
+                               " AND message_date = '2023-11-14' AND message_timestamp > 1700000000"),
                  4);
     /* History does not onboard; nothing went to the DLQ. */
     CHECK_EQ_INT(h_pg_int(&P, "SELECT count(*) FROM " SCH ".contacts"), 1);
@@ -109,9 +112,10 @@ TEST(poison_example_shows_its_dlq_record_and_replay_publishes_it_again_and_resol
     CHECK_CONTAINS(out, "\"source_message_id\":\"example-poison-1\"");
     free(out);
     /* A validation error is not retried: the DLQ worker exhausts it at once. */
-    CHECK_EQ_INT(h_pg_wait_int(&P, 1, 30000, "SELECT count(*) FROM " SCH ".exhausted_events WHERE NOT resolved"
-                                             " AND source_subject = 'v1.messages.upsert.acme'"
-                                             " AND dlq_payload->>'source_message_id' = 'example-poison-1'"),
+    CHECK_EQ_INT(h_pg_wait_int(&P, 1, 30000,
+                               "SELECT count(*) FROM " SCH ".exhausted_events WHERE NOT resolved"
+                               " AND source_subject = 'v1.messages.upsert.acme'"
+                               " AND dlq_payload->>'source_message_id' = 'example-poison-1'"),
                  1);
     long long id = h_pg_int(&P, "SELECT id FROM " SCH ".exhausted_events");
     REQUIRE(id > 0);
@@ -130,14 +134,16 @@ TEST(poison_example_shows_its_dlq_record_and_replay_publishes_it_again_and_resol
     CHECK_CONTAINS(out, "published v1.messages.upsert.acme (Nats-Msg-Id example-replay-");
     CHECK_CONTAINS(out, "marked resolved");
     free(out);
-    CHECK_EQ_INT(h_pg_int(&P, "SELECT count(*) FROM " SCH ".exhausted_events WHERE id = %lld AND resolved"
-                              " AND resolved_at IS NOT NULL AND notes LIKE 'replayed by examples/%%'",
+    CHECK_EQ_INT(h_pg_int(&P,
+                          "SELECT count(*) FROM " SCH ".exhausted_events WHERE id = %lld AND resolved"
+                          " AND resolved_at IS NOT NULL AND notes LIKE 'replayed by examples/%%'",
                           id),
                  1);
     /* Re-published: the stream holds it twice. Still poison: it comes back as a new record and a new row. */
     CHECK_EQ_INT(h_stream_count(&N, "wa_events_stream", "v1.messages.upsert.acme"), 2);
-    CHECK_EQ_INT(h_pg_wait_int(&P, 1, 30000, "SELECT count(*) FROM " SCH ".exhausted_events WHERE NOT resolved"
-                                             " AND dlq_payload->>'source_message_id' = 'example-replay-%lld'",
+    CHECK_EQ_INT(h_pg_wait_int(&P, 1, 30000,
+                               "SELECT count(*) FROM " SCH ".exhausted_events WHERE NOT resolved"
+                               " AND dlq_payload->>'source_message_id' = 'example-replay-%lld'",
                                id),
                  1);
 
@@ -154,8 +160,9 @@ TEST(replay_example_applies_an_update_that_was_exhausted_before_its_message_exis
     const char *const env[] = {"NATS_DLQMAXRETRIES=1", NULL};
     REQUIRE(it_up(CO, env));
     REQUIRE(it_pub("v1.messages.update", CO, "{\"message_id\":\"example-msg-1\",\"status\":\"read\"}", "early-read"));
-    CHECK_EQ_INT(h_pg_wait_int(&P, 1, 30000, "SELECT count(*) FROM " SCH ".exhausted_events WHERE NOT resolved"
-                                             " AND dlq_payload->>'error_class' = 'not_found'"),
+    CHECK_EQ_INT(h_pg_wait_int(&P, 1, 30000,
+                               "SELECT count(*) FROM " SCH ".exhausted_events WHERE NOT resolved"
+                               " AND dlq_payload->>'error_class' = 'not_found'"),
                  1);
     long long id = h_pg_int(&P, "SELECT id FROM " SCH ".exhausted_events");
     REQUIRE(id > 0);
@@ -164,8 +171,9 @@ TEST(replay_example_applies_an_update_that_was_exhausted_before_its_message_exis
     char *out = NULL;
     CHECK_EQ_INT(RUN(&out, "publish_message_onboarding", NULL), 0);
     free(out);
-    CHECK_EQ_INT(h_pg_wait_int(&P, 1, 30000, "SELECT count(*) FROM " SCH ".messages WHERE message_id = 'example-msg-1'"
-                                             " AND status = 'delivered'"),
+    CHECK_EQ_INT(h_pg_wait_int(&P, 1, 30000,
+                               "SELECT count(*) FROM " SCH ".messages WHERE message_id = 'example-msg-1'"
+                               " AND status = 'delivered'"),
                  1);
 
     char id_s[24];
@@ -175,8 +183,9 @@ TEST(replay_example_applies_an_update_that_was_exhausted_before_its_message_exis
     CHECK_CONTAINS(out, "marked resolved");
     free(out);
     /* The replayed update is applied; the row is resolved and nothing new was exhausted. */
-    CHECK_EQ_INT(h_pg_wait_int(&P, 1, 30000, "SELECT count(*) FROM " SCH ".messages WHERE message_id = 'example-msg-1'"
-                                             " AND status = 'read'"),
+    CHECK_EQ_INT(h_pg_wait_int(&P, 1, 30000,
+                               "SELECT count(*) FROM " SCH ".messages WHERE message_id = 'example-msg-1'"
+                               " AND status = 'read'"),
                  1);
     CHECK_EQ_INT(h_pg_int(&P, "SELECT count(*) FROM " SCH ".exhausted_events WHERE id = %lld AND resolved", id), 1);
     CHECK_EQ_INT(exhausted_rows(), 1);

@@ -145,10 +145,19 @@ TEST(list_shows_rows_and_json_is_valid)
     CHECK_EQ_INT(ids[0], a);
     CHECK_EQ_INT(ids[1], b);
     /* Every column, jsonb columns as JSON values, big numbers exactly as stored. */
-    const char *const columns[] = {"\"created_at\"", "\"company_id\"", "\"source_subject\"", "\"last_error\"",
-                                   "\"retry_count\"", "\"event_timestamp\"", "\"dlq_payload\"",
-                                   "\"original_payload\"", "\"resolved\"", "\"resolved_at\"", "\"notes\"",
-                                   "\"dlq_message_id\"", NULL};
+    const char *const columns[] = {"\"created_at\"",
+                                   "\"company_id\"",
+                                   "\"source_subject\"",
+                                   "\"last_error\"",
+                                   "\"retry_count\"",
+                                   "\"event_timestamp\"",
+                                   "\"dlq_payload\"",
+                                   "\"original_payload\"",
+                                   "\"resolved\"",
+                                   "\"resolved_at\"",
+                                   "\"notes\"",
+                                   "\"dlq_message_id\"",
+                                   NULL};
     for (int i = 0; columns[i]; i++)
         CHECK_CONTAINS(out, columns[i]);
     CHECK_CONTAINS(out, "12345678901234567890");
@@ -219,14 +228,16 @@ TEST(show_prints_every_column)
     REQUIRE(it_up(CO, NO_ENV));
     long long id = add_row("v1.chats.upsert.acme", CHAT_JSON, false, "SQLSTATE 22001: value too long", 5);
     REQUIRE(id > 0);
-    REQUIRE(h_pg_exec(&P, "UPDATE " SCH ".exhausted_events SET notes = 'first line' || E'\\n' || 'second line'"
-                          " WHERE id = %lld",
+    REQUIRE(h_pg_exec(&P,
+                      "UPDATE " SCH ".exhausted_events SET notes = 'first line' || E'\\n' || 'second line'"
+                      " WHERE id = %lld",
                       id));
     char *out = NULL;
     CHECK_EQ_INT(CLI(&out, "show", "--id", id_str(id)), 0);
-    const char *const columns[] = {"id ", "created_at ", "company_id ", "source_subject ", "retry_count ",
-                                   "last_error ", "event_timestamp ", "resolved ", "resolved_at ", "notes ",
-                                   "dlq_message_id ", "original_payload ", "dlq_payload ", NULL};
+    const char *const columns[] = {"id ",          "created_at ", "company_id ",      "source_subject ",
+                                   "retry_count ", "last_error ", "event_timestamp ", "resolved ",
+                                   "resolved_at ", "notes ",      "dlq_message_id ",  "original_payload ",
+                                   "dlq_payload ", NULL};
     for (int i = 0; columns[i]; i++)
         CHECK_CONTAINS(out, columns[i]);
     CHECK_CONTAINS(out, "v1.chats.upsert.acme");
@@ -266,14 +277,16 @@ TEST(replay_republishes_original_and_the_event_is_applied)
     free(out);
 
     CHECK_EQ_INT(h_pg_wait_int(&P, 1, 20000, "SELECT count(*) FROM " SCH ".chats WHERE chat_id = 'replayed-1'"), 1);
-    CHECK_EQ_INT(h_pg_int(&P, "SELECT count(*) FROM " SCH ".chats WHERE chat_id = 'replayed-1'"
-                              " AND last_message::text LIKE '%%12345678901234567890%%'"
-                              " AND last_metadata->>'message_id' LIKE 'replay:%lld:%%'",
+    CHECK_EQ_INT(h_pg_int(&P,
+                          "SELECT count(*) FROM " SCH ".chats WHERE chat_id = 'replayed-1'"
+                          " AND last_message::text LIKE '%%12345678901234567890%%'"
+                          " AND last_metadata->>'message_id' LIKE 'replay:%lld:%%'",
                           id),
                  1);
-    CHECK_EQ_INT(h_pg_int(&P, "SELECT count(*) FROM " SCH ".exhausted_events WHERE id = %lld AND resolved"
-                              " AND resolved_at IS NOT NULL"
-                              " AND notes LIKE 'replayed at %%Z to v1.chats.upsert.acme (stream seq 1)'",
+    CHECK_EQ_INT(h_pg_int(&P,
+                          "SELECT count(*) FROM " SCH ".exhausted_events WHERE id = %lld AND resolved"
+                          " AND resolved_at IS NOT NULL"
+                          " AND notes LIKE 'replayed at %%Z to v1.chats.upsert.acme (stream seq 1)'",
                           id),
                  1);
     CHECK_EQ_INT(h_stream_count(&N, "wa_events_stream", "v1.chats.upsert.acme"), 1);
@@ -375,16 +388,18 @@ TEST(resolve_marks_row_with_note)
     CHECK_EQ_INT(CLI(&out, "resolve", "--id", id_str(id), "--note", "fixed upstream; won't replay"), 0);
     CHECK_CONTAINS(out, "resolved exhausted event");
     free(out);
-    CHECK_EQ_INT(h_pg_int(&P, "SELECT count(*) FROM " SCH ".exhausted_events WHERE id = %lld AND resolved"
-                              " AND resolved_at IS NOT NULL"
-                              " AND notes LIKE 'resolved at %%Z: fixed upstream; won''t replay'",
+    CHECK_EQ_INT(h_pg_int(&P,
+                          "SELECT count(*) FROM " SCH ".exhausted_events WHERE id = %lld AND resolved"
+                          " AND resolved_at IS NOT NULL"
+                          " AND notes LIKE 'resolved at %%Z: fixed upstream; won''t replay'",
                           id),
                  1);
     /* Notes accumulate. */
     CHECK_EQ_INT(CLI(&out, "resolve", "--id", id_str(id), "--note=checked again"), 0);
     free(out);
-    CHECK_EQ_INT(h_pg_int(&P, "SELECT count(*) FROM " SCH ".exhausted_events WHERE id = %lld"
-                              " AND notes LIKE '%%won''t replay' || E'\\n' || 'resolved at %%: checked again'",
+    CHECK_EQ_INT(h_pg_int(&P,
+                          "SELECT count(*) FROM " SCH ".exhausted_events WHERE id = %lld"
+                          " AND notes LIKE '%%won''t replay' || E'\\n' || 'resolved at %%: checked again'",
                           id),
                  1);
     CHECK_EQ_INT(CLI(&out, "resolve", "--id", "999999", "--note", "x"), 1);

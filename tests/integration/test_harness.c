@@ -42,7 +42,8 @@ static bool add_durable(const h_nats_t *n, const char *durable, natsConnection *
     jsConsumerConfig cc;
     jsConsumerInfo *ci = NULL;
     jsErrCode jerr = 0;
-    if (natsConnection_ConnectTo(nc_out, n->url) != NATS_OK || natsConnection_JetStream(js_out, *nc_out, NULL) != NATS_OK)
+    if (natsConnection_ConnectTo(nc_out, n->url) != NATS_OK ||
+        natsConnection_JetStream(js_out, *nc_out, NULL) != NATS_OK)
         return false;
     jsConsumerConfig_Init(&cc);
     cc.Durable = durable;

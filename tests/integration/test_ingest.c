@@ -30,7 +30,8 @@ TEST(chats_upsert_stores_exact_row_with_metadata)
     CHECK_EQ_INT(h_pg_int(&P, "SELECT count(*) FROM " SCH ".chats WHERE last_message::text LIKE"
                               " '%%12345678901234567890%%'"),
                  1);
-    CHECK_EQ_INT(h_pg_int(&P, "SELECT count(*) FROM " SCH ".chats WHERE created_at IS NOT NULL AND updated_at IS NOT NULL"), 1);
+    CHECK_EQ_INT(
+        h_pg_int(&P, "SELECT count(*) FROM " SCH ".chats WHERE created_at IS NOT NULL AND updated_at IS NOT NULL"), 1);
 }
 
 TEST(chats_upsert_present_fields_overwrite_absent_keep_and_older_does_not_regress)
@@ -52,8 +53,8 @@ TEST(chats_upsert_present_fields_overwrite_absent_keep_and_older_does_not_regres
     CHECK_EQ_STR(row, "j|a|1|new|5|2000|newest");
     free(row);
     /* Event without a timestamp is not older; absent fields keep the stored value. */
-    it_pub("v1.chats.upsert", CO, "{\"chat_id\":\"c2\",\"jid\":\"j\",\"agent_id\":\"a\",\"phone_number\":\"1\",\"group_name\":\"G2\"}",
-           NULL);
+    it_pub("v1.chats.upsert", CO,
+           "{\"chat_id\":\"c2\",\"jid\":\"j\",\"agent_id\":\"a\",\"phone_number\":\"1\",\"group_name\":\"G2\"}", NULL);
     CHECK_EQ_INT(h_pg_wait_int(&P, 1, 20000, "SELECT count(*) FROM " SCH ".chats WHERE group_name = 'G2'"), 1);
     row = h_pg_str(&P, "SELECT concat_ws('|', push_name, unread_count, conversation_timestamp, custom_name)"
                        " FROM " SCH ".chats");
@@ -107,12 +108,14 @@ TEST(messages_upsert_status_never_regresses_and_update_can_undelete)
                     "\"message_obj\":{\"big\":98765432109876543210}}";
     it_pub("v1.messages.upsert", CO, m, NULL);
     CHECK_EQ_INT(h_pg_wait_int(&P, 1, 20000, "SELECT count(*) FROM " SCH ".messages"), 1);
-    char *row = h_pg_str(&P, "SELECT concat_ws('|', message_id, from_phone, to_phone, status, message_text,"
-                             " message_timestamp, message_date, key->>'id', is_deleted, company_id) FROM " SCH
-                             ".messages");
+    char *row =
+        h_pg_str(&P, "SELECT concat_ws('|', message_id, from_phone, to_phone, status, message_text,"
+                     " message_timestamp, message_date, key->>'id', is_deleted, company_id) FROM " SCH ".messages");
     CHECK_EQ_STR(row, "m1|111|222|read|hello|1700000000|2023-11-14|k1|f|acme");
     free(row);
-    CHECK_EQ_INT(h_pg_int(&P, "SELECT count(*) FROM " SCH ".messages WHERE message_obj::text LIKE '%%98765432109876543210%%'"), 1);
+    CHECK_EQ_INT(
+        h_pg_int(&P, "SELECT count(*) FROM " SCH ".messages WHERE message_obj::text LIKE '%%98765432109876543210%%'"),
+        1);
     /* A lower status does not regress; failed always applies. */
     it_pub("v1.messages.update", CO, "{\"message_id\":\"m1\",\"status\":\"delivered\",\"is_deleted\":true}", NULL);
     CHECK_EQ_INT(h_pg_wait_int(&P, 1, 20000, "SELECT count(*) FROM " SCH ".messages WHERE is_deleted"), 1);
@@ -120,7 +123,9 @@ TEST(messages_upsert_status_never_regresses_and_update_can_undelete)
     CHECK_EQ_STR(row, "read");
     free(row);
     it_pub("v1.messages.update", CO, "{\"id\":\"m1\",\"is_deleted\":false,\"status\":\"played\"}", NULL);
-    CHECK_EQ_INT(h_pg_wait_int(&P, 1, 20000, "SELECT count(*) FROM " SCH ".messages WHERE NOT is_deleted AND status = 'played'"), 1);
+    CHECK_EQ_INT(
+        h_pg_wait_int(&P, 1, 20000, "SELECT count(*) FROM " SCH ".messages WHERE NOT is_deleted AND status = 'played'"),
+        1);
     it_pub("v1.messages.upsert", CO,
            "{\"message_id\":\"m1\",\"chat_id\":\"c\",\"jid\":\"j\",\"agent_id\":\"a\",\"flow\":\"OUT\",\"status\":"
            "\"failed\",\"message_timestamp\":1700000000}",
@@ -145,14 +150,16 @@ TEST(message_without_timestamp_lands_on_epoch_date_and_redelivery_is_idempotent)
 TEST(two_realtime_contacts_in_one_schema_and_update_applies_push_name)
 {
     REQUIRE(it_up(CO, NO_ENV));
-    it_pub("v1.contacts.upsert", CO, "{\"phone_number\":\"+62 811-1@s.whatsapp.net\",\"agent_id\":\"a\",\"push_name\":\"One\"}", NULL);
+    it_pub("v1.contacts.upsert", CO,
+           "{\"phone_number\":\"+62 811-1@s.whatsapp.net\",\"agent_id\":\"a\",\"push_name\":\"One\"}", NULL);
     it_pub("v1.contacts.upsert", CO, "{\"phone_number\":\"62822\",\"agent_id\":\"a\",\"push_name\":\"Two\"}", NULL);
     CHECK_EQ_INT(h_pg_wait_int(&P, 2, 20000, "SELECT count(*) FROM " SCH ".contacts"), 2);
     CHECK_EQ_INT(h_pg_int(&P, "SELECT count(DISTINCT id) FROM " SCH ".contacts WHERE id <> ''"), 2);
     CHECK_EQ_INT(h_pg_int(&P, "SELECT count(*) FROM " SCH ".contacts WHERE phone_number = '628111'"), 1);
     it_pub("v1.contacts.update", CO, "{\"phone_number\":\"628111\",\"agent_id\":\"a\",\"push_name\":\"Uno\"}", NULL);
     CHECK_EQ_INT(h_pg_wait_int(&P, 1, 20000, "SELECT count(*) FROM " SCH ".contacts WHERE push_name = 'Uno'"), 1);
-    char *row = h_pg_str(&P, "SELECT concat_ws('|', gender, status) FROM " SCH ".contacts WHERE phone_number = '628111'");
+    char *row =
+        h_pg_str(&P, "SELECT concat_ws('|', gender, status) FROM " SCH ".contacts WHERE phone_number = '628111'");
     CHECK_EQ_STR(row, "MALE|ACTIVE");
     free(row);
 }
@@ -176,12 +183,14 @@ TEST(history_batch_writes_valid_items_and_sends_each_bad_item_to_dlq)
 {
     REQUIRE(it_up(CO, NO_ENV));
     it_pub("v1.history.chats", CO,
-           "{\"chats\":[{\"chat_id\":\"h1\",\"jid\":\"j\",\"agent_id\":\"a\",\"phone_number\":\"1\",\"company_id\":\"acme\"},"
+           "{\"chats\":[{\"chat_id\":\"h1\",\"jid\":\"j\",\"agent_id\":\"a\",\"phone_number\":\"1\",\"company_id\":"
+           "\"acme\"},"
            "{\"chat_id\":\"\",\"jid\":\"j\",\"agent_id\":\"a\",\"phone_number\":\"1\",\"company_id\":\"acme\"},"
            "{\"chat_id\":\"h3\",\"jid\":\"j\",\"agent_id\":\"a\",\"phone_number\":\"1\",\"company_id\":\"acme\"}]}",
            "hist-1");
     it_pub("v1.history.messages", CO,
-           "{\"agent_id\":\"a\",\"is_last_batch\":true,\"messages\":[{\"message_id\":\"hm1\",\"chat_id\":\"c\",\"jid\":\"j\","
+           "{\"agent_id\":\"a\",\"is_last_batch\":true,\"messages\":[{\"message_id\":\"hm1\",\"chat_id\":\"c\",\"jid\":"
+           "\"j\","
            "\"flow\":\"IN\",\"from_phone\":\"628\",\"company_id\":\"acme\",\"message_timestamp\":1700000000}]}",
            NULL);
     it_pub("v1.history.contacts", CO,
@@ -285,9 +294,11 @@ TEST(updates_in_a_backlog_never_overtake_the_upserts_published_before_them)
 TEST(company_mismatch_and_foreign_tenant_subjects_are_never_written)
 {
     REQUIRE(it_up(CO, NO_ENV));
-    it_pub("v1.chats.upsert", "other", "{\"chat_id\":\"x\",\"jid\":\"j\",\"agent_id\":\"a\",\"phone_number\":\"1\"}", NULL);
+    it_pub("v1.chats.upsert", "other", "{\"chat_id\":\"x\",\"jid\":\"j\",\"agent_id\":\"a\",\"phone_number\":\"1\"}",
+           NULL);
     it_pub("v1.chats.upsert", CO,
-           "{\"chat_id\":\"y\",\"jid\":\"j\",\"agent_id\":\"a\",\"phone_number\":\"1\",\"company_id\":\"other\"}", NULL);
+           "{\"chat_id\":\"y\",\"jid\":\"j\",\"agent_id\":\"a\",\"phone_number\":\"1\",\"company_id\":\"other\"}",
+           NULL);
     it_pub("v1.chats.upsert", CO, "{\"chat_id\":\"z\",\"jid\":\"j\",\"agent_id\":\"a\",\"phone_number\":\"1\"}", NULL);
     CHECK_EQ_INT(h_pg_wait_int(&P, 1, 20000, "SELECT count(*) FROM " SCH ".chats"), 1);
     CHECK_EQ_INT(it_dlq_wait(CO, 1, 20000), 1);
@@ -303,8 +314,9 @@ TEST(same_key_burst_ends_in_stream_order)
     REQUIRE(it_up(CO, NO_ENV));
     char buf[256];
     for (int i = 1; i <= 60; i++) {
-        snprintf(buf, sizeof buf,
-                 "{\"chat_id\":\"burst\",\"jid\":\"j\",\"agent_id\":\"a\",\"phone_number\":\"1\",\"push_name\":\"v%d\"}", i);
+        snprintf(
+            buf, sizeof buf,
+            "{\"chat_id\":\"burst\",\"jid\":\"j\",\"agent_id\":\"a\",\"phone_number\":\"1\",\"push_name\":\"v%d\"}", i);
         REQUIRE(it_pub("v1.chats.upsert", CO, buf, NULL));
     }
     char *v = NULL;
@@ -329,11 +341,13 @@ TEST(onboarding_creates_one_contact_and_one_log_row_per_agent_and_phone)
         snprintf(buf, sizeof buf,
                  "{\"message_id\":\"on%d\",\"chat_id\":\"c\",\"jid\":\"j\",\"agent_id\":\"ag\",\"flow\":\"IN\","
                  "\"from_phone\":\"+62 877@s.whatsapp.net\",\"message_timestamp\":%d%s}",
-                 i, 1700000000 + i, i == 2 ? ",\"campaign\":{\"is_campaign\":true,\"tags\":\"promo,vip\",\"origin\":\"Ads\"}" : "");
+                 i, 1700000000 + i,
+                 i == 2 ? ",\"campaign\":{\"is_campaign\":true,\"tags\":\"promo,vip\",\"origin\":\"Ads\"}" : "");
         REQUIRE(it_pub("v1.messages.upsert", CO, buf, NULL));
     }
     it_pub("v1.messages.upsert", CO,
-           "{\"message_id\":\"out1\",\"chat_id\":\"c\",\"jid\":\"j\",\"agent_id\":\"ag\",\"flow\":\"OUT\",\"from_phone\":\"555\"}",
+           "{\"message_id\":\"out1\",\"chat_id\":\"c\",\"jid\":\"j\",\"agent_id\":\"ag\",\"flow\":\"OUT\",\"from_"
+           "phone\":\"555\"}",
            NULL);
     CHECK_EQ_INT(h_pg_wait_int(&P, 4, 20000, "SELECT count(*) FROM " SCH ".messages"), 4);
     CHECK_EQ_INT(h_pg_wait_int(&P, 1, 20000, "SELECT count(*) FROM " SCH ".contacts WHERE tags LIKE '%%vip%%'"), 1);
@@ -361,13 +375,32 @@ TEST(metrics_counters_equal_the_events_sent_in_a_known_mix)
     CHECK_EQ_INT(h_pg_wait_int(&P, 5, 20000, "SELECT count(*) FROM " SCH ".chats"), 5);
     CHECK_EQ_INT(it_dlq_wait(CO, 2, 20000), 2);
     h_sleep_ms(300);
-    CHECK_EQ_INT(h_metric(S.http_port, "message_event_service_events_received_total{event_type=\"v1.chats.upsert\",company_id=\"acme\",consumer_type=\"realtime\"}"), 6);
-    CHECK_EQ_INT(h_metric(S.http_port, "message_event_service_events_processed_total{event_type=\"v1.chats.upsert\",company_id=\"acme\",consumer_type=\"realtime\"}"), 5);
-    CHECK_EQ_INT(h_metric(S.http_port, "message_event_service_events_failed_total{event_type=\"v1.chats.upsert\",company_id=\"acme\",consumer_type=\"realtime\"}"), 1);
-    CHECK_EQ_INT(h_metric(S.http_port, "message_event_service_events_failed_total{event_type=\"v1.chats.update\",company_id=\"acme\",consumer_type=\"realtime\"}"), 1);
-    CHECK_EQ_INT(h_metric(S.http_port, "message_event_service_event_processing_actions_total{event_type=\"v1.chats.upsert\",company_id=\"acme\",consumer_type=\"realtime\",action=\"ack_success\",error_type=\"none\"}"), 5);
-    CHECK_EQ_INT(h_metric(S.http_port, "message_event_service_event_processing_actions_total{event_type=\"v1.chats.upsert\",company_id=\"acme\",consumer_type=\"realtime\",action=\"dlq_published_ack_success\",error_type=\"unmarshal\"}"), 1);
-    CHECK_EQ_INT(h_metric(S.http_port, "message_event_service_event_processing_actions_total{event_type=\"v1.chats.update\",company_id=\"acme\",consumer_type=\"realtime\",action=\"dlq_published_ack_success\",error_type=\"not_found\"}"), 1);
+    CHECK_EQ_INT(h_metric(S.http_port, "message_event_service_events_received_total{event_type=\"v1.chats.upsert\","
+                                       "company_id=\"acme\",consumer_type=\"realtime\"}"),
+                 6);
+    CHECK_EQ_INT(h_metric(S.http_port, "message_event_service_events_processed_total{event_type=\"v1.chats.upsert\","
+                                       "company_id=\"acme\",consumer_type=\"realtime\"}"),
+                 5);
+    CHECK_EQ_INT(h_metric(S.http_port, "message_event_service_events_failed_total{event_type=\"v1.chats.upsert\","
+                                       "company_id=\"acme\",consumer_type=\"realtime\"}"),
+                 1);
+    CHECK_EQ_INT(h_metric(S.http_port, "message_event_service_events_failed_total{event_type=\"v1.chats.update\","
+                                       "company_id=\"acme\",consumer_type=\"realtime\"}"),
+                 1);
+    CHECK_EQ_INT(h_metric(S.http_port,
+                          "message_event_service_event_processing_actions_total{event_type=\"v1.chats.upsert\",company_"
+                          "id=\"acme\",consumer_type=\"realtime\",action=\"ack_success\",error_type=\"none\"}"),
+                 5);
+    CHECK_EQ_INT(
+        h_metric(S.http_port,
+                 "message_event_service_event_processing_actions_total{event_type=\"v1.chats.upsert\",company_id="
+                 "\"acme\",consumer_type=\"realtime\",action=\"dlq_published_ack_success\",error_type=\"unmarshal\"}"),
+        1);
+    CHECK_EQ_INT(
+        h_metric(S.http_port,
+                 "message_event_service_event_processing_actions_total{event_type=\"v1.chats.update\",company_id="
+                 "\"acme\",consumer_type=\"realtime\",action=\"dlq_published_ack_success\",error_type=\"not_found\"}"),
+        1);
 }
 
 TEST(onboarding_burst_in_one_batch_ends_like_one_by_one)
@@ -388,14 +421,17 @@ TEST(onboarding_burst_in_one_batch_ends_like_one_by_one)
     REQUIRE(h_svc_start(&S, CO, &N, &P, NO_ENV));
     REQUIRE(h_svc_wait_ready(&S, 60000));
     CHECK_EQ_INT(h_pg_wait_int(&P, 5, 20000, "SELECT count(*) FROM " SCH ".messages"), 5);
-    char *row = h_pg_str(&P, "SELECT concat_ws('|', count(*) OVER (), origin, tags, coalesce(assigned_to, '-'), first_message_id,"
-                             " first_message_timestamp) FROM " SCH ".contacts");
+    char *row = h_pg_str(
+        &P, "SELECT concat_ws('|', count(*) OVER (), origin, tags, coalesce(assigned_to, '-'), first_message_id,"
+            " first_message_timestamp) FROM " SCH ".contacts");
     /* One by one: b0 creates (no campaign), b2 and b4 merge their tags; origin was already set by b0. */
     CHECK_EQ_STR(row, "1|DirectChat|Onboarded,promo,vip,late|-|b0|1700000100");
     free(row);
     CHECK_EQ_INT(h_pg_int(&P, "SELECT count(*) FROM " SCH ".onboarding_log WHERE message_id = 'b0'"), 1);
-    CHECK_EQ_INT(h_metric(S.http_port, "onboarding_tasks_processed_total{company_id=\"acme\",status=\"success_created\"}"), 1);
-    CHECK_EQ_INT(h_metric(S.http_port, "onboarding_tasks_processed_total{company_id=\"acme\",status=\"success_exists\"}"), 4);
+    CHECK_EQ_INT(
+        h_metric(S.http_port, "onboarding_tasks_processed_total{company_id=\"acme\",status=\"success_created\"}"), 1);
+    CHECK_EQ_INT(
+        h_metric(S.http_port, "onboarding_tasks_processed_total{company_id=\"acme\",status=\"success_exists\"}"), 4);
 }
 
 /* The rank behind "status never regresses" lives in SQL (the writer statements call it): tested there. */

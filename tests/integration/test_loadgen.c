@@ -51,9 +51,10 @@ TEST(loadgen_publishes_count_and_verify_finds_every_entity)
     REQUIRE(it_up(CO, NO_ENV));
     char bin[512];
     loadgen_bin(bin, sizeof bin);
-    const char *argv[] = {bin, "--url", N.url, "--company_ids", CO, "--count", "2000", "--rate", "0",
-                          "--invalid-ratio", "0.02", "--seed", "11", "--verify", P.dsn, "--verify-timeout", "60s",
-                          "--json", "--quiet", NULL};
+    const char *argv[] = {bin,       "--url",    N.url, "--company_ids",    CO,     "--count",
+                          "2000",    "--rate",   "0",   "--invalid-ratio",  "0.02", "--seed",
+                          "11",      "--verify", P.dsn, "--verify-timeout", "60s",  "--json",
+                          "--quiet", NULL};
     char *out = NULL;
     int status = h_run(argv, NULL, 120000, &out);
     if (status != 0)
@@ -96,8 +97,8 @@ TEST(loadgen_verify_reports_lost_entities)
     REQUIRE(it_up(CO, NO_ENV));
     char bin[512];
     loadgen_bin(bin, sizeof bin);
-    const char *argv[] = {bin, "--url", N.url, "--count", "300", "--seed", "5", "--id-prefix", "lost",
-                          "--verify", P.dsn, "--verify-timeout", "30s", "--json", "--quiet", NULL};
+    const char *argv[] = {bin,    "--url",    N.url, "--count",          "300", "--seed", "5",       "--id-prefix",
+                          "lost", "--verify", P.dsn, "--verify-timeout", "30s", "--json", "--quiet", NULL};
     char *out = NULL;
     CHECK_EQ_INT(h_run(argv, NULL, 60000, &out), 0);
     free(out);

@@ -57,14 +57,20 @@ static int leader_of(const char *stream, const char *durable, int timeout_ms)
 static const struct {
     const char *stream, *durable;
 } groups[] = {
-    {"wa_events_stream", NULL}, {"wa_history_events_stream", NULL}, {"dlq_stream", NULL},
-    {"wa_events_stream", "wa_listener_clu_chats_upsert"}, {"wa_events_stream", "wa_listener_clu_chats_update"},
-    {"wa_events_stream", "wa_listener_clu_messages_upsert"}, {"wa_events_stream", "wa_listener_clu_messages_update"},
-    {"wa_events_stream", "wa_listener_clu_contacts_upsert"}, {"wa_events_stream", "wa_listener_clu_contacts_update"},
+    {"wa_events_stream", NULL},
+    {"wa_history_events_stream", NULL},
+    {"dlq_stream", NULL},
+    {"wa_events_stream", "wa_listener_clu_chats_upsert"},
+    {"wa_events_stream", "wa_listener_clu_chats_update"},
+    {"wa_events_stream", "wa_listener_clu_messages_upsert"},
+    {"wa_events_stream", "wa_listener_clu_messages_update"},
+    {"wa_events_stream", "wa_listener_clu_contacts_upsert"},
+    {"wa_events_stream", "wa_listener_clu_contacts_update"},
     {"wa_events_stream", "wa_listener_clu_connection_update"},
     {"wa_history_events_stream", "wa_history_listener_clu_chats"},
     {"wa_history_events_stream", "wa_history_listener_clu_messages"},
-    {"wa_history_events_stream", "wa_history_listener_clu_contacts"}, {"dlq_stream", "v1_dlq_worker_clu"},
+    {"wa_history_events_stream", "wa_history_listener_clu_contacts"},
+    {"dlq_stream", "v1_dlq_worker_clu"},
 };
 
 static bool current_in(const jsClusterInfo *c, const char *name)

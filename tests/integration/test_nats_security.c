@@ -145,8 +145,8 @@ TEST(user_and_password_keys_authenticate_and_a_wrong_password_exits_2_without_sh
 {
     atexit(it_dump_log);
     REQUIRE(h_pg_start(&P));
-    REQUIRE(h_nats_start_conf(&N, 0, "authorization {\n  user: svc\n  password: \"Pw-4-nats/x\"\n}\n",
-                              H_NATS_WAIT_LOG));
+    REQUIRE(
+        h_nats_start_conf(&N, 0, "authorization {\n  user: svc\n  password: \"Pw-4-nats/x\"\n}\n", H_NATS_WAIT_LOG));
     const char *good[] = {"NATS_USER=svc", "NATS_PASSWORD=Pw-4-nats/x", NULL};
     REQUIRE(svc(good, true, NULL));
     ready_200();
@@ -166,8 +166,7 @@ TEST(user_and_password_in_the_url_still_authenticate)
 {
     atexit(it_dump_log);
     REQUIRE(h_pg_start(&P));
-    REQUIRE(h_nats_start_conf(&N, 0, "authorization {\n  user: svc\n  password: \"UrlPw-123\"\n}\n",
-                              H_NATS_WAIT_LOG));
+    REQUIRE(h_nats_start_conf(&N, 0, "authorization {\n  user: svc\n  password: \"UrlPw-123\"\n}\n", H_NATS_WAIT_LOG));
     snprintf(N.url, sizeof N.url, "nats://svc:UrlPw-123@127.0.0.1:%d", N.port);
     REQUIRE(svc(NULL, true, NULL));
     ready_200();
@@ -350,10 +349,11 @@ TEST(credentials_file_with_a_user_jwt_authenticates_against_an_operator_mode_ser
     fclose(f);
     f = fopen(creds, "w");
     REQUIRE(f);
-    fprintf(f, "-----BEGIN NATS USER JWT-----\n%s\n------END NATS USER JWT------\n\n"
-               "************************* IMPORTANT *************************\n"
-               "NKEY Seed printed below can be used to sign and prove identity.\n\n"
-               "-----BEGIN USER NKEY SEED-----\n%s\n------END USER NKEY SEED------\n",
+    fprintf(f,
+            "-----BEGIN NATS USER JWT-----\n%s\n------END NATS USER JWT------\n\n"
+            "************************* IMPORTANT *************************\n"
+            "NKEY Seed printed below can be used to sign and prove identity.\n\n"
+            "-----BEGIN USER NKEY SEED-----\n%s\n------END USER NKEY SEED------\n",
             usr_jwt, usr.seed);
     fclose(f);
     chmod(creds, 0600);

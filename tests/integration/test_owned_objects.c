@@ -180,4 +180,3 @@ TEST(the_realtime_stream_deleted_at_runtime_is_recreated_and_every_lane_resumes)
     CHECK_EQ_INT(h_pg_wait_int(&P, 1, 20000, "SELECT count(*) FROM " SCH ".agents"), 1);
     js_down();
 }
-

@@ -19,8 +19,10 @@ TEST(two_replicas_share_the_work_and_write_nothing_twice)
     CHECK_EQ_INT(j.failures, 0);
     CHECK_EQ_INT(h_pg_wait_int(&P, 3000, 60000, "SELECT count(*) FROM " SCH ".messages"), 3000);
     CHECK_EQ_INT(h_pg_int(&P, "SELECT count(DISTINCT message_id) FROM " SCH ".messages"), 3000);
-    double a = h_metric(S.http_port, "message_event_service_events_processed_total{event_type=\"v1.messages.upsert\",company_id=\"acme\",consumer_type=\"realtime\"}");
-    double b = h_metric(s2.http_port, "message_event_service_events_processed_total{event_type=\"v1.messages.upsert\",company_id=\"acme\",consumer_type=\"realtime\"}");
+    double a = h_metric(S.http_port, "message_event_service_events_processed_total{event_type=\"v1.messages.upsert\","
+                                     "company_id=\"acme\",consumer_type=\"realtime\"}");
+    double b = h_metric(s2.http_port, "message_event_service_events_processed_total{event_type=\"v1.messages.upsert\","
+                                      "company_id=\"acme\",consumer_type=\"realtime\"}");
     fprintf(stderr, "replica split: %.0f / %.0f\n", a, b);
     CHECK(a > 0 && b > 0);
     CHECK(a + b >= 3000);
@@ -60,9 +62,9 @@ TEST(killed_backends_mid_traffic_lose_nothing)
 TEST(hostile_input_on_every_subject_becomes_dlq_records_and_lanes_keep_flowing)
 {
     REQUIRE(it_up(CO, NO_ENV));
-    static const char *const bases[] = {"v1.chats.upsert", "v1.chats.update", "v1.messages.upsert",
-                                        "v1.messages.update", "v1.contacts.upsert", "v1.contacts.update",
-                                        "v1.connection.update", "v1.history.chats", "v1.history.messages",
+    static const char *const bases[] = {"v1.chats.upsert",      "v1.chats.update",    "v1.messages.upsert",
+                                        "v1.messages.update",   "v1.contacts.upsert", "v1.contacts.update",
+                                        "v1.connection.update", "v1.history.chats",   "v1.history.messages",
                                         "v1.history.contacts"};
     char deep[200];
     memset(deep, '[', 65);
@@ -74,9 +76,19 @@ TEST(hostile_input_on_every_subject_becomes_dlq_records_and_lanes_keep_flowing)
     huge[0] = '"';
     huge[999999] = '"';
     huge[1000000] = '\0';
-    const char *hostile[] = {"", "{", "null", "[]", "\"str\"", "{\"chat_id\":1}", deep, "\xff\xfe\xfd",
-                             "{\"a\":\"\xc3\x28\"}", "{\"chat_id\":\"x\",\"chat_id\":\"y\"}",
-                             "{\"n\":1e999999}", "{\"s\":\"\\u0000\"}", "{\"s\":\"\\ud800\"}",
+    const char *hostile[] = {"",
+                             "{",
+                             "null",
+                             "[]",
+                             "\"str\"",
+                             "{\"chat_id\":1}",
+                             deep,
+                             "\xff\xfe\xfd",
+                             "{\"a\":\"\xc3\x28\"}",
+                             "{\"chat_id\":\"x\",\"chat_id\":\"y\"}",
+                             "{\"n\":1e999999}",
+                             "{\"s\":\"\\u0000\"}",
+                             "{\"s\":\"\\ud800\"}",
                              "{\"agent_id\":\"'; DROP TABLE chats; --\",\"qr_code\":5}"};
     int nh = (int)(sizeof hostile / sizeof hostile[0]);
     int sent = 0;
@@ -99,7 +111,9 @@ TEST(hostile_input_on_every_subject_becomes_dlq_records_and_lanes_keep_flowing)
     it_pub("v1.chats.upsert", CO, "{\"chat_id\":\"ok\",\"jid\":\"j\",\"agent_id\":\"a\",\"phone_number\":\"1\"}", NULL);
     it_pub("v1.connection.update", CO, "{\"agent_id\":\"'; DROP TABLE agents; --\"}", NULL);
     CHECK_EQ_INT(h_pg_wait_int(&P, 1, 20000, "SELECT count(*) FROM " SCH ".chats WHERE chat_id = 'ok'"), 1);
-    CHECK_EQ_INT(h_pg_wait_int(&P, 1, 20000, "SELECT count(*) FROM " SCH ".agents WHERE agent_id = '''; DROP TABLE agents; --'"), 1);
+    CHECK_EQ_INT(
+        h_pg_wait_int(&P, 1, 20000, "SELECT count(*) FROM " SCH ".agents WHERE agent_id = '''; DROP TABLE agents; --'"),
+        1);
     char *t = it_dlq_text(CO);
     CHECK_CONTAINS(t, "\"error_class\":\"unmarshal\"");
     CHECK_CONTAINS(t, "\"error_class\":\"validation\"");

@@ -100,18 +100,36 @@ TEST(metrics_pass_promtool_and_export_every_contract_family)
     snprintf(cmd, sizeof cmd, "promtool check metrics < %s 2>&1", path);
     CHECK_EQ_INT(system(cmd), 0);
     unlink(path);
-    static const char *const families[] = {
-        "message_event_service_events_received_total", "message_event_service_events_processed_total",
-        "message_event_service_events_failed_total", "message_event_service_event_processing_duration_seconds",
-        "message_event_service_event_routing_duration_seconds", "message_event_service_event_processing_actions_total",
-        "message_event_service_event_with_agent_received_total", "message_event_service_db_operation_duration_seconds",
-        "dlq_fetch_requests_total", "dlq_fetch_errors_total", "dlq_queue_length", "dlq_workers_active",
-        "dlq_tasks_submitted_total", "dlq_processing_duration_seconds", "dlq_task_retries_total",
-        "dlq_acks_success_total", "dlq_acks_failure_total", "dlq_tasks_dropped_total",
-        "onboarding_tasks_submitted_total", "onboarding_tasks_processed_total", "onboarding_processing_duration_seconds",
-        "onboarding_queue_length", "process_cpu_seconds_total", "process_resident_memory_bytes",
-        "process_virtual_memory_bytes", "process_open_fds", "process_max_fds", "process_start_time_seconds",
-        "message_event_service_build_info", NULL};
+    static const char *const families[] = {"message_event_service_events_received_total",
+                                           "message_event_service_events_processed_total",
+                                           "message_event_service_events_failed_total",
+                                           "message_event_service_event_processing_duration_seconds",
+                                           "message_event_service_event_routing_duration_seconds",
+                                           "message_event_service_event_processing_actions_total",
+                                           "message_event_service_event_with_agent_received_total",
+                                           "message_event_service_db_operation_duration_seconds",
+                                           "dlq_fetch_requests_total",
+                                           "dlq_fetch_errors_total",
+                                           "dlq_queue_length",
+                                           "dlq_workers_active",
+                                           "dlq_tasks_submitted_total",
+                                           "dlq_processing_duration_seconds",
+                                           "dlq_task_retries_total",
+                                           "dlq_acks_success_total",
+                                           "dlq_acks_failure_total",
+                                           "dlq_tasks_dropped_total",
+                                           "onboarding_tasks_submitted_total",
+                                           "onboarding_tasks_processed_total",
+                                           "onboarding_processing_duration_seconds",
+                                           "onboarding_queue_length",
+                                           "process_cpu_seconds_total",
+                                           "process_resident_memory_bytes",
+                                           "process_virtual_memory_bytes",
+                                           "process_open_fds",
+                                           "process_max_fds",
+                                           "process_start_time_seconds",
+                                           "message_event_service_build_info",
+                                           NULL};
     for (int i = 0; families[i]; i++) {
         char want[160];
         snprintf(want, sizeof want, "# TYPE %s ", families[i]);

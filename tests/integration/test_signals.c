@@ -17,8 +17,8 @@ TEST(sighup_and_sigusr_are_logged_and_ignored_and_the_service_keeps_processing)
     CHECK(h_svc_wait_log(&S, "\"signal\":\"SIGHUP\"", 10000));
     CHECK_EQ_INT(h_svc_signal(&S, SIGUSR1, 0), 0);
     CHECK(h_svc_wait_log(&S, "\"signal\":\"SIGUSR1\"", 10000));
-    REQUIRE(it_pub("v1.chats.upsert", CO, "{\"chat_id\":\"after-hup\",\"jid\":\"j\",\"agent_id\":\"a\",\"phone_number\":\"1\"}",
-                   NULL));
+    REQUIRE(it_pub("v1.chats.upsert", CO,
+                   "{\"chat_id\":\"after-hup\",\"jid\":\"j\",\"agent_id\":\"a\",\"phone_number\":\"1\"}", NULL));
     CHECK_EQ_INT(h_pg_wait_int(&P, 1, 20000, "SELECT count(*) FROM daisi_acme.chats WHERE chat_id = 'after-hup'"), 1);
     CHECK_EQ_INT(h_http(S.http_port, "GET", "/ready", NULL), 200);
     CHECK_EQ_INT(h_svc_signal(&S, SIGTERM, 20000), 0);

@@ -22,9 +22,9 @@ static char oldcwd[PATH_MAX];
 /* Unsets every variable the service could read, so a developer's shell cannot change a result. */
 static void clear_env(void)
 {
-    static const char *const prefixes[] = {"LOGLEVEL=", "LOG_LEVEL=", "SERVER_",    "NATS_",     "DATABASE_",
-                                           "POSTGRES_DSN=", "COMPANY_", "METRICS_", "SHUTDOWN_", "STARTUP_",
-                                           "CONFIG_FILE=", "WORKERPOOLS_"};
+    static const char *const prefixes[] = {"LOGLEVEL=", "LOG_LEVEL=",    "SERVER_",      "NATS_",
+                                           "DATABASE_", "POSTGRES_DSN=", "COMPANY_",     "METRICS_",
+                                           "SHUTDOWN_", "STARTUP_",      "CONFIG_FILE=", "WORKERPOOLS_"};
     char names[256][128];
     int n = 0;
 
@@ -371,12 +371,13 @@ TEST(duration_without_unit_or_malformed_is_rejected_naming_the_allowed_forms)
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         if (!*bad[i])
             continue; /* empty env is unset; checked through YAML below */
-        expect_env_bad(__LINE__, "NATS_REALTIME_ACKWAIT", bad[i], "key nats.realtime.ackWait (env NATS_REALTIME_ACKWAIT)",
+        expect_env_bad(__LINE__, "NATS_REALTIME_ACKWAIT", bad[i],
+                       "key nats.realtime.ackWait (env NATS_REALTIME_ACKWAIT)",
                        "must be a duration between 1s and 1h written as a number with a unit ms, s, m or h");
     }
     config_t c;
-    expect_bad(__LINE__, load_yaml(&c, "shutdown:\n  timeout:\n"), "key shutdown.timeout (file c.yaml line 2",
-               "= \"\"", "500ms, 2s, 1m, 1h");
+    expect_bad(__LINE__, load_yaml(&c, "shutdown:\n  timeout:\n"), "key shutdown.timeout (file c.yaml line 2", "= \"\"",
+               "500ms, 2s, 1m, 1h");
     end();
 }
 
@@ -405,7 +406,8 @@ TEST(out_of_range_and_overflowing_integers_are_rejected)
     expect_env_bad(__LINE__, "NATS_DLQWORKERS", "0", "nats.dlqWorkers", "between 1 and 256");
     expect_env_bad(__LINE__, "NATS_DLQQUEUESIZE", "100001", "nats.dlqQueueSize", "between 1 and 100000");
     expect_env_bad(__LINE__, "NATS_HISTORICAL_MAXAGE", "-1", "nats.historical.maxAge", "whole number of days");
-    expect_env_bad(__LINE__, "NATS_DLQMAXDELAYMINUTES", "1441", "nats.dlqMaxDelayMinutes", "minutes between 1 and 1440");
+    expect_env_bad(__LINE__, "NATS_DLQMAXDELAYMINUTES", "1441", "nats.dlqMaxDelayMinutes",
+                   "minutes between 1 and 1440");
     expect_env_bad(__LINE__, "NATS_DLQACKWAIT", "999ms", "nats.dlqAckWait", "between 1s and 1h");
     end();
 }
@@ -438,8 +440,8 @@ TEST(bad_log_level_is_rejected_naming_the_levels)
 
 TEST(bad_company_id_is_rejected_naming_the_rule)
 {
-    static const char *const bad[] = {"acme-co", "acme co", "acme.co", "Ünï", "a;drop table x",
-                                      "a123456789012345678901234567890123456789012345678"};
+    static const char *const bad[] = {"acme-co", "acme co",        "acme.co",
+                                      "Ünï",     "a;drop table x", "a123456789012345678901234567890123456789012345678"};
     begin();
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         expect_env_bad(__LINE__, "COMPANY_ID", bad[i], "key company.id (env COMPANY_ID)", "^[A-Za-z0-9_]{1,48}$");
@@ -512,8 +514,7 @@ TEST(malformed_yaml_is_rejected_with_file_and_position)
     expect_bad(__LINE__, load_yaml(&c, "\tlogLevel: info\n"), "not valid YAML", NULL, NULL);
     expect_bad(__LINE__, load_yaml(&c, "- a\n- b\n"), "top level must be a mapping", NULL, NULL);
     expect_bad(__LINE__, load_yaml(&c, "just text\n"), "top level must be a mapping", NULL, NULL);
-    expect_bad(__LINE__, load_yaml(&c, "logLevel: info\n---\nlogLevel: debug\n"), "only one YAML document", NULL,
-               NULL);
+    expect_bad(__LINE__, load_yaml(&c, "logLevel: info\n---\nlogLevel: debug\n"), "only one YAML document", NULL, NULL);
     expect_bad(__LINE__, load_yaml(&c, "logLevel: &a info\nnats:\n  url: *a\n"), "aliases are not supported",
                "nats.url", NULL);
     expect_bad(__LINE__, load_yaml(&c, "logLevel: info\nlogLevel: debug\n"), "key logLevel appears twice", NULL, NULL);
@@ -526,8 +527,8 @@ TEST(yaml_list_or_mapping_where_a_scalar_is_expected_is_rejected)
 {
     config_t c;
     begin();
-    expect_bad(__LINE__, load_yaml(&c, "server:\n  port: [1, 2]\n"), "key server.port", "expects a single value, not a list",
-               NULL);
+    expect_bad(__LINE__, load_yaml(&c, "server:\n  port: [1, 2]\n"), "key server.port",
+               "expects a single value, not a list", NULL);
     expect_bad(__LINE__, load_yaml(&c, "logLevel:\n  x: 1\n"), "key logLevel", "not a mapping", NULL);
     end();
 }
@@ -749,9 +750,33 @@ TEST(config_default_yaml_matches_the_built_in_defaults)
 TEST(garbage_in_every_key_never_crashes)
 {
     static const char *const garbage[] = {
-        "abc", "-1", "0", "99999999999999999999999", "1e3", " 5", "\t", "1.5", "-5s", "5x", "ms", "1h1h1h1h",
-        "9223372036854775807ms", "9223372036854775807", "nats://u:p@h", "a b", "a.b", "*", ">", "\x01", "true",
-        "\xff\xfe", "'", "\"", "%s%n", "v1.chats.upsert,", ",",
+        "abc",
+        "-1",
+        "0",
+        "99999999999999999999999",
+        "1e3",
+        " 5",
+        "\t",
+        "1.5",
+        "-5s",
+        "5x",
+        "ms",
+        "1h1h1h1h",
+        "9223372036854775807ms",
+        "9223372036854775807",
+        "nats://u:p@h",
+        "a b",
+        "a.b",
+        "*",
+        ">",
+        "\x01",
+        "true",
+        "\xff\xfe",
+        "'",
+        "\"",
+        "%s%n",
+        "v1.chats.upsert,",
+        ",",
     };
     static char big[20000];
     config_t c;
@@ -795,9 +820,18 @@ TEST(garbage_in_every_key_never_crashes)
 TEST(garbage_yaml_files_never_crash)
 {
     static const char *const docs[] = {
-        ": :",          "{{{{",           "[[[[",           "a:\n b:\n  c:\n   d:\n    e:\n     f:\n      g:\n       h:\n        i: 1\n",
-        "\xff\xfe\x00", "!!binary 4pyT\n", "*undefined\n",  "nats: {url: [1, [2, [3]]]}\n",
-        "%YAML 9.9\n---\na: 1\n", "server: {port: !!int 12}\n", "? \n: \n", "company:\n  id: [a]\n",
+        ": :",
+        "{{{{",
+        "[[[[",
+        "a:\n b:\n  c:\n   d:\n    e:\n     f:\n      g:\n       h:\n        i: 1\n",
+        "\xff\xfe\x00",
+        "!!binary 4pyT\n",
+        "*undefined\n",
+        "nats: {url: [1, [2, [3]]]}\n",
+        "%YAML 9.9\n---\na: 1\n",
+        "server: {port: !!int 12}\n",
+        "? \n: \n",
+        "company:\n  id: [a]\n",
     };
     config_t c;
     begin();

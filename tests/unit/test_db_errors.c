@@ -15,8 +15,8 @@ TEST(switchover_errors_are_outages_not_data_errors)
 {
     /* lost connection (no SQLSTATE), admin/crash shutdown, starting up, 08xxx, read-only (a standby, a fenced
      * primary), out of resources: pause, reconnect, retry the batch in hand. */
-    const char *outages[] = {NULL, "", "57P01", "57P02", "57P03", "08000", "08003", "08006", "08001", "25006",
-                             "53300", "53100"};
+    const char *outages[] = {NULL,    "",      "57P01", "57P02", "57P03", "08000",
+                             "08003", "08006", "08001", "25006", "53300", "53100"};
     for (size_t i = 0; i < sizeof outages / sizeof outages[0]; i++) {
         db_error_t e = classify(outages[i], false);
         CHECK(e.outage);

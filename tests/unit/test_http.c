@@ -59,8 +59,8 @@ static int connect_to(int port)
     struct timeval tv = {.tv_sec = 5};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    struct sockaddr_in sa = {
+        .sin_family = AF_INET, .sin_port = htons((uint16_t)port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
         close(fd);
         return -1;
@@ -323,8 +323,12 @@ TEST(start_on_port_in_use_returns_null)
     int port;
     http_server_t *first = start(&port, 32, 5000);
     REQUIRE(first);
-    http_config_t cfg = {.address = "127.0.0.1", .port = port, .max_connections = 32,
-                         .connection_timeout_ms = 1000, .version = "x", .ready = ready_cb};
+    http_config_t cfg = {.address = "127.0.0.1",
+                         .port = port,
+                         .max_connections = 32,
+                         .connection_timeout_ms = 1000,
+                         .version = "x",
+                         .ready = ready_cb};
     CHECK(http_start(&cfg) == NULL);
 
     /* also when the holder is not an HTTP server */
@@ -348,8 +352,12 @@ TEST(start_on_port_in_use_returns_null)
 TEST(invalid_bind_address_returns_null)
 {
     setup();
-    http_config_t cfg = {.address = "not-an-ip", .port = free_port(), .max_connections = 32,
-                         .connection_timeout_ms = 1000, .version = "x", .ready = ready_cb};
+    http_config_t cfg = {.address = "not-an-ip",
+                         .port = free_port(),
+                         .max_connections = 32,
+                         .connection_timeout_ms = 1000,
+                         .version = "x",
+                         .ready = ready_cb};
     CHECK(http_start(&cfg) == NULL);
     cfg.address = "::1::2";
     CHECK(http_start(&cfg) == NULL);

@@ -23,11 +23,11 @@ static json_status_t parse(const char *s)
 }
 
 /* Fails the case with the input and the parser's message when the status is not the expected one. */
-#define EXPECT(s, status)                                                                                  \
-    do {                                                                                               \
-        json_status_t st__ = parse(s);                                                                 \
-        if (st__ != (status))                                                                          \
-            testlib_fail(__FILE__, __LINE__, "parse(%s) = %d, want %d (%s)", #s, st__, (status), err); \
+#define EXPECT(s, status)                                                                                              \
+    do {                                                                                                               \
+        json_status_t st__ = parse(s);                                                                                 \
+        if (st__ != (status))                                                                                          \
+            testlib_fail(__FILE__, __LINE__, "parse(%s) = %d, want %d (%s)", #s, st__, (status), err);                 \
     } while (0)
 
 static char *decode(const json_tok_t *t, const char *src)
@@ -176,8 +176,10 @@ TEST(raw_control_characters_in_strings_are_rejected)
 
 TEST(number_grammar_is_strict)
 {
-    static const char *const good[] = {"0", "-0", "1", "-12", "1.5", "0.5", "1e3", "1E+3", "1e-3", "-1.25e-10", "123456789012345678901234567890"};
-    static const char *const bad[] = {"01", "-01", "+1", ".5", "1.", "1.e3", "1e", "1e+", "-", "--1", "NaN", "Infinity", "-Infinity", "0x10", "1_000", "١"};
+    static const char *const good[] = {
+        "0", "-0", "1", "-12", "1.5", "0.5", "1e3", "1E+3", "1e-3", "-1.25e-10", "123456789012345678901234567890"};
+    static const char *const bad[] = {"01", "-01", "+1",  ".5",       "1.",        "1.e3", "1e",    "1e+",
+                                      "-",  "--1", "NaN", "Infinity", "-Infinity", "0x10", "1_000", "١"};
     for (size_t i = 0; i < sizeof good / sizeof good[0]; i++)
         if (parse(good[i]) != JSON_OK)
             testlib_fail(__FILE__, __LINE__, "%s rejected: %s", good[i], err);
@@ -304,7 +306,8 @@ TEST(depth_64_is_accepted_and_65_is_a_limit_error)
 TEST(token_array_is_reused_across_parses)
 {
     REQUIRE(parse("[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,32,33,34,35,"
-                  "36,37,38,39,40,41,42,43,44,45,46,47,48,49,50,51,52,53,54,55,56,57,58,59,60,61,62,63,64,65]") == JSON_OK);
+                  "36,37,38,39,40,41,42,43,44,45,46,47,48,49,50,51,52,53,54,55,56,57,58,59,60,61,62,63,64,65]") ==
+            JSON_OK);
     json_tok_t *toks = doc.toks;
     uint32_t cap = doc.cap;
     CHECK(cap >= 66);

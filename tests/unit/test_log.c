@@ -144,11 +144,14 @@ TEST(invalid_utf8_bytes_become_replacement_characters_and_valid_utf8_is_kept)
     static const struct {
         const char *in, *want;
     } cases[] = {
-        {"a\xff" "b", "a\xef\xbf\xbd" "b"},                      /* byte that never appears in UTF-8 */
-        {"\xc0\xaf", "\xef\xbf\xbd\xef\xbf\xbd"},                /* overlong '/' */
-        {"\xed\xa0\x80", "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"}, /* UTF-16 surrogate */
+        {"a\xff"
+         "b",
+         "a\xef\xbf\xbd"
+         "b"},                                                                    /* byte that never appears in UTF-8 */
+        {"\xc0\xaf", "\xef\xbf\xbd\xef\xbf\xbd"},                                 /* overlong '/' */
+        {"\xed\xa0\x80", "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"},                 /* UTF-16 surrogate */
         {"\xf4\x90\x80\x80", "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"}, /* above U+10FFFF */
-        {"end\xe2\x82", "end\xef\xbf\xbd\xef\xbf\xbd"},          /* cut sequence */
+        {"end\xe2\x82", "end\xef\xbf\xbd\xef\xbf\xbd"},                           /* cut sequence */
         {"caf\xc3\xa9 \xe2\x82\xac \xf0\x9d\x84\x9e", "caf\xc3\xa9 \xe2\x82\xac \xf0\x9d\x84\x9e"},
     };
     log_init(LOG_INFO, "acme");

@@ -254,7 +254,7 @@ TEST(half_second_observation_lands_in_le_0_5_and_above_with_sum_0_5)
     REQUIRE(metrics_init(CO, "0.1.0", 10, false) == 0);
     metrics_processing_duration(ET_CHATS_UPSERT, LANE_REALTIME, 0.5);
     metrics_routing_duration(ET_CHATS_UPSERT, LANE_REALTIME, 0.00005); /* below the lowest bucket */
-    metrics_db_duration(DBOP_UPSERT, DBENT_CHAT, true, 31.0);           /* above the highest bucket */
+    metrics_db_duration(DBOP_UPSERT, DBENT_CHAT, true, 31.0);          /* above the highest bucket */
     char *t = render();
     REQUIRE(t);
     const char *h = "message_event_service_event_processing_duration_seconds";
@@ -433,8 +433,10 @@ TEST(concurrent_updates_from_four_threads_sum_exactly_while_rendering)
     const char *lb = "event_type=\"v1.messages.upsert\",company_id=\"acme\",consumer_type=\"realtime\"";
     snprintf(s, sizeof s, "message_event_service_events_received_total{%s}", lb);
     CHECK_EQ_INT(value_of(t, s), THREADS * ROUNDS);
-    snprintf(s, sizeof s, "message_event_service_event_processing_actions_total{%s,action=\"ack_success\","
-                          "error_type=\"none\"}", lb);
+    snprintf(s, sizeof s,
+             "message_event_service_event_processing_actions_total{%s,action=\"ack_success\","
+             "error_type=\"none\"}",
+             lb);
     CHECK_EQ_INT(value_of(t, s), THREADS * ROUNDS);
     snprintf(s, sizeof s, "message_event_service_event_processing_duration_seconds_count{%s}", lb);
     CHECK_EQ_INT(value_of(t, s), THREADS * ROUNDS);
@@ -493,10 +495,12 @@ TEST(jetstream_exhausted_has_a_zero_series_per_stream_and_one_series_for_a_share
     char *text = render();
     REQUIRE(text);
     CHECK_CONTAINS(text, "# TYPE message_event_service_jetstream_exhausted_total counter\n");
-    CHECK_EQ_INT(value_of(text, "message_event_service_jetstream_exhausted_total{company_id=\"" CO "\",stream=\"rt\"}"), 0);
-    CHECK_EQ_INT(value_of(text, "message_event_service_jetstream_exhausted_total{company_id=\"" CO "\",stream=\"hist\"}"),
-                 1);
-    CHECK_EQ_INT(value_of(text, "message_event_service_jetstream_exhausted_total{company_id=\"" CO "\",stream=\"dlq\"}"), 0);
+    CHECK_EQ_INT(value_of(text, "message_event_service_jetstream_exhausted_total{company_id=\"" CO "\",stream=\"rt\"}"),
+                 0);
+    CHECK_EQ_INT(
+        value_of(text, "message_event_service_jetstream_exhausted_total{company_id=\"" CO "\",stream=\"hist\"}"), 1);
+    CHECK_EQ_INT(
+        value_of(text, "message_event_service_jetstream_exhausted_total{company_id=\"" CO "\",stream=\"dlq\"}"), 0);
     free(text);
     /* Both lanes on one stream: one series with the sum, never a duplicate label set. */
     REQUIRE(metrics_init(CO, "0.1.0", 10, false) == 0);
@@ -507,9 +511,8 @@ TEST(jetstream_exhausted_has_a_zero_series_per_stream_and_one_series_for_a_share
     REQUIRE(text);
     const char *first = strstr(text, "stream=\"events\"");
     CHECK(first && !strstr(first + 1, "stream=\"events\""));
-    CHECK_EQ_INT(value_of(text, "message_event_service_jetstream_exhausted_total{company_id=\"" CO
-                                "\",stream=\"events\"}"),
-                 2);
+    CHECK_EQ_INT(
+        value_of(text, "message_event_service_jetstream_exhausted_total{company_id=\"" CO "\",stream=\"events\"}"), 2);
     free(text);
     metrics_shutdown();
 }

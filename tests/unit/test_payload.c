@@ -31,26 +31,26 @@ static bool str_is(str_t s, const char *want)
     return s.p && s.len == strlen(want) && memcmp(s.p, want, s.len) == 0;
 }
 
-#define CHECK_STR(s, want)                                                                                 \
-    do {                                                                                               \
-        str_t s__ = (s);                                                                               \
-        if (!str_is(s__, want))                                                                        \
-            testlib_fail(__FILE__, __LINE__, "%s = \"%.*s\", want \"%s\"", #s, s__.p ? (int)s__.len : 6, \
-                         s__.p ? s__.p : "(null)", want);                                             \
+#define CHECK_STR(s, want)                                                                                             \
+    do {                                                                                                               \
+        str_t s__ = (s);                                                                                               \
+        if (!str_is(s__, want))                                                                                        \
+            testlib_fail(__FILE__, __LINE__, "%s = \"%.*s\", want \"%s\"", #s, s__.p ? (int)s__.len : 6,               \
+                         s__.p ? s__.p : "(null)", want);                                                              \
     } while (0)
 
 /* Asserts the class and that the message contains `needle` (prints the message otherwise). */
-#define CHECK_ERR(cls, needle)                                                                             \
-    do {                                                                                               \
-        if (ev.err != (cls) || !ev.errmsg || !strstr(ev.errmsg, needle))                               \
-            testlib_fail(__FILE__, __LINE__, "want %s containing \"%s\", got %s: %s", error_class_name(cls), \
-                         needle, error_class_name(ev.err), ev.errmsg ? ev.errmsg : "(none)");          \
+#define CHECK_ERR(cls, needle)                                                                                         \
+    do {                                                                                                               \
+        if (ev.err != (cls) || !ev.errmsg || !strstr(ev.errmsg, needle))                                               \
+            testlib_fail(__FILE__, __LINE__, "want %s containing \"%s\", got %s: %s", error_class_name(cls), needle,   \
+                         error_class_name(ev.err), ev.errmsg ? ev.errmsg : "(none)");                                  \
     } while (0)
 
-#define CHECK_OK()                                                                                         \
-    do {                                                                                               \
-        if (ev.err != ERR_NONE)                                                                        \
-            testlib_fail(__FILE__, __LINE__, "unexpected %s: %s", error_class_name(ev.err), ev.errmsg); \
+#define CHECK_OK()                                                                                                     \
+    do {                                                                                                               \
+        if (ev.err != ERR_NONE)                                                                                        \
+            testlib_fail(__FILE__, __LINE__, "unexpected %s: %s", error_class_name(ev.err), ev.errmsg);                \
     } while (0)
 
 /* printf into a heap string the test frees. */
@@ -172,7 +172,7 @@ TEST(messages_upsert_valid_fills_every_field)
     CHECK_STR(m->key, "{\"id\":\"K1\",\"fromMe\":false,\"remoteJid\":\"628@s.whatsapp.net\"}");
     CHECK_STR(m->message_obj, "{\"conversation\":\"hello\"}");
     CHECK(m->message_timestamp.set && m->message_timestamp.v == 1700000000); /* ms -> s */
-    CHECK_EQ_INT(m->message_date, 19675);                                   /* 2023-11-14 */
+    CHECK_EQ_INT(m->message_date, 19675);                                    /* 2023-11-14 */
     CHECK(m->has_campaign);
     CHECK_EQ_INT(m->is_campaign, TRI_TRUE);
     CHECK_STR(m->campaign_tags, "promo");
@@ -183,7 +183,8 @@ TEST(messages_upsert_valid_fills_every_field)
 TEST(messages_upsert_minimal_has_no_campaign_and_date_zero)
 {
     REQUIRE(parse(ET_MESSAGES_UPSERT,
-                  "{\"message_id\":\"m\",\"chat_id\":\"c\",\"jid\":\"j\",\"agent_id\":\"a\",\"flow\":\"OUT\"}") == ERR_NONE);
+                  "{\"message_id\":\"m\",\"chat_id\":\"c\",\"jid\":\"j\",\"agent_id\":\"a\",\"flow\":\"OUT\"}") ==
+            ERR_NONE);
     CHECK_STR(ev.u.msg.flow, "OUT");
     CHECK(!ev.u.msg.has_campaign);
     CHECK_EQ_INT(ev.u.msg.is_campaign, TRI_UNSET);
@@ -194,8 +195,9 @@ TEST(messages_upsert_minimal_has_no_campaign_and_date_zero)
 
 TEST(messages_update_valid_fills_every_field)
 {
-    REQUIRE(parse(ET_MESSAGES_UPDATE, "{\"message_id\":\"m1\",\"status\":\"read\",\"message_url\":\"u\","
-                                      "\"edited_message_obj\":{\"text\":\"edited\"},\"is_deleted\":false}") == ERR_NONE);
+    REQUIRE(parse(ET_MESSAGES_UPDATE,
+                  "{\"message_id\":\"m1\",\"status\":\"read\",\"message_url\":\"u\","
+                  "\"edited_message_obj\":{\"text\":\"edited\"},\"is_deleted\":false}") == ERR_NONE);
     const message_update_t *m = &ev.u.msg_update;
     CHECK_STR(m->message_id, "m1");
     CHECK_STR(m->status, "read");
@@ -323,11 +325,13 @@ TEST(message_key_accepts_from_me_and_remote_jid_aliases)
                     "\"key\":{\"id\":\"K\",\"from_me\":true,\"remote_jid\":\"r\"}}";
     REQUIRE(parse(ET_MESSAGES_UPSERT, s) == ERR_NONE);
     CHECK_STR(ev.u.msg.key, "{\"id\":\"K\",\"from_me\":true,\"remote_jid\":\"r\"}"); /* stored as sent */
-    parse(ET_MESSAGES_UPSERT, "{\"message_id\":\"m\",\"chat_id\":\"c\",\"jid\":\"j\",\"agent_id\":\"a\",\"flow\":\"IN\","
-                              "\"key\":{\"id\":\"K\",\"from_me\":\"yes\"}}");
+    parse(ET_MESSAGES_UPSERT,
+          "{\"message_id\":\"m\",\"chat_id\":\"c\",\"jid\":\"j\",\"agent_id\":\"a\",\"flow\":\"IN\","
+          "\"key\":{\"id\":\"K\",\"from_me\":\"yes\"}}");
     CHECK_ERR(ERR_VALIDATION, "field 'key.from_me' must be a boolean, got string");
-    parse(ET_MESSAGES_UPSERT, "{\"message_id\":\"m\",\"chat_id\":\"c\",\"jid\":\"j\",\"agent_id\":\"a\",\"flow\":\"IN\","
-                              "\"key\":{\"id\":\"K\",\"remote_jid\":5}}");
+    parse(ET_MESSAGES_UPSERT,
+          "{\"message_id\":\"m\",\"chat_id\":\"c\",\"jid\":\"j\",\"agent_id\":\"a\",\"flow\":\"IN\","
+          "\"key\":{\"id\":\"K\",\"remote_jid\":5}}");
     CHECK_ERR(ERR_VALIDATION, "field 'key.remote_jid' must be a string, got number");
 }
 
@@ -436,7 +440,8 @@ TEST(blank_required_strings_are_rejected_but_stored_untrimmed_otherwise)
 
 TEST(message_key_requires_a_non_blank_id)
 {
-    const char *pre = "{\"message_id\":\"m\",\"chat_id\":\"c\",\"jid\":\"j\",\"agent_id\":\"a\",\"flow\":\"IN\",\"key\":";
+    const char *pre =
+        "{\"message_id\":\"m\",\"chat_id\":\"c\",\"jid\":\"j\",\"agent_id\":\"a\",\"flow\":\"IN\",\"key\":";
     char *s = fmt("%s{\"fromMe\":true}}", pre);
     parse(ET_MESSAGES_UPSERT, s);
     CHECK_ERR(ERR_VALIDATION, "field 'key.id' is required");
@@ -482,26 +487,44 @@ TEST(wrong_json_types_name_the_field_and_expected_type)
     } cases[] = {
         {ET_CHATS_UPDATE, "{\"chat_id\":42}", "field 'chat_id' must be a string, got number"},
         {ET_CHATS_UPDATE, "{\"id\":true}", "field 'id' must be a string, got boolean"},
-        {ET_CHATS_UPDATE, "{\"chat_id\":\"c\",\"unread_count\":\"5\"}", "field 'unread_count' must be an integer, got string"},
-        {ET_CHATS_UPDATE, "{\"chat_id\":\"c\",\"last_message\":[1]}", "field 'last_message' must be an object, got array"},
-        {ET_CHATS_UPDATE, "{\"chat_id\":\"c\",\"last_message\":\"hi\"}", "field 'last_message' must be an object, got string"},
-        {ET_CHATS_UPDATE, "{\"chat_id\":\"c\",\"unread_delta\":false}", "field 'unread_delta' must be an integer, got boolean"},
-        {ET_MESSAGES_UPDATE, "{\"message_id\":\"m\",\"is_deleted\":\"true\"}", "field 'is_deleted' must be a boolean, got string"},
-        {ET_MESSAGES_UPDATE, "{\"message_id\":\"m\",\"is_deleted\":1}", "field 'is_deleted' must be a boolean, got number"},
-        {ET_MESSAGES_UPDATE, "{\"message_id\":\"m\",\"edited_message_obj\":null,\"status\":{}}", "field 'status' must be a string, got object"},
-        {ET_CONTACTS_UPSERT, "{\"phone_number\":628,\"agent_id\":\"a\"}", "field 'phone_number' must be a string, got number"},
+        {ET_CHATS_UPDATE, "{\"chat_id\":\"c\",\"unread_count\":\"5\"}",
+         "field 'unread_count' must be an integer, got string"},
+        {ET_CHATS_UPDATE, "{\"chat_id\":\"c\",\"last_message\":[1]}",
+         "field 'last_message' must be an object, got array"},
+        {ET_CHATS_UPDATE, "{\"chat_id\":\"c\",\"last_message\":\"hi\"}",
+         "field 'last_message' must be an object, got string"},
+        {ET_CHATS_UPDATE, "{\"chat_id\":\"c\",\"unread_delta\":false}",
+         "field 'unread_delta' must be an integer, got boolean"},
+        {ET_MESSAGES_UPDATE, "{\"message_id\":\"m\",\"is_deleted\":\"true\"}",
+         "field 'is_deleted' must be a boolean, got string"},
+        {ET_MESSAGES_UPDATE, "{\"message_id\":\"m\",\"is_deleted\":1}",
+         "field 'is_deleted' must be a boolean, got number"},
+        {ET_MESSAGES_UPDATE, "{\"message_id\":\"m\",\"edited_message_obj\":null,\"status\":{}}",
+         "field 'status' must be a string, got object"},
+        {ET_CONTACTS_UPSERT, "{\"phone_number\":628,\"agent_id\":\"a\"}",
+         "field 'phone_number' must be a string, got number"},
         {ET_CONNECTION_UPDATE, "{\"agent_id\":[\"a\"]}", "field 'agent_id' must be a string, got array"},
-        {ET_CHATS_UPSERT, "{\"chat_id\":\"c\",\"jid\":\"j\",\"agent_id\":\"a\",\"phone_number\":\"1\",\"is_group\":\"no\"}",
+        {ET_CHATS_UPSERT,
+         "{\"chat_id\":\"c\",\"jid\":\"j\",\"agent_id\":\"a\",\"phone_number\":\"1\",\"is_group\":\"no\"}",
          "field 'is_group' must be a boolean, got string"},
-        {ET_MESSAGES_UPSERT, "{\"message_id\":\"m\",\"chat_id\":\"c\",\"jid\":\"j\",\"agent_id\":\"a\",\"flow\":\"IN\","
-                             "\"campaign\":{\"tags\":[\"a\"]}}", "field 'campaign.tags' must be a string, got array"},
-        {ET_MESSAGES_UPSERT, "{\"message_id\":\"m\",\"chat_id\":\"c\",\"jid\":\"j\",\"agent_id\":\"a\",\"flow\":\"IN\","
-                             "\"campaign\":{\"is_campaign\":\"yes\"}}", "field 'campaign.is_campaign' must be a boolean, got string"},
-        {ET_MESSAGES_UPSERT, "{\"message_id\":\"m\",\"chat_id\":\"c\",\"jid\":\"j\",\"agent_id\":\"a\",\"flow\":\"IN\","
-                             "\"campaign\":true}", "field 'campaign' must be an object, got boolean"},
-        {ET_MESSAGES_UPSERT, "{\"message_id\":\"m\",\"chat_id\":\"c\",\"jid\":\"j\",\"agent_id\":\"a\",\"flow\":\"IN\","
-                             "\"message_timestamp\":\"1700000000\"}", "field 'message_timestamp' must be an integer, got string"},
-        {ET_HISTORY_MESSAGES, "{\"messages\":[],\"is_last_batch\":\"yes\"}", "field 'is_last_batch' must be a boolean, got string"},
+        {ET_MESSAGES_UPSERT,
+         "{\"message_id\":\"m\",\"chat_id\":\"c\",\"jid\":\"j\",\"agent_id\":\"a\",\"flow\":\"IN\","
+         "\"campaign\":{\"tags\":[\"a\"]}}",
+         "field 'campaign.tags' must be a string, got array"},
+        {ET_MESSAGES_UPSERT,
+         "{\"message_id\":\"m\",\"chat_id\":\"c\",\"jid\":\"j\",\"agent_id\":\"a\",\"flow\":\"IN\","
+         "\"campaign\":{\"is_campaign\":\"yes\"}}",
+         "field 'campaign.is_campaign' must be a boolean, got string"},
+        {ET_MESSAGES_UPSERT,
+         "{\"message_id\":\"m\",\"chat_id\":\"c\",\"jid\":\"j\",\"agent_id\":\"a\",\"flow\":\"IN\","
+         "\"campaign\":true}",
+         "field 'campaign' must be an object, got boolean"},
+        {ET_MESSAGES_UPSERT,
+         "{\"message_id\":\"m\",\"chat_id\":\"c\",\"jid\":\"j\",\"agent_id\":\"a\",\"flow\":\"IN\","
+         "\"message_timestamp\":\"1700000000\"}",
+         "field 'message_timestamp' must be an integer, got string"},
+        {ET_HISTORY_MESSAGES, "{\"messages\":[],\"is_last_batch\":\"yes\"}",
+         "field 'is_last_batch' must be a boolean, got string"},
         {ET_HISTORY_MESSAGES, "{\"messages\":[],\"agent_id\":7}", "field 'agent_id' must be a string, got number"},
         {ET_HISTORY_CHATS, "{\"chats\":{}}", "field 'chats' must be an array, got object"},
     };
@@ -541,7 +564,8 @@ TEST(integers_must_be_integral_and_in_range)
     REQUIRE(parse(ET_CHATS_UPDATE, "{\"chat_id\":\"c\",\"unread_delta\":-2147483648}") == ERR_NONE);
     CHECK_EQ_INT(ev.u.chat_update.unread_delta.v, INT32_MIN);
     parse(ET_CHATS_UPDATE, "{\"chat_id\":\"c\",\"unread_delta\":-2147483649}");
-    CHECK_ERR(ERR_VALIDATION, "field 'unread_delta' must be an integer between -2147483648 and 2147483647, got -2147483649");
+    CHECK_ERR(ERR_VALIDATION,
+              "field 'unread_delta' must be an integer between -2147483648 and 2147483647, got -2147483649");
     parse(ET_CHATS_UPDATE, "{\"chat_id\":\"c\",\"conversation_timestamp\":9223372036854775808}");
     CHECK_ERR(ERR_VALIDATION, "field 'conversation_timestamp' must be an integer between 0 and 9223372036854775807");
     parse(ET_CHATS_UPDATE, "{\"chat_id\":\"c\",\"conversation_timestamp\":-1}");
@@ -565,10 +589,13 @@ TEST(timestamp_limit_applies_after_normalisation)
     REQUIRE(parse(ET_CHATS_UPDATE, "{\"chat_id\":\"c\",\"conversation_timestamp\":253402300799999}") == ERR_NONE);
     CHECK_EQ_INT(ev.u.chat_update.conversation_timestamp.v, PAYLOAD_MAX_TIMESTAMP);
     parse(ET_CHATS_UPDATE, "{\"chat_id\":\"c\",\"conversation_timestamp\":253402300800000}");
-    CHECK_ERR(ERR_VALIDATION, "field 'conversation_timestamp' is 253402300800 seconds after normalisation, limit 253402300799");
-    parse(ET_MESSAGES_UPSERT, "{\"message_id\":\"m\",\"chat_id\":\"c\",\"jid\":\"j\",\"agent_id\":\"a\",\"flow\":\"IN\","
-                              "\"message_timestamp\":9223372036854775807}");
-    CHECK_ERR(ERR_VALIDATION, "field 'message_timestamp' is 9223372036854775 seconds after normalisation, limit 253402300799");
+    CHECK_ERR(ERR_VALIDATION,
+              "field 'conversation_timestamp' is 253402300800 seconds after normalisation, limit 253402300799");
+    parse(ET_MESSAGES_UPSERT,
+          "{\"message_id\":\"m\",\"chat_id\":\"c\",\"jid\":\"j\",\"agent_id\":\"a\",\"flow\":\"IN\","
+          "\"message_timestamp\":9223372036854775807}");
+    CHECK_ERR(ERR_VALIDATION,
+              "field 'message_timestamp' is 9223372036854775 seconds after normalisation, limit 253402300799");
 }
 
 TEST(message_date_follows_the_timestamp_and_is_zero_when_missing_or_negative)
@@ -641,12 +668,15 @@ TEST(id_limit_is_256_bytes)
     check_len(__LINE__, ET_CHATS_UPDATE, "{\"chat_id\":\"", 'x', 256, "\"}", NULL);
     check_len(__LINE__, ET_CHATS_UPDATE, "{\"chat_id\":\"", 'x', 257, "\"}", "field 'chat_id' is 257 bytes, limit 256");
     check_len(__LINE__, ET_CHATS_UPDATE, "{\"id\":\"", 'x', 257, "\"}", "field 'id' is 257 bytes, limit 256");
-    check_len(__LINE__, ET_MESSAGES_UPDATE, "{\"message_id\":\"", 'x', 257, "\"}", "field 'message_id' is 257 bytes, limit 256");
+    check_len(__LINE__, ET_MESSAGES_UPDATE, "{\"message_id\":\"", 'x', 257, "\"}",
+              "field 'message_id' is 257 bytes, limit 256");
     check_len(__LINE__, ET_CONNECTION_UPDATE, "{\"agent_id\":\"", 'x', 256, "\"}", NULL);
-    check_len(__LINE__, ET_CONNECTION_UPDATE, "{\"agent_id\":\"", 'x', 257, "\"}", "field 'agent_id' is 257 bytes, limit 256");
-    check_len(__LINE__, ET_CHATS_UPSERT, "{\"chat_id\":\"c\",\"agent_id\":\"a\",\"phone_number\":\"1\",\"jid\":\"", 'j', 257,
-              "\"}", "field 'jid' is 257 bytes, limit 256");
-    const char *msg = "{\"message_id\":\"m\",\"chat_id\":\"c\",\"jid\":\"j\",\"agent_id\":\"a\",\"flow\":\"IN\",\"key\":{\"id\":\"";
+    check_len(__LINE__, ET_CONNECTION_UPDATE, "{\"agent_id\":\"", 'x', 257, "\"}",
+              "field 'agent_id' is 257 bytes, limit 256");
+    check_len(__LINE__, ET_CHATS_UPSERT, "{\"chat_id\":\"c\",\"agent_id\":\"a\",\"phone_number\":\"1\",\"jid\":\"", 'j',
+              257, "\"}", "field 'jid' is 257 bytes, limit 256");
+    const char *msg =
+        "{\"message_id\":\"m\",\"chat_id\":\"c\",\"jid\":\"j\",\"agent_id\":\"a\",\"flow\":\"IN\",\"key\":{\"id\":\"";
     check_len(__LINE__, ET_MESSAGES_UPSERT, msg, 'k', 256, "\"}}", NULL);
     check_len(__LINE__, ET_MESSAGES_UPSERT, msg, 'k', 257, "\"}}", "field 'key.id' is 257 bytes, limit 256");
 }
@@ -672,15 +702,17 @@ TEST(limits_count_decoded_bytes_not_escaped_text)
 
 TEST(phone_limit_is_64_bytes_as_sent)
 {
-    const char *msg = "{\"message_id\":\"m\",\"chat_id\":\"c\",\"jid\":\"j\",\"agent_id\":\"a\",\"flow\":\"IN\",\"from_phone\":\"";
+    const char *msg =
+        "{\"message_id\":\"m\",\"chat_id\":\"c\",\"jid\":\"j\",\"agent_id\":\"a\",\"flow\":\"IN\",\"from_phone\":\"";
     check_len(__LINE__, ET_MESSAGES_UPSERT, msg, '6', 64, "\"}", NULL);
     check_len(__LINE__, ET_MESSAGES_UPSERT, msg, '6', 65, "\"}", "field 'from_phone' is 65 bytes, limit 64");
-    const char *to = "{\"message_id\":\"m\",\"chat_id\":\"c\",\"jid\":\"j\",\"agent_id\":\"a\",\"flow\":\"IN\",\"to\":\"";
+    const char *to =
+        "{\"message_id\":\"m\",\"chat_id\":\"c\",\"jid\":\"j\",\"agent_id\":\"a\",\"flow\":\"IN\",\"to\":\"";
     check_len(__LINE__, ET_MESSAGES_UPSERT, to, '6', 65, "\"}", "field 'to' is 65 bytes, limit 64");
-    check_len(__LINE__, ET_CHATS_UPSERT, "{\"chat_id\":\"c\",\"agent_id\":\"a\",\"jid\":\"j\",\"phone_number\":\"", '1', 64,
-              "\"}", NULL);
-    check_len(__LINE__, ET_CHATS_UPSERT, "{\"chat_id\":\"c\",\"agent_id\":\"a\",\"jid\":\"j\",\"phone_number\":\"", '1', 65,
-              "\"}", "field 'phone_number' is 65 bytes, limit 64");
+    check_len(__LINE__, ET_CHATS_UPSERT, "{\"chat_id\":\"c\",\"agent_id\":\"a\",\"jid\":\"j\",\"phone_number\":\"", '1',
+              64, "\"}", NULL);
+    check_len(__LINE__, ET_CHATS_UPSERT, "{\"chat_id\":\"c\",\"agent_id\":\"a\",\"jid\":\"j\",\"phone_number\":\"", '1',
+              65, "\"}", "field 'phone_number' is 65 bytes, limit 64");
     check_len(__LINE__, ET_CONNECTION_UPDATE, "{\"agent_id\":\"a\",\"phone_number\":\"", '1', 65, "\"}",
               "field 'phone_number' is 65 bytes, limit 64");
     /* Contacts: 64 bytes as sent pass even though only part of them are digits; 65 fail before normalising. */
@@ -692,36 +724,42 @@ TEST(phone_limit_is_64_bytes_as_sent)
 
 TEST(string_limit_is_4096_bytes)
 {
-    const char *msg = "{\"message_id\":\"m\",\"chat_id\":\"c\",\"jid\":\"j\",\"agent_id\":\"a\",\"flow\":\"IN\",\"message_text\":\"";
+    const char *msg =
+        "{\"message_id\":\"m\",\"chat_id\":\"c\",\"jid\":\"j\",\"agent_id\":\"a\",\"flow\":\"IN\",\"message_text\":\"";
     check_len(__LINE__, ET_MESSAGES_UPSERT, msg, 't', 4096, "\"}", NULL);
     CHECK_EQ_INT(ev.u.msg.message_text.len, 4096);
     check_len(__LINE__, ET_MESSAGES_UPSERT, msg, 't', 4097, "\"}", "field 'message_text' is 4097 bytes, limit 4096");
     check_len(__LINE__, ET_MESSAGES_UPSERT, msg, 't', 5000, "\"}", "field 'message_text' is 5000 bytes, limit 4096");
     check_len(__LINE__, ET_CONNECTION_UPDATE, "{\"agent_id\":\"a\",\"qr_code\":\"", 'q', 4097, "\"}",
               "field 'qr_code' is 4097 bytes, limit 4096");
-    check_len(__LINE__, ET_CONTACTS_UPSERT, "{\"agent_id\":\"a\",\"phone_number\":\"1\",\"push_name\":\"", 'p', 4097, "\"}",
-              "field 'push_name' is 4097 bytes, limit 4096");
+    check_len(__LINE__, ET_CONTACTS_UPSERT, "{\"agent_id\":\"a\",\"phone_number\":\"1\",\"push_name\":\"", 'p', 4097,
+              "\"}", "field 'push_name' is 4097 bytes, limit 4096");
     check_len(__LINE__, ET_MESSAGES_UPSERT,
-              "{\"message_id\":\"m\",\"chat_id\":\"c\",\"jid\":\"j\",\"agent_id\":\"a\",\"flow\":\"IN\",\"campaign\":{\"origin\":\"",
+              "{\"message_id\":\"m\",\"chat_id\":\"c\",\"jid\":\"j\",\"agent_id\":\"a\",\"flow\":\"IN\",\"campaign\":{"
+              "\"origin\":\"",
               'o', 4097, "\"}}", "field 'campaign.origin' is 4097 bytes, limit 4096");
 }
 
 TEST(object_limit_is_65536_bytes_of_raw_text)
 {
     /* {"s":"<n>"} is n + 8 bytes of raw text. */
-    const char *msg = "{\"message_id\":\"m\",\"chat_id\":\"c\",\"jid\":\"j\",\"agent_id\":\"a\",\"flow\":\"IN\",\"message_obj\":{\"s\":\"";
+    const char *msg = "{\"message_id\":\"m\",\"chat_id\":\"c\",\"jid\":\"j\",\"agent_id\":\"a\",\"flow\":\"IN\","
+                      "\"message_obj\":{\"s\":\"";
     check_len(__LINE__, ET_MESSAGES_UPSERT, msg, 'o', 65536 - 8, "\"}}", NULL);
     CHECK_EQ_INT(ev.u.msg.message_obj.len, 65536);
-    check_len(__LINE__, ET_MESSAGES_UPSERT, msg, 'o', 65536 - 7, "\"}}", "field 'message_obj' is 65537 bytes, limit 65536");
+    check_len(__LINE__, ET_MESSAGES_UPSERT, msg, 'o', 65536 - 7, "\"}}",
+              "field 'message_obj' is 65537 bytes, limit 65536");
     check_len(__LINE__, ET_CHATS_UPDATE, "{\"chat_id\":\"c\",\"last_message\":{\"s\":\"", 'l', 65536 - 7, "\"}}",
               "field 'last_message' is 65537 bytes, limit 65536");
-    check_len(__LINE__, ET_MESSAGES_UPDATE, "{\"message_id\":\"m\",\"edited_message_obj\":{\"s\":\"", 'e', 65536 - 7, "\"}}",
-              "field 'edited_message_obj' is 65537 bytes, limit 65536");
+    check_len(__LINE__, ET_MESSAGES_UPDATE, "{\"message_id\":\"m\",\"edited_message_obj\":{\"s\":\"", 'e', 65536 - 7,
+              "\"}}", "field 'edited_message_obj' is 65537 bytes, limit 65536");
     check_len(__LINE__, ET_MESSAGES_UPSERT,
-              "{\"message_id\":\"m\",\"chat_id\":\"c\",\"jid\":\"j\",\"agent_id\":\"a\",\"flow\":\"IN\",\"key\":{\"id\":\"k\",\"s\":\"",
+              "{\"message_id\":\"m\",\"chat_id\":\"c\",\"jid\":\"j\",\"agent_id\":\"a\",\"flow\":\"IN\",\"key\":{"
+              "\"id\":\"k\",\"s\":\"",
               'k', 65536, "\"}}", "field 'key' is 65553 bytes, limit 65536");
     check_len(__LINE__, ET_MESSAGES_UPSERT,
-              "{\"message_id\":\"m\",\"chat_id\":\"c\",\"jid\":\"j\",\"agent_id\":\"a\",\"flow\":\"IN\",\"campaign\":{\"s\":\"",
+              "{\"message_id\":\"m\",\"chat_id\":\"c\",\"jid\":\"j\",\"agent_id\":\"a\",\"flow\":\"IN\",\"campaign\":{"
+              "\"s\":\"",
               'c', 65536 - 7, "\"}}", "field 'campaign' is 65537 bytes, limit 65536");
 }
 
@@ -763,7 +801,8 @@ TEST(realtime_company_id_is_filled_when_absent_and_checked_when_present)
 {
     REQUIRE(parse(ET_CONTACTS_UPDATE, "{\"phone_number\":\"1\",\"agent_id\":\"a\"}") == ERR_NONE);
     CHECK(ev.u.contact.company_id.p == ctx.company_id);
-    REQUIRE(parse(ET_CONTACTS_UPDATE, "{\"phone_number\":\"1\",\"agent_id\":\"a\",\"company_id\":\"acme\"}") == ERR_NONE);
+    REQUIRE(parse(ET_CONTACTS_UPDATE, "{\"phone_number\":\"1\",\"agent_id\":\"a\",\"company_id\":\"acme\"}") ==
+            ERR_NONE);
     CHECK_STR(ev.u.contact.company_id, "acme");
     REQUIRE(parse(ET_CONTACTS_UPDATE, "{\"phone_number\":\"1\",\"agent_id\":\"a\",\"company_id\":\"\\u0061cme\"}") ==
             ERR_NONE);
@@ -813,7 +852,8 @@ TEST(history_items_must_carry_the_company_id)
 
 TEST(history_bad_item_among_good_ones_fails_alone_with_its_index)
 {
-    const char *good = "{\"chat_id\":\"c\",\"jid\":\"j\",\"agent_id\":\"a\",\"phone_number\":\"1\",\"company_id\":\"acme\"}";
+    const char *good =
+        "{\"chat_id\":\"c\",\"jid\":\"j\",\"agent_id\":\"a\",\"phone_number\":\"1\",\"company_id\":\"acme\"}";
     char *s = fmt("{\"chats\":[%s,{\"jid\":\"j\",\"agent_id\":\"a\",\"phone_number\":\"1\",\"company_id\":\"acme\"},%s,"
                   "42,%s,{\"chat_id\":\"c\",\"chat_id\":\"d\"}]}",
                   good, good, good);
@@ -929,8 +969,16 @@ TEST(metric_labels_come_from_the_event)
 
 TEST(malformed_json_is_an_unmarshal_error)
 {
-    static const char *const bad[] = {"{", "{\"chat_id\":}", "{\"chat_id\":\"c\",}", "{chat_id:\"c\"}", "{\"chat_id\":'c'}",
-                                      "{\"a\":1}}", "nul", "{\"chat_id\":\"c\"} trailing", "{\"n\":01}", "{\"n\":NaN}"};
+    static const char *const bad[] = {"{",
+                                      "{\"chat_id\":}",
+                                      "{\"chat_id\":\"c\",}",
+                                      "{chat_id:\"c\"}",
+                                      "{\"chat_id\":'c'}",
+                                      "{\"a\":1}}",
+                                      "nul",
+                                      "{\"chat_id\":\"c\"} trailing",
+                                      "{\"n\":01}",
+                                      "{\"n\":NaN}"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         parse(ET_CHATS_UPDATE, bad[i]);
         CHECK_ERR(ERR_UNMARSHAL, "invalid JSON: ");
@@ -1052,8 +1100,9 @@ TEST(duplicate_known_keys_are_validation_errors)
     CHECK_ERR(ERR_VALIDATION, "duplicate key 'id'");
     parse(ET_CHATS_UPDATE, "{\"chat_id\":\"a\",\"chat\\u005fid\":\"b\"}"); /* same key after decoding */
     CHECK_ERR(ERR_VALIDATION, "duplicate key 'chat_id'");
-    parse(ET_MESSAGES_UPSERT, "{\"message_id\":\"m\",\"chat_id\":\"c\",\"jid\":\"j\",\"agent_id\":\"a\",\"flow\":\"IN\","
-                              "\"key\":{\"id\":\"a\",\"id\":\"b\"}}");
+    parse(ET_MESSAGES_UPSERT,
+          "{\"message_id\":\"m\",\"chat_id\":\"c\",\"jid\":\"j\",\"agent_id\":\"a\",\"flow\":\"IN\","
+          "\"key\":{\"id\":\"a\",\"id\":\"b\"}}");
     CHECK_ERR(ERR_VALIDATION, "duplicate key 'key.id'");
     /* Unknown keys may repeat; canonical plus alias is not a duplicate. */
     REQUIRE(parse(ET_CHATS_UPDATE, "{\"x\":1,\"x\":2,\"chat_id\":\"c\",\"id\":\"d\"}") == ERR_NONE);
@@ -1104,8 +1153,9 @@ TEST(numbers_out_of_range_are_validation_errors)
     CHECK_ERR(ERR_VALIDATION, "got 9223372036854775808");
     parse(ET_CHATS_UPDATE, "{\"chat_id\":\"c\",\"unread_count\":1.5}");
     CHECK_ERR(ERR_VALIDATION, "field 'unread_count' must be an integer between 0 and 2147483647, got 1.5");
-    parse(ET_MESSAGES_UPSERT, "{\"message_id\":\"m\",\"chat_id\":\"c\",\"jid\":\"j\",\"agent_id\":\"a\",\"flow\":\"IN\","
-                              "\"message_timestamp\":-9223372036854775809}");
+    parse(ET_MESSAGES_UPSERT,
+          "{\"message_id\":\"m\",\"chat_id\":\"c\",\"jid\":\"j\",\"agent_id\":\"a\",\"flow\":\"IN\","
+          "\"message_timestamp\":-9223372036854775809}");
     CHECK_ERR(ERR_VALIDATION, "field 'message_timestamp' must be an integer");
 }
 

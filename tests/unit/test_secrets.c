@@ -56,8 +56,10 @@ static void check_dsn(const char *dsn, const char *pw)
     char text[2048], masked[2048];
     secrets_clear();
     secrets_register_dsn(dsn);
-    snprintf(text, sizeof text, "connection to \"%s\" failed; password \"%s\"; invalid integer value \"Alpha7\" for "
-                                "connection option \"port\"; \"Bravo9\"; Charl3", dsn, pw);
+    snprintf(text, sizeof text,
+             "connection to \"%s\" failed; password \"%s\"; invalid integer value \"Alpha7\" for "
+             "connection option \"port\"; \"Bravo9\"; Charl3",
+             dsn, pw);
     secrets_mask(text, masked, sizeof masked);
     check_clean(masked, pw, dsn);
     CHECK_CONTAINS(masked, "for connection option \"port\"");
@@ -106,7 +108,8 @@ TEST(nats_url_passwords_and_tokens_are_masked)
 {
     char masked[512];
     secrets_clear();
-    secrets_register_dsn("nats://127.0.0.1:4222,nats://alice:S3cr/etc+Pwd9@10.0.0.2:4222,tls://T0k3n/abc@10.0.0.3:4222");
+    secrets_register_dsn(
+        "nats://127.0.0.1:4222,nats://alice:S3cr/etc+Pwd9@10.0.0.2:4222,tls://T0k3n/abc@10.0.0.3:4222");
     secrets_mask("nats: Authorization Violation for S3cr/etc+Pwd9 and token T0k3n/abc (S3cr, etc+Pwd9, abc)", masked,
                  sizeof masked);
     CHECK(!strstr(masked, "S3cr"));

@@ -18,10 +18,13 @@ TEST(rfc3339_accepts_date_times_with_zone_and_fraction)
 TEST(rfc3339_refuses_every_field_out_of_range_not_only_bad_punctuation)
 {
     static const char *const bad[] = {
-        "2024-13-45T25:61:61Z", "2024-00-01T00:00:00Z", "2023-02-29T00:00:00Z", "2024-04-31T00:00:00Z",
-        "2024-05-01T24:00:00Z", "2024-05-01T23:60:00Z", "2024-05-01T23:00:61Z", "2024-05-01T10:00:00+24:00",
-        "2024-05-01T10:00:00+07:60", "2024-05-01T10:00:00", "2024-05-01T10:00:00.Z", "2024-05-01T10:00:00Zjunk",
-        "2024-5-01T10:00:00Z", "",
+        "2024-13-45T25:61:61Z",      "2024-00-01T00:00:00Z",
+        "2023-02-29T00:00:00Z",      "2024-04-31T00:00:00Z",
+        "2024-05-01T24:00:00Z",      "2024-05-01T23:60:00Z",
+        "2024-05-01T23:00:61Z",      "2024-05-01T10:00:00+24:00",
+        "2024-05-01T10:00:00+07:60", "2024-05-01T10:00:00",
+        "2024-05-01T10:00:00.Z",     "2024-05-01T10:00:00Zjunk",
+        "2024-5-01T10:00:00Z",       "",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         if (clock_rfc3339_valid(bad[i], false))
@@ -48,8 +51,13 @@ TEST(utf8_invalid_bytes_and_nul_become_replacement_characters)
 {
     buf_t b;
     buf_init(&b);
-    buf_put_utf8(&b, "a\xff" "b\0c\xed\xa0\x80", 8, 100); /* stray byte, NUL, an encoded surrogate */
-    CHECK_EQ_STR(b.data, "a\xef\xbf\xbd" "b\xef\xbf\xbd" "c\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd");
+    buf_put_utf8(&b,
+                 "a\xff"
+                 "b\0c\xed\xa0\x80",
+                 8, 100); /* stray byte, NUL, an encoded surrogate */
+    CHECK_EQ_STR(b.data, "a\xef\xbf\xbd"
+                         "b\xef\xbf\xbd"
+                         "c\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd");
     CHECK_EQ_INT((long long)strlen(b.data), (long long)b.len);
     buf_free(&b);
 }
