@@ -124,10 +124,11 @@ natsStatus pull_fetch(pull_t *p, int max, bool no_wait, int64_t wait_ms, natsMsg
          * ours ends this request: 404/408 nothing (more) to deliver, 409 a leadership change (or a limit reached),
          * 503 nobody serves MSG.NEXT for the durable (its leader is being elected, or it is gone: the fetch loop's
          * watchdog tells those apart). */
+        bool ends = ours && (!status || strcmp(status, "100") != 0);
         if (ours && status && (strcmp(status, "409") == 0 || strcmp(status, "503") == 0))
             pause_ms = strcmp(status, "409") == 0 ? 50 : 250;
-        natsMsg_Destroy(m);
-        if (ours && (!status || strcmp(status, "100") != 0))
+        natsMsg_Destroy(m); /* status points into m's headers: decided above, not read below */
+        if (ends)
             break;
     }
     if (pause_ms && n == 0) {
