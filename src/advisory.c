@@ -12,6 +12,7 @@
 #include "consumer.h"
 #include "dlq.h"
 #include "dlq_worker.h"
+#include "intake.h"
 #include "json.h"
 #include "log.h"
 #include "metrics.h"
@@ -27,10 +28,7 @@ struct advisory {
     const atomic_bool *stop;
     bool (*db_up)(void *ctx);
     void *db_up_ctx;
-    pull_t *sub;
-    mes_durable_t dur;       /* mes_advisory_worker_<co> on mes_advisories_<co> */
-    mes_fetch_watch_t watch; /* main's until the thread starts, then the thread's */
-    atomic_bool subscribed;
+    intake_t in;          /* mes_advisory_worker_<co> on mes_advisories_<co>: main's, then the thread's */
     dlq_exhauster_t *exh; /* the DLQ workers' exhaustion, with the one session this thread uses (opened on first use) */
     json_doc_t doc;
     buf_t rec, meta;
@@ -290,37 +288,32 @@ static void settle(advisory_t *a, natsMsg *msg, outcome_t out)
         log_warn("advisory", "advisory ack/nak failed; it will be redelivered", LF_S("error", natsStatus_GetText(s)));
 }
 
+/* Room for a batch unless PostgreSQL is down: an outage pauses intake, as for the DLQ worker. */
+static int fetch_room(void *ctx)
+{
+    advisory_t *a = ctx;
+    if (a->db_up && !a->db_up(a->db_up_ctx)) {
+        clock_sleep_ms(200);
+        return 0;
+    }
+    return ADV_BATCH;
+}
+
+/* Stores and settles each advisory in turn; what is not settled (stopping) stays unacked for redelivery. */
+static void handle_all(void *ctx, natsMsgList *list, double fetch_s)
+{
+    advisory_t *a = ctx;
+    (void)fetch_s;
+    for (int i = 0; i < list->Count && !atomic_load(a->stop); i++)
+        settle(a, list->Msgs[i], handle(a, list->Msgs[i]));
+}
+
 static void *run(void *arg)
 {
     advisory_t *a = arg;
-    int64_t backoff = 100;
-    a->watch.seen_reconnects = atomic_load(&a->nats->reconnects);
-    while (!atomic_load(a->stop)) {
-        if (a->db_up && !a->db_up(a->db_up_ctx)) {
-            clock_sleep_ms(200); /* an outage pauses intake, as for the DLQ worker */
-            continue;
-        }
-        natsMsgList list = {0};
-        int64_t t0 = clock_mono_ms();
-        natsStatus s = pull_fetch(a->sub, ADV_BATCH, false, ADV_FETCH_WAIT_MS, &list);
-        if (s == NATS_OK) {
-            backoff = 100;
-            for (int i = 0; i < list.Count && !atomic_load(a->stop); i++)
-                settle(a, list.Msgs[i], handle(a, list.Msgs[i]));
-        } else if (s == NATS_TIMEOUT) {
-            if (clock_mono_ms() - t0 < 5) /* a request that ended at once (a 409, say): do not spin */
-                clock_sleep_ms(10);
-        } else {
-            log_warn("advisory", "advisory fetch failed", LF_S("error", natsStatus_GetText(s)),
-                     LF_I("retry_in_ms", backoff));
-            clock_sleep_ms(backoff);
-            backoff = clock_backoff_next(backoff, 2000);
-        }
-        bool got = s == NATS_OK && list.Count > 0;
-        natsMsgList_Destroy(&list); /* what was not settled (stopping) stays unacked for redelivery */
-        if (mes_nats_fetch_watch(a->nats, &a->watch, &a->dur, got) && !atomic_load(a->stop))
-            mes_nats_resubscribe(a->nats, &a->dur, &a->watch, &a->sub, &a->subscribed, a->stop);
-    }
+    const intake_ops_t ops = {
+        .who = "advisory", .room = fetch_room, .wait_ms = ADV_FETCH_WAIT_MS, .deliver = handle_all};
+    intake_run(&a->in, a->nats, a->stop, &ops, a);
     return NULL;
 }
 
@@ -338,7 +331,7 @@ advisory_t *advisory_create(const config_t *cfg, mes_nats_t *nats, db_pool_t *po
     json_doc_init(&a->doc);
     buf_init(&a->rec);
     buf_init(&a->meta);
-    mes_nats_durable(&a->dur, cfg, MES_DURABLE_ADVISORY, ET_UNKNOWN);
+    mes_nats_durable(&a->in.dur, cfg, MES_DURABLE_ADVISORY, ET_UNKNOWN);
     if (!(a->exh = dlq_exhauster_create(cfg, nats, pool, stop))) {
         advisory_destroy(a);
         return NULL;
@@ -348,11 +341,10 @@ advisory_t *advisory_create(const config_t *cfg, mes_nats_t *nats, db_pool_t *po
 
 int advisory_subscribe(advisory_t *a)
 {
-    if (mes_nats_subscribe(a->nats, &a->dur, &a->watch, &a->sub) != 0)
+    if (intake_subscribe(&a->in, a->nats) != 0)
         return -1;
-    atomic_store(&a->subscribed, true);
-    log_info("advisory", "max-deliveries advisory consumer subscribed", LF_S("stream", a->dur.stream),
-             LF_S("durable", a->dur.durable));
+    log_info("advisory", "max-deliveries advisory consumer subscribed", LF_S("stream", a->in.dur.stream),
+             LF_S("durable", a->in.dur.durable));
     return 0;
 }
 
@@ -366,7 +358,7 @@ int advisory_start(advisory_t *a)
 
 bool advisory_subscribed(const advisory_t *a)
 {
-    return a && atomic_load(&((advisory_t *)a)->subscribed);
+    return a && atomic_load(&((advisory_t *)a)->in.subscribed);
 }
 
 bool advisory_join(advisory_t *a, int64_t deadline_ms)
@@ -384,7 +376,7 @@ void advisory_destroy(advisory_t *a)
 {
     if (!a)
         return;
-    pull_destroy(a->sub); /* what it still holds is unacked: redelivered after the ack wait */
+    intake_close(&a->in);
     dlq_exhauster_destroy(a->exh);
     json_doc_free(&a->doc);
     buf_free(&a->rec);

@@ -10,6 +10,7 @@
 
 #include "clock.h"
 #include "dlq.h"
+#include "intake.h"
 #include "json.h"
 #include "log.h"
 #include "metrics.h"
@@ -52,10 +53,7 @@ struct consumer {
     event_type_t et;
     lane_t lane;
     const atomic_bool *stop;
-    pull_t *sub;             /* the fetcher's (main's before it starts) */
-    mes_fetch_watch_t watch; /* main's until the fetcher starts, then the fetcher's */
-    mes_durable_t dur;       /* its durable consumer, as configured */
-    atomic_bool subscribed;
+    intake_t in;            /* its durable and pull subscription: main's until the fetcher starts, then the fetcher's */
     pthread_t thread;       /* the lane: validate, commit, ack */
     pthread_t fetch_thread; /* prefetches the next batch while the lane commits the current one */
     bool started, fetch_started;
@@ -102,7 +100,7 @@ consumer_t *consumer_create(const config_t *cfg, mes_nats_t *nats, db_pool_t *po
     c->nats = nats;
     c->pool = pool;
     c->stop = stop;
-    mes_nats_durable(&c->dur, cfg, MES_DURABLE_LANE, et);
+    mes_nats_durable(&c->in.dur, cfg, MES_DURABLE_LANE, et);
     store_scratch_init(&c->scratch);
     buf_init(&c->metabuf);
     pthread_mutex_init(&c->ho_mu, NULL);
@@ -120,7 +118,7 @@ void consumer_destroy(consumer_t *c)
 {
     if (!c)
         return;
-    pull_destroy(c->sub); /* deliveries still queued in it are unacked: redelivered after the ack wait */
+    intake_close(&c->in);
     payload_ctx_free(&c->pctx);
     store_scratch_free(&c->scratch);
     dlq_batch_destroy(c->dlqb);
@@ -142,20 +140,19 @@ event_type_t consumer_event_type(const consumer_t *c)
 
 const char *consumer_durable(const consumer_t *c)
 {
-    return c->dur.durable;
+    return c->in.dur.durable;
 }
 
 bool consumer_subscribed(const consumer_t *c)
 {
-    return atomic_load(&c->subscribed);
+    return atomic_load(&c->in.subscribed);
 }
 
 int consumer_subscribe(consumer_t *c)
 {
-    if (mes_nats_subscribe(c->nats, &c->dur, &c->watch, &c->sub) != 0)
+    if (intake_subscribe(&c->in, c->nats) != 0)
         return -1;
-    atomic_store(&c->subscribed, true);
-    log_info("consumer", "consumer subscribed", LF_S("durable", c->dur.durable), LF_S("filter", c->dur.filter),
+    log_info("consumer", "consumer subscribed", LF_S("durable", c->in.dur.durable), LF_S("filter", c->in.dur.filter),
              LF_S("consumer_type", lane_name(c->lane)));
     return 0;
 }
@@ -185,7 +182,7 @@ static void keep_alive(void *arg)
 static bool ensure_db(consumer_t *c, size_t held)
 {
     hold_t h = {c, held};
-    return db_wait_usable(c->db, c->cfg, c->stop, keep_alive, &h, c->lc->ack_wait_ms, c->dur.durable);
+    return db_wait_usable(c->db, c->cfg, c->stop, keep_alive, &h, c->lc->ack_wait_ms, c->in.dur.durable);
 }
 
 /* ---- per-message preparation ---------------------------------------------------------------------------------- */
@@ -215,7 +212,8 @@ static void build_meta(consumer_t *c, slot_t *s, const char *processed_at)
 {
     buf_reset(&c->metabuf);
     consumer_build_meta(&c->metabuf, s->md && s->md->Stream ? s->md->Stream : c->lc->stream,
-                        s->md ? s->md->Sequence.Stream : 0, s->md && s->md->Consumer ? s->md->Consumer : c->dur.durable,
+                        s->md ? s->md->Sequence.Stream : 0,
+                        s->md && s->md->Consumer ? s->md->Consumer : c->in.dur.durable,
                         s->md ? s->md->Sequence.Consumer : 0, s->msg_id, s->subject, processed_at);
     s->meta = c->metabuf.oom ? NULL : arena_strndup(c->pctx.arena, c->metabuf.data, c->metabuf.len);
     if (!s->meta)
@@ -401,14 +399,14 @@ static int commit_range(consumer_t *c, size_t from, size_t to, size_t held, db_e
          * same batch again (after a short, jittered pause) instead of isolating it event by event. */
         if ((strcmp(err->sqlstate, "40P01") == 0 || strcmp(err->sqlstate, "40001") == 0) && conflicts < 3) {
             conflicts++;
-            log_info("consumer", "transaction conflict; retrying the batch", LF_S("durable", c->dur.durable),
+            log_info("consumer", "transaction conflict; retrying the batch", LF_S("durable", c->in.dur.durable),
                      LF_S("sqlstate", err->sqlstate), LF_I("attempt", conflicts));
             clock_sleep_ms(clock_backoff_ms(30, 30, 1, true)); /* 24-36 ms */
             continue;
         }
         if (!err->outage)
             return 1;
-        log_warn("consumer", "database outage during a batch; will retry it", LF_S("durable", c->dur.durable),
+        log_warn("consumer", "database outage during a batch; will retry it", LF_S("durable", c->in.dur.durable),
                  LF_S("error", err->message));
         db_close(*c->db);
         *c->db = NULL;
@@ -578,7 +576,7 @@ static int commit_chunk(consumer_t *c, size_t from, size_t to, size_t held)
     if (rc == -1)
         return -1;
     if (to - from > 1)
-        log_warn("consumer", "batch failed; applying its events one by one", LF_S("durable", c->dur.durable),
+        log_warn("consumer", "batch failed; applying its events one by one", LF_S("durable", c->in.dur.durable),
                  LF_S("error", err.message), LF_I("batch", (long long)(to - from)));
     for (size_t i = from; i < to; i++) {
         slot_t *s = &c->slots[i];
@@ -703,7 +701,7 @@ static void process_batch(consumer_t *c, natsMsg **msgs, size_t n, double fetch_
     if (max_seq > atomic_load(&c->done_seq))
         atomic_store(&c->done_seq, max_seq); /* only this lane writes it */
     /* Where a batch's time goes (for tuning; debug level costs nothing otherwise). */
-    log_debug("consumer", "batch", LF_S("durable", c->dur.durable), LF_I("n", (long long)n),
+    log_debug("consumer", "batch", LF_S("durable", c->in.dur.durable), LF_I("n", (long long)n),
               LF_I("items", (long long)nitems), LF_D("fetch_ms", fetch_s * 1000),
               LF_D("prepare_ms", (t_prepared - t) * 1000), LF_D("commit_ms", (t_committed - t_prepared) * 1000),
               LF_D("finish_ms", (clock_mono_s() - t_committed) * 1000));
@@ -718,22 +716,10 @@ static void ho_wait(consumer_t *c, int64_t ms)
     pthread_cond_timedwait(&c->ho_cv, &c->ho_mu, &ts);
 }
 
-/* Re-creates the pull subscription (after a reconnect or a stall; /ready says 503 until it is back), once the lane
- * has finished every message the old one delivered: nats.c acks
- * through msg->sub (it does not retain it), so destroying a subscription while its messages are still held made
- * the lane's later ack read freed memory (a crash seen right after a NATS restart). */
-static void resubscribe(consumer_t *c)
-{
-    pthread_mutex_lock(&c->ho_mu);
-    while ((c->ho_full || c->lane_busy) && !atomic_load(c->stop))
-        ho_wait(c, 100);
-    pthread_mutex_unlock(&c->ho_mu);
-    mes_nats_resubscribe(c->nats, &c->dur, &c->watch, &c->sub, &c->subscribed, c->stop);
-}
-
 /* Hands a fetched batch to the lane (ownership moves with it). */
-static void hand_off(consumer_t *c, natsMsgList *list, double fetch_s)
+static void hand_off(void *ctx, natsMsgList *list, double fetch_s)
 {
+    consumer_t *c = ctx;
     pthread_mutex_lock(&c->ho_mu);
     c->ho_list = *list;
     c->ho_fetch_s = fetch_s;
@@ -764,11 +750,11 @@ static void list_append(natsMsgList *out, natsMsgList *more)
 /* Pulls one batch without a latency floor. A plain Fetch of N waits until N messages arrived or the request expired,
  * so a quiet lane would hold its first event up to fetch_wait. Instead: take what is there now (no-wait); if nothing
  * is, wait for ONE message (returns the moment it arrives), then top the batch up with what is there now. */
-static natsStatus fetch_batch(consumer_t *c, natsMsgList *out)
+static natsStatus fetch_batch(void *ctx, pull_t *sub, int batch, natsMsgList *out)
 {
-    int batch = c->lc->batch_size;
+    consumer_t *c = ctx;
     int64_t wait_ms = c->lc->fetch_wait_ms;
-    natsStatus s = pull_fetch(c->sub, batch, true, wait_ms, out);
+    natsStatus s = pull_fetch(sub, batch, true, wait_ms, out);
     if (s == NATS_OK && out->Count > 0) {
         atomic_store(&c->idle_since_ms, 0);
         return NATS_OK;
@@ -778,60 +764,34 @@ static natsStatus fetch_batch(consumer_t *c, natsMsgList *out)
         return s;
     /* Nothing left for this lane right now: update lanes waiting on it may go on (wait_for_upserts). */
     atomic_store(&c->idle_since_ms, clock_mono_ms());
-    s = pull_fetch(c->sub, 1, false, wait_ms, out);
+    s = pull_fetch(sub, 1, false, wait_ms, out);
     if (s != NATS_OK || out->Count == 0)
         return s;
     atomic_store(&c->idle_since_ms, 0);
     natsMsgList more = {0};
-    if (batch > 1 && pull_fetch(c->sub, batch - 1, true, wait_ms, &more) == NATS_OK && more.Count > 0)
+    if (batch > 1 && pull_fetch(sub, batch - 1, true, wait_ms, &more) == NATS_OK && more.Count > 0)
         list_append(out, &more);
     natsMsgList_Destroy(&more);
     return NATS_OK;
+}
+
+/* The fetcher's room: a batch whenever the handoff slot is empty. */
+static int slot_room(void *ctx)
+{
+    consumer_t *c = ctx;
+    pthread_mutex_lock(&c->ho_mu);
+    while (c->ho_full && !atomic_load(c->stop))
+        ho_wait(c, 100);
+    pthread_mutex_unlock(&c->ho_mu);
+    return c->lc->batch_size;
 }
 
 /* The fetcher: pulls the next batch whenever the handoff slot is empty. Owns the subscription. */
 static void *fetch_run(void *arg)
 {
     consumer_t *c = arg;
-    int64_t backoff = 100;
-    c->watch.seen_reconnects = atomic_load(&c->nats->reconnects);
-    while (!atomic_load(c->stop)) {
-        pthread_mutex_lock(&c->ho_mu);
-        while (c->ho_full && !atomic_load(c->stop))
-            ho_wait(c, 100);
-        pthread_mutex_unlock(&c->ho_mu);
-        if (atomic_load(c->stop))
-            break;
-        if (!c->sub)
-            resubscribe(c);
-        natsMsgList list = {0};
-        double t0 = clock_mono_s();
-        natsStatus s = fetch_batch(c, &list);
-        bool got = s == NATS_OK && list.Count > 0;
-        bool resub = mes_nats_fetch_watch(c->nats, &c->watch, &c->dur, got);
-        if (got) {
-            backoff = 100;
-            hand_off(c, &list, clock_mono_s() - t0);
-            if (resub)
-                resubscribe(c);
-            continue;
-        }
-        natsMsgList_Destroy(&list);
-        if (resub) {
-            resubscribe(c);
-            continue;
-        }
-        if (s == NATS_TIMEOUT || s == NATS_OK || s == NATS_NOT_FOUND) {
-            /* nats.c 3.4.1 may return a timeout at once after a previous one: do not spin. */
-            if (clock_mono_s() - t0 < 0.005)
-                clock_sleep_ms(10);
-            continue;
-        }
-        log_warn("consumer", "fetch failed", LF_S("durable", c->dur.durable), LF_S("error", natsStatus_GetText(s)),
-                 LF_I("retry_in_ms", backoff));
-        clock_sleep_ms(backoff);
-        backoff = clock_backoff_next(backoff, 2000);
-    }
+    const intake_ops_t ops = {.who = "consumer", .room = slot_room, .fetch = fetch_batch, .deliver = hand_off};
+    intake_run(&c->in, c->nats, c->stop, &ops, c);
     pthread_mutex_lock(&c->ho_mu);
     c->ho_fetcher_done = true;
     pthread_cond_broadcast(&c->ho_cv);
@@ -863,13 +823,13 @@ static void *run(void *arg)
         process_batch(c, list.Msgs, (size_t)list.Count, fetch_s);
         pthread_mutex_lock(&c->ho_mu);
         c->lane_busy = false;
-        pthread_cond_broadcast(&c->ho_cv); /* a resubscribe may be waiting for the lane to finish */
+        pthread_cond_broadcast(&c->ho_cv);
         pthread_mutex_unlock(&c->ho_mu);
         for (int i = 0; i < list.Count; i++)
             list.Msgs[i] = NULL; /* each message was destroyed by its owner in finish() */
         natsMsgList_Destroy(&list);
     }
-    log_info("consumer", "lane stopped", LF_S("durable", c->dur.durable));
+    log_info("consumer", "lane stopped", LF_S("durable", c->in.dur.durable));
     return NULL;
 }
 

@@ -12,6 +12,7 @@
 #include "consumer.h"
 #include "db.h"
 #include "dlq.h"
+#include "intake.h"
 #include "json.h"
 #include "log.h"
 #include "metrics.h"
@@ -24,7 +25,6 @@
 typedef struct {
     natsMsg **ring;
     int cap, head, len;
-    int held; /* popped by a worker and not finished yet */
     pthread_mutex_t mu;
     pthread_cond_t not_empty, has_room;
 } queue_t;
@@ -36,10 +36,7 @@ struct dlq_worker {
     bool (*db_up)(void *ctx);
     void *db_up_ctx;
     db_pool_t *pool; /* sessions the workers share (with maintenance, advisories): they wait for one, never open one */
-    pull_t *sub;
-    mes_fetch_watch_t watch; /* main's until the fetcher starts, then the fetcher's */
-    mes_durable_t dur;       /* v1_dlq_worker_<co>, as configured */
-    atomic_bool subscribed;
+    intake_t in;     /* v1_dlq_worker_<co> (as configured) and its pull subscription: main's, then the fetcher's */
     atomic_bool fetcher_done;
     queue_t q;
     pthread_t fetcher;
@@ -153,7 +150,6 @@ static natsMsg *queue_pop(dlq_worker_t *w)
         m = q->ring[q->head];
         q->head = (q->head + 1) % q->cap;
         q->len--;
-        q->held++;
         metrics_dlq_queue_length_set(q->len);
         pthread_cond_signal(&q->has_room);
     }
@@ -163,66 +159,51 @@ static natsMsg *queue_pop(dlq_worker_t *w)
 
 /* ---- fetcher ------------------------------------------------------------------------------------------------ */
 
-/* Re-creates the pull subscription once no record it delivered is queued or in a worker's hands: nats.c acks through
- * msg->sub without retaining it, so an earlier destroy made a worker's AckSync read freed memory (a crash seen right
- * after a NATS restart). */
-static void resubscribe(dlq_worker_t *w)
+/* The fetcher's room: never more than the queue can take; nothing while PostgreSQL is down (fetching then would only
+ * burn the records' delivery attempts). */
+static int fetch_room(void *ctx)
 {
-    queue_t *q = &w->q;
-    pthread_mutex_lock(&q->mu);
-    while ((q->len > 0 || q->held > 0) && !atomic_load(w->stop)) {
-        struct timespec ts = clock_deadline_in_ms(1000);
-        pthread_cond_timedwait(&q->has_room, &q->mu, &ts);
+    dlq_worker_t *w = ctx;
+    if (w->db_up && !w->db_up(w->db_up_ctx)) {
+        clock_sleep_ms(200);
+        return 0;
     }
-    pthread_mutex_unlock(&q->mu);
-    mes_nats_resubscribe(w->nats, &w->dur, &w->watch, &w->sub, &w->subscribed, w->stop);
+    return queue_room(&w->q, 200);
+}
+
+static void enqueue(void *ctx, natsMsgList *list, double fetch_s)
+{
+    dlq_worker_t *w = ctx;
+    (void)fetch_s;
+    for (int i = 0; i < list->Count; i++) {
+        queue_push(&w->q, list->Msgs[i]); /* ownership moves to the queue */
+        metrics_dlq_task_submitted();
+        list->Msgs[i] = NULL;
+    }
+}
+
+static void count_fetch(void *ctx)
+{
+    (void)ctx;
+    metrics_dlq_fetch_request();
+}
+
+static void count_fetch_error(void *ctx)
+{
+    (void)ctx;
+    metrics_dlq_fetch_error();
 }
 
 static void *fetch_loop(void *arg)
 {
     dlq_worker_t *w = arg;
-    int64_t backoff = 100;
-    w->watch.seen_reconnects = atomic_load(&w->nats->reconnects);
-    while (!atomic_load(w->stop)) {
-        if (w->db_up && !w->db_up(w->db_up_ctx)) {
-            clock_sleep_ms(200); /* an outage pauses intake: fetching now would only burn attempts */
-            continue;
-        }
-        int room = queue_room(&w->q, 200);
-        if (room <= 0)
-            continue;
-        natsMsgList list = {0};
-        metrics_dlq_fetch_request();
-        int64_t t0 = clock_mono_ms();
-        natsStatus s = pull_fetch(w->sub, room, false, 500, &list); /* never more than the queue has room for */
-        bool resub = mes_nats_fetch_watch(w->nats, &w->watch, &w->dur, s == NATS_OK && list.Count > 0);
-        if (s == NATS_OK) {
-            backoff = 100;
-            for (int i = 0; i < list.Count; i++) {
-                queue_push(&w->q, list.Msgs[i]); /* ownership moves to the queue */
-                metrics_dlq_task_submitted();
-                list.Msgs[i] = NULL;
-            }
-            natsMsgList_Destroy(&list);
-            if (resub)
-                resubscribe(w);
-            continue;
-        }
-        natsMsgList_Destroy(&list);
-        if (resub) {
-            resubscribe(w);
-            continue;
-        }
-        if (s == NATS_TIMEOUT) {
-            if (clock_mono_ms() - t0 < 5) /* nats.c 3.4.1 early-timeout bug: do not spin */
-                clock_sleep_ms(10);
-            continue;
-        }
-        metrics_dlq_fetch_error();
-        log_warn("dlq", "DLQ fetch failed", LF_S("error", natsStatus_GetText(s)), LF_I("retry_in_ms", backoff));
-        clock_sleep_ms(backoff);
-        backoff = clock_backoff_next(backoff, 2000);
-    }
+    const intake_ops_t ops = {.who = "dlq",
+                              .room = fetch_room,
+                              .wait_ms = 500,
+                              .deliver = enqueue,
+                              .on_fetch = count_fetch,
+                              .on_error = count_fetch_error};
+    intake_run(&w->in, w->nats, w->stop, &ops, w);
     atomic_store(&w->fetcher_done, true);
     pthread_mutex_lock(&w->q.mu);
     pthread_cond_broadcast(&w->q.not_empty);
@@ -714,10 +695,6 @@ static void *work_loop(void *arg)
         wk->db = NULL;
         natsMsg_Destroy(m);
         wk->msg = NULL;
-        pthread_mutex_lock(&wk->w->q.mu);
-        wk->w->q.held--;
-        pthread_cond_broadcast(&wk->w->q.has_room); /* a resubscribe may be waiting for the records to finish */
-        pthread_mutex_unlock(&wk->w->q.mu);
         metrics_dlq_workers_active_add(-1);
     }
     payload_ctx_free(&wk->pctx);
@@ -743,7 +720,7 @@ dlq_worker_t *dlq_worker_create(const config_t *cfg, mes_nats_t *nats, db_pool_t
     w->db_up_ctx = db_up_ctx;
     w->pool = pool;
     w->nworkers = cfg->dlq_workers;
-    mes_nats_durable(&w->dur, cfg, MES_DURABLE_DLQ, ET_UNKNOWN);
+    mes_nats_durable(&w->in.dur, cfg, MES_DURABLE_DLQ, ET_UNKNOWN);
     w->workers = calloc((size_t)w->nworkers, sizeof *w->workers);
     if (!w->workers || queue_init(&w->q, cfg->dlq_queue_size) != 0) {
         dlq_worker_destroy(w);
@@ -754,22 +731,21 @@ dlq_worker_t *dlq_worker_create(const config_t *cfg, mes_nats_t *nats, db_pool_t
 
 int dlq_worker_subscribe(dlq_worker_t *w)
 {
-    if (mes_nats_subscribe(w->nats, &w->dur, &w->watch, &w->sub) != 0)
+    if (intake_subscribe(&w->in, w->nats) != 0)
         return -1;
-    atomic_store(&w->subscribed, true);
-    log_info("dlq", "DLQ consumer subscribed", LF_S("durable", w->dur.durable), LF_S("filter", w->dur.filter),
+    log_info("dlq", "DLQ consumer subscribed", LF_S("durable", w->in.dur.durable), LF_S("filter", w->in.dur.filter),
              LF_I("workers", w->nworkers), LF_I("queue_size", w->q.cap));
     return 0;
 }
 
 const char *dlq_worker_durable(const dlq_worker_t *w)
 {
-    return w->dur.durable;
+    return w->in.dur.durable;
 }
 
 bool dlq_worker_subscribed(const dlq_worker_t *w)
 {
-    return w && atomic_load(&((dlq_worker_t *)w)->subscribed);
+    return w && atomic_load(&((dlq_worker_t *)w)->in.subscribed);
 }
 
 int dlq_worker_start(dlq_worker_t *w)
@@ -821,7 +797,7 @@ void dlq_worker_destroy(dlq_worker_t *w)
 {
     if (!w)
         return;
-    pull_destroy(w->sub); /* what it still holds is unacked: redelivered after the ack wait */
+    intake_close(&w->in);
     queue_free(&w->q);
     free(w->workers);
     free(w);
