@@ -39,8 +39,8 @@ void intake_run(intake_t *in, mes_nats_t *n, const atomic_bool *stop, const inta
             ops->on_fetch(ctx);
         natsMsgList list = {0};
         int64_t t0 = clock_mono_ms();
-        natsStatus s = ops->fetch ? ops->fetch(ctx, in->sub, room, &list)
-                                  : pull_fetch(in->sub, room, false, ops->wait_ms, &list);
+        natsStatus s =
+            ops->fetch ? ops->fetch(ctx, in->sub, room, &list) : pull_fetch(in->sub, room, false, ops->wait_ms, &list);
         bool got = s == NATS_OK && list.Count > 0;
         bool resub = mes_nats_fetch_watch(n, &in->watch, &in->dur, got);
         if (got) {

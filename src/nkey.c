@@ -82,17 +82,17 @@ int nkey_public_from_seed(const char *seed, char *pub, size_t publen, char *why,
     EVP_PKEY *pk = EVP_PKEY_new_raw_private_key(EVP_PKEY_ED25519, NULL, raw + 2, 32);
     if (!pk || EVP_PKEY_get_raw_public_key(pk, key + 1, &klen) != 1 || klen != 32) {
         snprintf(why, whylen, "cannot derive the ed25519 public key");
-        goto done;
+        goto cleanup;
     }
     crc = nkey_crc16(key, 33);
     key[33] = (unsigned char)(crc & 0xff);
     key[34] = (unsigned char)(crc >> 8);
     if (nkey_base32_encode(key, sizeof key, pub, publen) == 0) {
         snprintf(why, whylen, "public key buffer too small");
-        goto done;
+        goto cleanup;
     }
     rc = 0;
-done:
+cleanup:
     EVP_PKEY_free(pk);
     memset(raw, 0, sizeof raw);
     return rc;
