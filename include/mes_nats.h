@@ -48,6 +48,9 @@ typedef struct {
 int mes_nats_connect(mes_nats_t *n, const config_t *cfg, int64_t deadline_ms, const atomic_bool *stop)
     __attribute__((warn_unused_result));
 void mes_nats_close(mes_nats_t *n); /* NULL-safe; closes and destroys the connection */
+/* Once every connection is closed, at exit: waits (up to 2 s) until nats.c's own threads have ended. Without it they
+ * may still free a connection's TLS context while exit() runs OpenSSL's cleanup (a crash seen at shutdown). */
+void mes_nats_library_close(void);
 bool mes_nats_connected(const mes_nats_t *n);
 
 /* Creates missing streams and adds missing subjects to existing ones; never deletes, never resets limits. The three

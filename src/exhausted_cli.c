@@ -785,6 +785,7 @@ static int cmd_replay(cli_t *c)
 cleanup:
     PQclear(ids);
     mes_nats_close(&n);
+    mes_nats_library_close();
     buf_free(&json);
     return rc;
 }

@@ -294,6 +294,13 @@ void mes_nats_close(mes_nats_t *n)
     metrics_nats_connected_set(false);
 }
 
+void mes_nats_library_close(void)
+{
+    natsStatus s = nats_CloseAndWait(2000);
+    if (s != NATS_OK && s != NATS_NOT_INITIALIZED)
+        log_warn("nats", "the NATS library's threads did not end in time", LF_S("error", natsStatus_GetText(s)));
+}
+
 bool mes_nats_connected(const mes_nats_t *n)
 {
     return n && n->nc && natsConnection_Status(n->nc) == NATS_CONN_STATUS_CONNECTED;
