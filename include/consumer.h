@@ -15,12 +15,14 @@
 #include "mes_nats.h"
 #include "payload.h"
 #include "store.h"
+#include "writer.h"
 
 typedef struct consumer consumer_t;
 
-/* Creates the lane for event type et (one of the ten bases); does not subscribe yet. Its commits borrow a session of
- * pool (the writers' sessions, shared by the lanes; it must outlive the lane). Caller owns (consumer_destroy). */
-consumer_t *consumer_create(const config_t *cfg, mes_nats_t *nats, db_pool_t *pool, event_type_t et,
+/* Creates the lane for event type et (one of the ten bases); does not subscribe yet. Its commits go through writer
+ * (group commit over the writers' sessions, shared by the lanes; it must outlive the lane). Caller owns
+ * (consumer_destroy). */
+consumer_t *consumer_create(const config_t *cfg, mes_nats_t *nats, writer_t *writer, event_type_t et,
                             const atomic_bool *stop);
 /* Ensures/binds the durable consumer. */
 int consumer_subscribe(consumer_t *c) __attribute__((warn_unused_result));

@@ -74,8 +74,8 @@ struct consumer {
     _Atomic uint64_t done_seq;
     _Atomic int64_t idle_since_ms;
 
-    db_pool_t *pool; /* the writers' sessions, shared by every lane */
-    db_conn_t **db;  /* the pool's session this lane holds while it commits a batch, else NULL (lane thread) */
+    writer_t *writer; /* group commit over the writers' sessions, shared by every lane */
+    db_conn_t **db;   /* a writers' session this lane holds alone while it isolates a failed group, else NULL */
     payload_ctx_t pctx;
     store_scratch_t scratch;
     dlq_batch_t *dlqb; /* publishes a batch's DLQ records together */
@@ -87,7 +87,7 @@ struct consumer {
 
 /* ---- lifecycle -------------------------------------------------------------------------------------------- */
 
-consumer_t *consumer_create(const config_t *cfg, mes_nats_t *nats, db_pool_t *pool, event_type_t et,
+consumer_t *consumer_create(const config_t *cfg, mes_nats_t *nats, writer_t *writer, event_type_t et,
                             const atomic_bool *stop)
 {
     consumer_t *c = calloc(1, sizeof *c);
@@ -98,7 +98,7 @@ consumer_t *consumer_create(const config_t *cfg, mes_nats_t *nats, db_pool_t *po
     c->lane = event_type_lane(et);
     c->lc = c->lane == LANE_HISTORICAL ? &cfg->historical : &cfg->realtime;
     c->nats = nats;
-    c->pool = pool;
+    c->writer = writer;
     c->stop = stop;
     mes_nats_durable(&c->in.dur, cfg, MES_DURABLE_LANE, et);
     store_scratch_init(&c->scratch);
@@ -568,51 +568,91 @@ static size_t writing_slots(const consumer_t *c, size_t from, size_t to)
     return k;
 }
 
-/* Commits the items of slots [from, to) in one transaction. When that fails for a reason other than an outage, the
- * range is bisected: each half is committed (or bisected again) in stream order, down to the single event that
- * fails, which alone takes the error. One bad event among n costs about 2 log2 n transactions instead of the n + 1
- * of applying them one by one; its neighbours are written again at most log2 n times and never redelivered. *tx
- * counts the transactions tried. Returns -1 when stopping with the database down, else 0. */
-static int commit_bisect(consumer_t *c, size_t from, size_t to, size_t held, int *tx)
+/* Marks the slots of [from, to) that have rows as committed, or as failed with err. */
+static void settle_range(consumer_t *c, size_t from, size_t to, const db_error_t *err)
+{
+    for (size_t i = from; i < to; i++) {
+        slot_t *s = &c->slots[i];
+        if (s->out != OUT_ACK || s->n_items == 0)
+            continue;
+        if (!err) {
+            s->committed = true;
+            committed_slot(c, s);
+        } else {
+            fail_slot(c, s, err);
+        }
+    }
+}
+
+/* Commits the items of slots [from, to) in one transaction on the lane's own session, unless `failed` says that this
+ * very range failed already (with that error). When it fails for a reason other than an outage, the range is
+ * bisected: each half is committed (or bisected again) in stream order, down to the single event that fails, which
+ * alone takes the error. One bad event among n costs about 2 log2 n transactions instead of the n + 1 of applying
+ * them one by one; its neighbours are written again at most log2 n times and never redelivered. *tx counts the
+ * transactions tried. Returns -1 when stopping with the database down, else 0. */
+static int commit_bisect(consumer_t *c, size_t from, size_t to, size_t held, const db_error_t *failed, int *tx)
 {
     db_error_t err;
     size_t writers = writing_slots(c, from, to);
     if (writers == 0)
         return 0;
-    (*tx)++;
-    int rc = commit_range(c, from, to, held, &err);
+    int rc = 1;
+    if (failed) {
+        err = *failed;
+    } else {
+        (*tx)++;
+        rc = commit_range(c, from, to, held, &err);
+    }
     if (rc == -1)
         return -1;
     if (rc == 0 || writers == 1) {
-        for (size_t i = from; i < to; i++) {
-            slot_t *s = &c->slots[i];
-            if (s->out != OUT_ACK || s->n_items == 0)
-                continue;
-            if (rc == 0) {
-                s->committed = true;
-                committed_slot(c, s);
-            } else {
-                fail_slot(c, s, &err);
-            }
-        }
+        settle_range(c, from, to, rc == 0 ? NULL : &err);
         return 0;
     }
     size_t mid = from + (to - from) / 2;
-    if (commit_bisect(c, from, mid, held, tx) == -1)
+    if (commit_bisect(c, from, mid, held, NULL, tx) == -1)
         return -1;
-    return commit_bisect(c, mid, to, held, tx);
+    return commit_bisect(c, mid, to, held, NULL, tx);
 }
 
-/* Commits slots [from, to): one transaction, bisected on failure (commit_bisect). */
+/* Commits slots [from, to): first in a group with what other lanes have ready (writer_commit); when the group fails,
+ * on a session of the lane's own, where an outage is waited out and a data error is isolated by bisection. */
 static int commit_chunk(consumer_t *c, size_t from, size_t to, size_t held)
 {
-    int tx = 0;
+    uint32_t first = c->slots[from].first_item, last = first;
+    bool any_onb = false;
+    for (size_t i = from; i < to; i++)
+        if (c->slots[i].out == OUT_ACK && c->slots[i].n_items > 0)
+            last = c->slots[i].first_item + c->slots[i].n_items;
+    if (last == first)
+        return 0;
+    hold_t h = {c, held};
+    writer_keepalive_t ka = {keep_alive, &h, db_keepalive_every_ms(c->lc->ack_wait_ms)};
+    db_error_t err;
+    bool alone = false;
+    double dt = 0;
+    int rc = writer_commit(c->writer, &c->items[first], last - first, &c->scratch, &ka, &err, &alone, &dt);
+    for (uint32_t k = first; k < last && !any_onb; k++)
+        any_onb = c->items[k].onb != ONB_COUNT;
+    if (any_onb && dt > 0)
+        metrics_onboarding_duration(dt);
+    if (rc == 0) {
+        settle_range(c, from, to, NULL);
+        return 0;
+    }
+    /* Alone and refused for its data: this range is known to fail, bisect at once. Otherwise (another lane's rows, an
+     * outage, a conflict) try it again on its own first. */
+    bool known = alone && !err.outage && strcmp(err.sqlstate, "40P01") != 0 && strcmp(err.sqlstate, "40001") != 0;
     size_t writers = writing_slots(c, from, to);
-    int rc = commit_bisect(c, from, to, held, &tx);
-    if (tx > 1) /* the failed events are OUT_RETRY or OUT_DLQ now, each logged with its error when it is finished */
+    int tx = 0;
+    c->db = writer_session(c->writer, &ka);
+    rc = commit_bisect(c, from, to, held, known ? &err : NULL, &tx);
+    writer_session_release(c->writer, c->db);
+    c->db = NULL;
+    if (tx > 1 || (known && writers > 1)) /* the failed events are each logged with their error when finished */
         log_warn("consumer", "batch failed; bisected it to isolate the failing events",
                  LF_S("durable", c->in.dur.durable), LF_I("events", (long long)writers),
-                 LF_I("failed", (long long)(writers - writing_slots(c, from, to))), LF_I("transactions", tx));
+                 LF_I("failed", (long long)(writers - writing_slots(c, from, to))), LF_I("transactions", tx + 1));
     return rc;
 }
 
@@ -686,13 +726,6 @@ static void process_batch(consumer_t *c, natsMsg **msgs, size_t n, double fetch_
     /* Commit in chunks of at most MAX_TX_ITEMS rows: a fetched history batch can hold thousands of items, and one
      * huge transaction would hold its row locks long enough to stall every other lane writing the same rows. */
     int rc = 0;
-    if (nitems > 0) {
-        /* A session of the writers' pool, held for the commits only. The wait ignores a stop request: sessions are
-         * held briefly (a holder in an outage lets go when stopping), and a batch in hand is committed on shutdown. */
-        hold_t h = {c, n};
-        if (!(c->db = db_pool_acquire(c->pool, -1, NULL, keep_alive, &h, db_keepalive_every_ms(c->lc->ack_wait_ms))))
-            rc = -1;
-    }
     for (size_t from = 0; from < n && rc != -1 && nitems > 0;) {
         size_t to = from, rows = 0;
         while (to < n && (to == from || rows + c->slots[to].n_items <= MAX_TX_ITEMS))
@@ -700,8 +733,6 @@ static void process_batch(consumer_t *c, natsMsg **msgs, size_t n, double fetch_
         rc = commit_chunk(c, from, to, n);
         from = to;
     }
-    db_pool_release(c->pool, c->db);
-    c->db = NULL;
     if (rc == -1) { /* stopping while the database is down: what was not committed stays unacked */
         for (size_t i = 0; i < n; i++)
             if (c->slots[i].out == OUT_ACK && c->slots[i].n_items > 0 && !c->slots[i].committed)

@@ -40,6 +40,7 @@ typedef struct {
     /* The session budget (database.maxConnections), split once: the lanes' writers, the DLQ workers, maintenance
      * (its own session when the budget leaves two or more beside the writers, else it shares the DLQ workers'). */
     db_pool_t *writers_pool, *dlq_pool, *maint_pool;
+    writer_t *writer; /* group commit of the lanes over writers_pool */
 } app_t;
 
 static void on_signal(int sig)
@@ -180,7 +181,7 @@ static int start_consumers(app_t *a)
     for (int et = 0; et < ET_BASE_COUNT; et++) {
         if (!a->cfg.consume[et])
             continue;
-        consumer_t *c = consumer_create(&a->cfg, &a->nats, a->writers_pool, (event_type_t)et, &g_stop);
+        consumer_t *c = consumer_create(&a->cfg, &a->nats, a->writer, (event_type_t)et, &g_stop);
         if (!c)
             return -1;
         a->lanes[a->nlanes++] = c;
@@ -218,6 +219,9 @@ static int pools_create(app_t *a)
     a->maint_pool = rest >= 2 ? db_pool_create(1) : a->dlq_pool;
     if (!a->writers_pool || !a->dlq_pool || !a->maint_pool)
         return -1;
+    /* A group takes what the lanes have ready up to two lanes' worth of full chunks. */
+    if (!(a->writer = writer_create(a->writers_pool, 2 * 1024)))
+        return -1;
     log_info("main", "PostgreSQL sessions budgeted", LF_I("max_connections", a->cfg.db_max_connections),
              LF_I("writers", writers), LF_I("dlq_workers", rest >= 2 ? rest - 1 : 1),
              LF_S("maintenance", rest >= 2 ? "own session" : "shares the DLQ workers' session"));
@@ -230,8 +234,10 @@ static void pools_destroy(app_t *a)
     if (a->maint_pool != a->dlq_pool)
         db_pool_destroy(a->maint_pool);
     db_pool_destroy(a->dlq_pool);
+    writer_destroy(a->writer);
     db_pool_destroy(a->writers_pool);
     a->maint_pool = a->dlq_pool = a->writers_pool = NULL;
+    a->writer = NULL;
 }
 
 /* The safety net for what JetStream gives up on (issue 13): max-deliveries advisories -> exhausted_events. */
@@ -280,6 +286,7 @@ static int shutdown_all(app_t *a)
     a->nlanes = 0;
     pools_destroy(a);
     mes_nats_close(&a->nats);
+    mes_nats_library_close();
     log_info("main", "shutdown complete");
     return 0;
 }
