@@ -4,7 +4,7 @@
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 command -v clang-format >/dev/null 2>&1 || { echo "clang-format is not installed (bash scripts/install-deps.sh)"; exit 77; }
-mapfile -t files < <(git ls-files -- '*.c' '*.h' 2>/dev/null || find src include tests bench loadtest examples -name '*.[ch]')
+mapfile -t files < <(git ls-files --cached --others --exclude-standard -- '*.c' '*.h' 2>/dev/null || find src include tests bench loadtest examples -name '*.[ch]')
 if [ "${1:-}" = --fix ]; then
   clang-format -i --style=file "${files[@]}"
   exit 0

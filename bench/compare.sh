@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# compare.sh [REV] - before/after in one session: builds REV (default HEAD~1) in a temporary worktree beside the
+# working tree's build, then runs the same benchmarks against both service binaries, interleaved so that a noisy
+# moment hits both alike: the realistic-mix drain three times each (medians compared), then publish->commit latency
+# at 50% and 70% of the OLD build's median drain rate. Prints the medians and the new/old ratios.
+#
+# Environment: BENCH_BUILD_DIR (default <repo>/build-bench), COMPARE_MIX_COUNT (default 60000),
+# BENCH_LAT_SECONDS (default 20). Raw JSON lines stay in $BENCH_BUILD_DIR/compare-results/<timestamp>.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+REV=${1:-HEAD~1}
+BUILD=${BENCH_BUILD_DIR:-$ROOT/build-bench}
+COUNT=${COMPARE_MIX_COUNT:-60000}
+LAT_SECONDS=${BENCH_LAT_SECONDS:-20}
+OUT=$BUILD/compare-results/$(date +%Y%m%d-%H%M%S)
+MIX=v1.chats.upsert:8,v1.chats.update:10,v1.messages.upsert:40,v1.messages.update:24,v1.contacts.upsert:6
+MIX=$MIX,v1.contacts.update:4,v1.connection.update:2,v1.history.chats:2,v1.history.messages:3,v1.history.contacts:1
+
+bash "$ROOT/scripts/install-deps.sh" >&2
+OLD_SHA=$(git -C "$ROOT" rev-parse --verify "$REV^{commit}")
+OLD_TREE=$(mktemp -d /tmp/mes-compare-XXXXXX)
+trap 'git -C "$ROOT" worktree remove --force "$OLD_TREE" >/dev/null 2>&1 || rm -rf "$OLD_TREE"' EXIT
+git -C "$ROOT" worktree add -q --detach "$OLD_TREE" "$OLD_SHA"
+echo "building old ($REV = ${OLD_SHA:0:10}) and new (working tree) ..." >&2
+cmake -S "$OLD_TREE" -B "$OLD_TREE/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMES_TESTS=OFF >/dev/null
+cmake --build "$OLD_TREE/build" -j2 --target message-event-service >/dev/null
+cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build "$BUILD" -j2 --target message-event-service mes-loadgen bench-drain bench-latency >/dev/null
+OLD_BIN=$OLD_TREE/build/message-event-service NEW_BIN=$BUILD/message-event-service
+mkdir -p "$OUT"
+export MES_BUILD_DIR=$BUILD
+
+# run NAME BIN CMD...: one benchmark against BIN, its JSON line to $OUT/NAME.json.
+run() {
+    local name=$1 bin=$2
+    shift 2
+    echo "  $name ..." >&2
+    MES_SERVICE_BIN=$bin "$@" --json >"$OUT/$name.json" 2>"$OUT/$name.err" || { echo "  $name FAILED" >&2; return 1; }
+}
+field() { sed -n -E "s/.*\"$2\":\"?([^,\"}]*)\"?.*/\1/p" "$OUT/$1.json" | head -1; }
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)] }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+
+for k in 1 2 3; do
+    run "old-mix-$k" "$OLD_BIN" "$BUILD/bench/bench-drain" --label realistic-mix --count "$COUNT" --subjects "$MIX" \
+        --history-count 20
+    run "new-mix-$k" "$NEW_BIN" "$BUILD/bench/bench-drain" --label realistic-mix --count "$COUNT" --subjects "$MIX" \
+        --history-count 20
+done
+OLD_MIX=$(for k in 1 2 3; do field "old-mix-$k" events_per_s; done | median)
+NEW_MIX=$(for k in 1 2 3; do field "new-mix-$k" events_per_s; done | median)
+for pct in 50 70; do
+    rate=$(awk -v m="$OLD_MIX" -v p="$pct" 'BEGIN { printf "%.0f", m * p / 100 }')
+    for who in old new; do
+        bin=$OLD_BIN
+        [ "$who" = new ] && bin=$NEW_BIN
+        run "$who-lat$pct" "$bin" "$BUILD/bench/bench-latency" --label "lat-${pct}pct" --rate "$rate" \
+            --duration "$LAT_SECONDS" --history-count 20
+    done
+done
+
+echo
+echo "before/after, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "old: $REV (${OLD_SHA:0:10})   new: working tree ($(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet || echo '+changes'))"
+printf '%-34s %14s %14s %8s\n' "measure" "old" "new" "new/old"
+printf '%-34s %14s %14s %8s\n' "realistic-mix drain (median of 3)" "$OLD_MIX" "$NEW_MIX" "$(ratio "$NEW_MIX" "$OLD_MIX")"
+for pct in 50 70; do
+    for q in p50_ms p99_ms lost; do
+        o=$(field "old-lat$pct" "$q") n=$(field "new-lat$pct" "$q")
+        printf '%-34s %14s %14s %8s\n' "latency $q at ${pct}% of old drain" "$o" "$n" "$(ratio "$n" "$o")"
+    done
+done
+echo "raw results: $OUT"
