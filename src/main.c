@@ -8,6 +8,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/crypto.h>
+
 #include "advisory.h"
 #include "clock.h"
 #include "config.h"
@@ -296,6 +298,11 @@ int main(int argc, char **argv)
     static app_t app;
     char err[1024];
 
+    /* Before anything touches OpenSSL (libpq, nats.c): no OpenSSL cleanup at exit. nats.c frees its connections' TLS
+     * contexts on its own threads, which may still run while exit() runs (a crash seen under TSan), and its library
+     * destructor frees OpenSSL's compression-method list that OPENSSL_cleanup frees again (a crash seen under ASan
+     * after nats_CloseAndWait). The memory stays reachable until the process is gone. */
+    OPENSSL_init_crypto(OPENSSL_INIT_NO_ATEXIT, NULL);
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (config_load(&app.cfg, argc, argv, err, sizeof err) != 0) {
         fprintf(stderr, "%s\n", err);
