@@ -2,7 +2,8 @@
 # compare.sh [REV] - before/after in one session: builds REV (default HEAD~1) in a temporary worktree beside the
 # working tree's build, then runs the same benchmarks against both service binaries, interleaved so that a noisy
 # moment hits both alike: the realistic-mix drain three times each (medians compared), then publish->commit latency
-# at 50% and 70% of the OLD build's median drain rate. Prints the medians and the new/old ratios.
+# at paced rates (COMPARE_RATES, default 50% and 70% of the OLD build's median drain rate), COMPARE_REPEAT times each
+# (default 2). Prints the medians and the new/old ratios.
 #
 # Environment: BENCH_BUILD_DIR (default <repo>/build-bench), COMPARE_MIX_COUNT (default 60000),
 # BENCH_LAT_SECONDS (default 20). Raw JSON lines stay in $BENCH_BUILD_DIR/compare-results/<timestamp>.
@@ -49,13 +50,23 @@ for k in 1 2 3; do
 done
 OLD_MIX=$(for k in 1 2 3; do field "old-mix-$k" events_per_s; done | median)
 NEW_MIX=$(for k in 1 2 3; do field "new-mix-$k" events_per_s; done | median)
-for pct in 50 70; do
-    rate=$(awk -v m="$OLD_MIX" -v p="$pct" 'BEGIN { printf "%.0f", m * p / 100 }')
-    for who in old new; do
-        bin=$OLD_BIN
-        [ "$who" = new ] && bin=$NEW_BIN
-        run "$who-lat$pct" "$bin" "$BUILD/bench/bench-latency" --label "lat-${pct}pct" --rate "$rate" \
-            --duration "$LAT_SECONDS" --history-count 20
+# Paced rates: COMPARE_RATES (events/s, e.g. "4000 7000"), else 50% and 70% of the old build's drain. A paced rate
+# above what the box sustains (NATS, PostgreSQL, the generator and the service share its cores) only measures how
+# fast a queue grows, and that differs from run to run: then name rates below it.
+if [ -n "${COMPARE_RATES:-}" ]; then
+    read -r -a RATES <<<"$COMPARE_RATES"
+else
+    RATES=($(awk -v m="$OLD_MIX" 'BEGIN { printf "%.0f %.0f", m * 0.5, m * 0.7 }'))
+fi
+REPEAT=${COMPARE_REPEAT:-2}
+for rate in "${RATES[@]}"; do
+    for ((k = 1; k <= REPEAT; k++)); do
+        for who in old new; do
+            bin=$OLD_BIN
+            [ "$who" = new ] && bin=$NEW_BIN
+            run "$who-lat$rate-$k" "$bin" "$BUILD/bench/bench-latency" --label "lat-$rate" --rate "$rate" \
+                --duration "$LAT_SECONDS" --history-count 20
+        done
     done
 done
 
@@ -64,10 +75,11 @@ echo "before/after, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, load average $(
 echo "old: $REV (${OLD_SHA:0:10})   new: working tree ($(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet || echo '+changes'))"
 printf '%-34s %14s %14s %8s\n' "measure" "old" "new" "new/old"
 printf '%-34s %14s %14s %8s\n' "realistic-mix drain (median of 3)" "$OLD_MIX" "$NEW_MIX" "$(ratio "$NEW_MIX" "$OLD_MIX")"
-for pct in 50 70; do
+for rate in "${RATES[@]}"; do
     for q in p50_ms p99_ms lost; do
-        o=$(field "old-lat$pct" "$q") n=$(field "new-lat$pct" "$q")
-        printf '%-34s %14s %14s %8s\n' "latency $q at ${pct}% of old drain" "$o" "$n" "$(ratio "$n" "$o")"
+        o=$(for ((k = 1; k <= REPEAT; k++)); do field "old-lat$rate-$k" "$q"; done | median)
+        n=$(for ((k = 1; k <= REPEAT; k++)); do field "new-lat$rate-$k" "$q"; done | median)
+        printf '%-34s %14s %14s %8s\n' "$q at $rate ev/s (median of $REPEAT)" "$o" "$n" "$(ratio "$n" "$o")"
     done
 done
 echo "raw results: $OUT"
