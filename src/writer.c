@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "clock.h"
+#include "log.h"
 
 #define WAIT_SLICE_MS 20 /* a waiting lane looks again at least this often (keepalives, sessions given back) */
 
@@ -108,6 +109,8 @@ static void commit_group(db_conn_t **slot, req_t *g, size_t k, size_t rows, stor
     }
     free(all);
     fail_all(g, rc, &err, k, dt); /* the same verdict for every batch of the group */
+    log_debug("writer", "group committed", LF_I("batches", (long long)k), LF_I("rows", (long long)rows),
+              LF_S("result", rc == 0 ? "committed" : "failed"), LF_D("commit_ms", dt * 1000));
 }
 
 /* Takes the queued batches that fit one group, oldest first. Caller holds mu; the queue is not empty. */

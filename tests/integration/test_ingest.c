@@ -343,6 +343,67 @@ TEST(one_event_postgres_refuses_in_a_backlog_batch_is_isolated_by_bisection)
                  1);
 }
 
+/* A backlog on three subjects at once: the lanes' batches meet in groups (writer.c). One chat PostgreSQL refuses
+ * fails its group; every lane of that group commits again on its own, so the messages and contacts of the same group
+ * still land, and only the bad chat goes to the DLQ. */
+TEST(one_bad_event_in_a_group_across_subjects_costs_only_itself)
+{
+    enum { K = 600 };
+    REQUIRE(it_up(CO, NO_ENV));
+    REQUIRE(h_svc_signal(&S, SIGTERM, 20000) == 0);
+    REQUIRE(h_pg_exec(&P, "ALTER TABLE " SCH ".chats ADD CONSTRAINT test_poison CHECK (chat_id <> 'poison')"));
+    char buf[512];
+    for (int i = 0; i < K; i++) {
+        if (i == K - 20)
+            snprintf(buf, sizeof buf,
+                     "{\"chat_id\":\"poison\",\"jid\":\"j\",\"agent_id\":\"a\",\"phone_number\":\"1\"}");
+        else
+            snprintf(buf, sizeof buf, "{\"chat_id\":\"g%d\",\"jid\":\"j\",\"agent_id\":\"a\",\"phone_number\":\"1\"}",
+                     i);
+        REQUIRE(it_pub("v1.chats.upsert", CO, buf, NULL));
+        snprintf(buf, sizeof buf,
+                 "{\"message_id\":\"gm%d\",\"chat_id\":\"g%d\",\"jid\":\"j\",\"agent_id\":\"a\",\"flow\":\"OUT\","
+                 "\"status\":\"sent\",\"message_timestamp\":%d}",
+                 i, i, 1700000000 + i);
+        REQUIRE(it_pub("v1.messages.upsert", CO, buf, NULL));
+        snprintf(buf, sizeof buf, "{\"agent_id\":\"a\",\"phone_number\":\"62%d\",\"push_name\":\"p%d\"}", 100000 + i,
+                 i);
+        REQUIRE(it_pub("v1.contacts.upsert", CO, buf, NULL));
+    }
+    /* One writer session for three busy lanes: batches queue behind each other and meet in groups. */
+    static const char *const debug[] = {"LOG_LEVEL=debug", "DATABASE_WRITERS=1", NULL};
+    REQUIRE(h_svc_start(&S, CO, &N, &P, debug) && h_svc_wait_ready(&S, 60000));
+    CHECK_EQ_INT(h_pg_wait_int(&P, K - 1, 30000, "SELECT count(*) FROM " SCH ".chats"), K - 1);
+    CHECK_EQ_INT(h_pg_wait_int(&P, K, 30000, "SELECT count(*) FROM " SCH ".messages"), K);
+    /* How often batches met (debug log of writer.c): reported, not asserted, as it depends on scheduling. */
+    char *log = h_svc_log(&S);
+    int groups = 0, failed = 0;
+    for (const char *p = log; p && (p = strstr(p, "\"msg\":\"group committed\"")) != NULL; p++) {
+        groups++;
+        const char *eol = strchr(p, '\n');
+        const char *f = strstr(p, "\"result\":\"failed\"");
+        failed += f && (!eol || f < eol);
+    }
+    free(log);
+    printf("groups of several batches: %d, of which failed: %d\n", groups, failed);
+    CHECK_EQ_INT(h_pg_wait_int(&P, K, 30000, "SELECT count(*) FROM " SCH ".contacts WHERE push_name LIKE 'p%%'"), K);
+    CHECK_EQ_INT(it_dlq_wait(CO, 1, 20000), 1);
+    char *t = it_dlq_text(CO);
+    CHECK_CONTAINS(t, "23514");
+    CHECK_CONTAINS(t, "\"chat_id\":\"poison\"");
+    free(t);
+    h_sleep_ms(300);
+    CHECK_EQ_INT(h_metric(S.http_port, "message_event_service_events_failed_total{event_type=\"v1.chats.upsert\","
+                                       "company_id=\"acme\",consumer_type=\"realtime\"}"),
+                 1);
+    CHECK_EQ_INT(h_metric(S.http_port, "message_event_service_events_processed_total{event_type=\"v1.messages.upsert\","
+                                       "company_id=\"acme\",consumer_type=\"realtime\"}"),
+                 K);
+    CHECK_EQ_INT(h_metric(S.http_port, "message_event_service_events_processed_total{event_type=\"v1.contacts.upsert\","
+                                       "company_id=\"acme\",consumer_type=\"realtime\"}"),
+                 K);
+}
+
 TEST(company_mismatch_and_foreign_tenant_subjects_are_never_written)
 {
     REQUIRE(it_up(CO, NO_ENV));
