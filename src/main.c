@@ -45,6 +45,8 @@ typedef struct {
     writer_t *writer; /* group commit of the lanes over writers_pool */
 } app_t;
 
+#define WRITER_GROUP_ROWS 2048
+
 static void on_signal(int sig)
 {
     (void)sig;
@@ -221,8 +223,9 @@ static int pools_create(app_t *a)
     a->maint_pool = rest >= 2 ? db_pool_create(1) : a->dlq_pool;
     if (!a->writers_pool || !a->dlq_pool || !a->maint_pool)
         return -1;
-    /* A group takes what the lanes have ready up to two lanes' worth of full chunks. */
-    if (!(a->writer = writer_create(a->writers_pool, 2 * 1024)))
+    /* A group takes what the lanes have ready up to two full chunks of a lane (1 024 rows each, consumer.c): large
+     * enough to coalesce ten lanes' small batches, small enough that its row locks are held briefly. */
+    if (!(a->writer = writer_create(a->writers_pool, WRITER_GROUP_ROWS)))
         return -1;
     log_info("main", "PostgreSQL sessions budgeted", LF_I("max_connections", a->cfg.db_max_connections),
              LF_I("writers", writers), LF_I("dlq_workers", rest >= 2 ? rest - 1 : 1),

@@ -293,25 +293,36 @@ TEST(updates_in_a_backlog_never_overtake_the_upserts_published_before_them)
     CHECK_EQ_INT(it_dlq_count(CO), 0);
 }
 
+/* Creates the schema (a first start), stops the service and makes PostgreSQL refuse the chat 'poison' (a CHECK
+ * constraint stands for any data error the validation cannot foresee), so a backlog can be published before the
+ * next start. */
+static bool up_then_refuse_poison(void)
+{
+    return it_up(CO, NO_ENV) && h_svc_signal(&S, SIGTERM, 20000) == 0 &&
+           h_pg_exec(&P, "ALTER TABLE " SCH ".chats ADD CONSTRAINT test_poison CHECK (chat_id <> 'poison')");
+}
+
+/* Publishes chats.upsert for chat <prefix><i>, or for 'poison' when bad. */
+static bool pub_chat(const char *prefix, int i, bool bad)
+{
+    char buf[256];
+    if (bad)
+        snprintf(buf, sizeof buf, "{\"chat_id\":\"poison\",\"jid\":\"j\",\"agent_id\":\"a\",\"phone_number\":\"1\"}");
+    else
+        snprintf(buf, sizeof buf, "{\"chat_id\":\"%s%d\",\"jid\":\"j\",\"agent_id\":\"a\",\"phone_number\":\"1\"}",
+                 prefix, i);
+    return it_pub("v1.chats.upsert", CO, buf, NULL);
+}
+
 /* A batch that PostgreSQL refuses because of one event (a CHECK constraint added here stands for any data error the
  * validation cannot foresee) is bisected: the other 199 are committed without a redelivery, the bad one alone goes to
  * the DLQ with its SQLSTATE, and the isolation costs about 2 log2 n transactions, not n + 1. */
 TEST(one_event_postgres_refuses_in_a_backlog_batch_is_isolated_by_bisection)
 {
     enum { K = 200, BAD = 137 };
-    REQUIRE(it_up(CO, NO_ENV));
-    REQUIRE(h_svc_signal(&S, SIGTERM, 20000) == 0);
-    REQUIRE(h_pg_exec(&P, "ALTER TABLE " SCH ".chats ADD CONSTRAINT test_poison CHECK (chat_id <> 'poison')"));
-    char buf[256];
-    for (int i = 0; i < K; i++) {
-        if (i == BAD)
-            snprintf(buf, sizeof buf,
-                     "{\"chat_id\":\"poison\",\"jid\":\"j\",\"agent_id\":\"a\",\"phone_number\":\"1\"}");
-        else
-            snprintf(buf, sizeof buf, "{\"chat_id\":\"bis%d\",\"jid\":\"j\",\"agent_id\":\"a\",\"phone_number\":\"1\"}",
-                     i);
-        REQUIRE(it_pub("v1.chats.upsert", CO, buf, NULL));
-    }
+    REQUIRE(up_then_refuse_poison());
+    for (int i = 0; i < K; i++)
+        REQUIRE(pub_chat("bis", i, i == BAD));
     REQUIRE(h_svc_start(&S, CO, &N, &P, NO_ENV) && h_svc_wait_ready(&S, 60000));
     CHECK_EQ_INT(h_pg_wait_int(&P, K - 1, 30000, "SELECT count(*) FROM " SCH ".chats"), K - 1);
     CHECK_EQ_INT(it_dlq_wait(CO, 1, 20000), 1);
@@ -349,18 +360,10 @@ TEST(one_event_postgres_refuses_in_a_backlog_batch_is_isolated_by_bisection)
 TEST(one_bad_event_in_a_group_across_subjects_costs_only_itself)
 {
     enum { K = 600 };
-    REQUIRE(it_up(CO, NO_ENV));
-    REQUIRE(h_svc_signal(&S, SIGTERM, 20000) == 0);
-    REQUIRE(h_pg_exec(&P, "ALTER TABLE " SCH ".chats ADD CONSTRAINT test_poison CHECK (chat_id <> 'poison')"));
+    REQUIRE(up_then_refuse_poison());
     char buf[512];
     for (int i = 0; i < K; i++) {
-        if (i == K - 20)
-            snprintf(buf, sizeof buf,
-                     "{\"chat_id\":\"poison\",\"jid\":\"j\",\"agent_id\":\"a\",\"phone_number\":\"1\"}");
-        else
-            snprintf(buf, sizeof buf, "{\"chat_id\":\"g%d\",\"jid\":\"j\",\"agent_id\":\"a\",\"phone_number\":\"1\"}",
-                     i);
-        REQUIRE(it_pub("v1.chats.upsert", CO, buf, NULL));
+        REQUIRE(pub_chat("g", i, i == K - 20));
         snprintf(buf, sizeof buf,
                  "{\"message_id\":\"gm%d\",\"chat_id\":\"g%d\",\"jid\":\"j\",\"agent_id\":\"a\",\"flow\":\"OUT\","
                  "\"status\":\"sent\",\"message_timestamp\":%d}",
