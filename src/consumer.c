@@ -370,16 +370,38 @@ static void committed_slot(consumer_t *c, slot_t *s)
     }
 }
 
+/* The store items of the slots of [from, to) that have rows: [*first, *last). False when there are none. */
+static bool items_of(const consumer_t *c, size_t from, size_t to, uint32_t *first, uint32_t *last)
+{
+    *first = *last = c->slots[from].first_item;
+    for (size_t i = from; i < to; i++)
+        if (c->slots[i].out == OUT_ACK && c->slots[i].n_items > 0)
+            *last = c->slots[i].first_item + c->slots[i].n_items;
+    return *last > *first;
+}
+
+/* Onboarding's share of a commit: its duration counts when the items held onboarding work. */
+static void onboarding_timed(const consumer_t *c, uint32_t first, uint32_t last, double seconds)
+{
+    for (uint32_t k = first; k < last; k++)
+        if (c->items[k].onb != ONB_COUNT) {
+            metrics_onboarding_duration(seconds);
+            return;
+        }
+}
+
+/* A deadlock or serialization failure: says nothing about the events, the same work may simply run again. */
+static bool is_conflict(const db_error_t *err)
+{
+    return strcmp(err->sqlstate, "40P01") == 0 || strcmp(err->sqlstate, "40001") == 0;
+}
+
 /* Commits the items of slots [from, to) in one transaction; on an outage waits for the database and tries again.
  * Returns 0 committed, 1 failed (err filled), -1 stopping with the database down (leave messages unacked). */
 static int commit_range(consumer_t *c, size_t from, size_t to, size_t held, db_error_t *err)
 {
-    uint32_t first = c->slots[from].first_item;
-    uint32_t last = first;
-    for (size_t i = from; i < to; i++)
-        if (c->slots[i].out == OUT_ACK)
-            last = c->slots[i].first_item + c->slots[i].n_items;
-    if (last == first)
+    uint32_t first, last;
+    if (!items_of(c, from, to, &first, &last))
         return 0;
     int conflicts = 0;
     for (;;) {
@@ -387,17 +409,12 @@ static int commit_range(consumer_t *c, size_t from, size_t to, size_t held, db_e
             return -1;
         double t0 = clock_mono_s();
         int rc = store_commit(*c->db, &c->items[first], last - first, &c->scratch, err);
-        double dt = clock_mono_s() - t0;
-        bool any_onb = false;
-        for (uint32_t k = first; k < last && !any_onb; k++)
-            any_onb = c->items[k].onb != ONB_COUNT;
-        if (any_onb)
-            metrics_onboarding_duration(dt);
+        onboarding_timed(c, first, last, clock_mono_s() - t0);
         if (rc == 0)
             return 0;
         /* A deadlock or serialization failure with another lane or replica says nothing about the events: run the
          * same batch again (after a short, jittered pause) instead of isolating it event by event. */
-        if ((strcmp(err->sqlstate, "40P01") == 0 || strcmp(err->sqlstate, "40001") == 0) && conflicts < 3) {
+        if (is_conflict(err) && conflicts < 3) {
             conflicts++;
             log_info("consumer", "transaction conflict; retrying the batch", LF_S("durable", c->in.dur.durable),
                      LF_S("sqlstate", err->sqlstate), LF_I("attempt", conflicts));
@@ -619,12 +636,8 @@ static int commit_bisect(consumer_t *c, size_t from, size_t to, size_t held, con
  * on a session of the lane's own, where an outage is waited out and a data error is isolated by bisection. */
 static int commit_chunk(consumer_t *c, size_t from, size_t to, size_t held)
 {
-    uint32_t first = c->slots[from].first_item, last = first;
-    bool any_onb = false;
-    for (size_t i = from; i < to; i++)
-        if (c->slots[i].out == OUT_ACK && c->slots[i].n_items > 0)
-            last = c->slots[i].first_item + c->slots[i].n_items;
-    if (last == first)
+    uint32_t first, last;
+    if (!items_of(c, from, to, &first, &last))
         return 0;
     hold_t h = {c, held};
     writer_keepalive_t ka = {keep_alive, &h, db_keepalive_every_ms(c->lc->ack_wait_ms)};
@@ -632,17 +645,15 @@ static int commit_chunk(consumer_t *c, size_t from, size_t to, size_t held)
     bool alone = false;
     double dt = 0;
     int rc = writer_commit(c->writer, &c->items[first], last - first, &c->scratch, &ka, &err, &alone, &dt);
-    for (uint32_t k = first; k < last && !any_onb; k++)
-        any_onb = c->items[k].onb != ONB_COUNT;
-    if (any_onb && dt > 0)
-        metrics_onboarding_duration(dt);
+    if (dt > 0) /* 0: the group failed before it reached PostgreSQL */
+        onboarding_timed(c, first, last, dt);
     if (rc == 0) {
         settle_range(c, from, to, NULL);
         return 0;
     }
     /* Alone and refused for its data: this range is known to fail, bisect at once. Otherwise (another lane's rows, an
      * outage, a conflict) try it again on its own first. */
-    bool known = alone && !err.outage && strcmp(err.sqlstate, "40P01") != 0 && strcmp(err.sqlstate, "40001") != 0;
+    bool known = alone && !err.outage && !is_conflict(&err);
     size_t writers = writing_slots(c, from, to);
     int tx = 0;
     c->db = writer_session(c->writer, &ka);

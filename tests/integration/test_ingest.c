@@ -293,6 +293,26 @@ TEST(updates_in_a_backlog_never_overtake_the_upserts_published_before_them)
     CHECK_EQ_INT(it_dlq_count(CO), 0);
 }
 
+/* message_event_service_events_<family>_total of a realtime lane of acme, as /metrics shows it now. */
+static double lane_count(const char *family, const char *event_type)
+{
+    char series[256];
+    snprintf(series, sizeof series,
+             "message_event_service_events_%s_total{event_type=\"%s\",company_id=\"acme\",consumer_type=\"realtime\"}",
+             family, event_type);
+    return h_metric(S.http_port, series);
+}
+
+/* The one DLQ record of the chat 'poison', refused by PostgreSQL's CHECK constraint (SQLSTATE 23514). */
+static void check_poison_dlq_record(void)
+{
+    CHECK_EQ_INT(it_dlq_wait(CO, 1, 20000), 1);
+    char *t = it_dlq_text(CO);
+    CHECK_CONTAINS(t, "23514");
+    CHECK_CONTAINS(t, "\"chat_id\":\"poison\"");
+    free(t);
+}
+
 /* Creates the schema (a first start), stops the service and makes PostgreSQL refuse the chat 'poison' (a CHECK
  * constraint stands for any data error the validation cannot foresee), so a backlog can be published before the
  * next start. */
@@ -325,11 +345,7 @@ TEST(one_event_postgres_refuses_in_a_backlog_batch_is_isolated_by_bisection)
         REQUIRE(pub_chat("bis", i, i == BAD));
     REQUIRE(h_svc_start(&S, CO, &N, &P, NO_ENV) && h_svc_wait_ready(&S, 60000));
     CHECK_EQ_INT(h_pg_wait_int(&P, K - 1, 30000, "SELECT count(*) FROM " SCH ".chats"), K - 1);
-    CHECK_EQ_INT(it_dlq_wait(CO, 1, 20000), 1);
-    char *t = it_dlq_text(CO);
-    CHECK_CONTAINS(t, "23514");
-    CHECK_CONTAINS(t, "\"chat_id\":\"poison\"");
-    free(t);
+    check_poison_dlq_record();
     CHECK(h_svc_wait_log(&S, "bisected it to isolate the failing events", 10000));
     /* The fetch may split the backlog into more than one batch; the one holding the bad event logs its count. */
     char *log = h_svc_log(&S);
@@ -343,15 +359,9 @@ TEST(one_event_postgres_refuses_in_a_backlog_batch_is_isolated_by_bisection)
     free(log);
     /* Nothing was redelivered: 200 received, 199 processed, 1 failed, exactly. */
     h_sleep_ms(300);
-    CHECK_EQ_INT(h_metric(S.http_port, "message_event_service_events_received_total{event_type=\"v1.chats.upsert\","
-                                       "company_id=\"acme\",consumer_type=\"realtime\"}"),
-                 K);
-    CHECK_EQ_INT(h_metric(S.http_port, "message_event_service_events_processed_total{event_type=\"v1.chats.upsert\","
-                                       "company_id=\"acme\",consumer_type=\"realtime\"}"),
-                 K - 1);
-    CHECK_EQ_INT(h_metric(S.http_port, "message_event_service_events_failed_total{event_type=\"v1.chats.upsert\","
-                                       "company_id=\"acme\",consumer_type=\"realtime\"}"),
-                 1);
+    CHECK_EQ_INT(lane_count("received", "v1.chats.upsert"), K);
+    CHECK_EQ_INT(lane_count("processed", "v1.chats.upsert"), K - 1);
+    CHECK_EQ_INT(lane_count("failed", "v1.chats.upsert"), 1);
 }
 
 /* A backlog on three subjects at once: the lanes' batches meet in groups (writer.c). One chat PostgreSQL refuses
@@ -390,21 +400,11 @@ TEST(one_bad_event_in_a_group_across_subjects_costs_only_itself)
     free(log);
     printf("groups of several batches: %d, of which failed: %d\n", groups, failed);
     CHECK_EQ_INT(h_pg_wait_int(&P, K, 30000, "SELECT count(*) FROM " SCH ".contacts WHERE push_name LIKE 'p%%'"), K);
-    CHECK_EQ_INT(it_dlq_wait(CO, 1, 20000), 1);
-    char *t = it_dlq_text(CO);
-    CHECK_CONTAINS(t, "23514");
-    CHECK_CONTAINS(t, "\"chat_id\":\"poison\"");
-    free(t);
+    check_poison_dlq_record();
     h_sleep_ms(300);
-    CHECK_EQ_INT(h_metric(S.http_port, "message_event_service_events_failed_total{event_type=\"v1.chats.upsert\","
-                                       "company_id=\"acme\",consumer_type=\"realtime\"}"),
-                 1);
-    CHECK_EQ_INT(h_metric(S.http_port, "message_event_service_events_processed_total{event_type=\"v1.messages.upsert\","
-                                       "company_id=\"acme\",consumer_type=\"realtime\"}"),
-                 K);
-    CHECK_EQ_INT(h_metric(S.http_port, "message_event_service_events_processed_total{event_type=\"v1.contacts.upsert\","
-                                       "company_id=\"acme\",consumer_type=\"realtime\"}"),
-                 K);
+    CHECK_EQ_INT(lane_count("failed", "v1.chats.upsert"), 1);
+    CHECK_EQ_INT(lane_count("processed", "v1.messages.upsert"), K);
+    CHECK_EQ_INT(lane_count("processed", "v1.contacts.upsert"), K);
 }
 
 TEST(company_mismatch_and_foreign_tenant_subjects_are_never_written)
@@ -491,18 +491,10 @@ TEST(metrics_counters_equal_the_events_sent_in_a_known_mix)
     CHECK_EQ_INT(h_pg_wait_int(&P, 5, 20000, "SELECT count(*) FROM " SCH ".chats"), 5);
     CHECK_EQ_INT(it_dlq_wait(CO, 2, 20000), 2);
     h_sleep_ms(300);
-    CHECK_EQ_INT(h_metric(S.http_port, "message_event_service_events_received_total{event_type=\"v1.chats.upsert\","
-                                       "company_id=\"acme\",consumer_type=\"realtime\"}"),
-                 6);
-    CHECK_EQ_INT(h_metric(S.http_port, "message_event_service_events_processed_total{event_type=\"v1.chats.upsert\","
-                                       "company_id=\"acme\",consumer_type=\"realtime\"}"),
-                 5);
-    CHECK_EQ_INT(h_metric(S.http_port, "message_event_service_events_failed_total{event_type=\"v1.chats.upsert\","
-                                       "company_id=\"acme\",consumer_type=\"realtime\"}"),
-                 1);
-    CHECK_EQ_INT(h_metric(S.http_port, "message_event_service_events_failed_total{event_type=\"v1.chats.update\","
-                                       "company_id=\"acme\",consumer_type=\"realtime\"}"),
-                 1);
+    CHECK_EQ_INT(lane_count("received", "v1.chats.upsert"), 6);
+    CHECK_EQ_INT(lane_count("processed", "v1.chats.upsert"), 5);
+    CHECK_EQ_INT(lane_count("failed", "v1.chats.upsert"), 1);
+    CHECK_EQ_INT(lane_count("failed", "v1.chats.update"), 1);
     CHECK_EQ_INT(h_metric(S.http_port,
                           "message_event_service_event_processing_actions_total{event_type=\"v1.chats.upsert\",company_"
                           "id=\"acme\",consumer_type=\"realtime\",action=\"ack_success\",error_type=\"none\"}"),
