@@ -14,6 +14,7 @@
 #include "json.h"
 #include "log.h"
 #include "metrics.h"
+#include "router.h"
 
 /* Rows per transaction at most (a single message with more items still goes in one transaction of its own). */
 #define MAX_TX_ITEMS 1024
@@ -221,17 +222,6 @@ static void build_meta(consumer_t *c, slot_t *s, const char *processed_at)
     s->meta_len = (uint32_t)strlen(s->meta);
 }
 
-/* The subject must be exactly <base>.<co> for this lane's base (SPEC 1.1). */
-static const char *check_subject(consumer_t *c, const char *subject)
-{
-    const char *dot = strrchr(subject, '.');
-    if (!dot || event_type_from_base(subject, (size_t)(dot - subject)) != c->et ||
-        strcmp(dot + 1, c->cfg->company_id) != 0)
-        return arena_printf(c->pctx.arena, "unknown subject '%.200s' (expected %s.%s)", subject, event_type_base(c->et),
-                            c->cfg->company_id);
-    return NULL;
-}
-
 static bool grow_items(consumer_t *c, size_t need)
 {
     if (need <= c->items_cap)
@@ -264,14 +254,7 @@ static void prepare(consumer_t *c, slot_t *s, const char *processed_at, size_t *
     metrics_event_received(c->et, c->lane);
 
     double t0 = clock_mono_s();
-    const char *bad = check_subject(c, s->subject);
-    memset(&s->ev, 0, sizeof s->ev);
-    if (bad) {
-        s->ev.err = ERR_VALIDATION;
-        s->ev.errmsg = bad;
-    } else {
-        payload_parse(&c->pctx, c->et, s->data ? s->data : "", (size_t)(s->len > 0 ? s->len : 0), &s->ev);
-    }
+    router_route(&c->pctx, s->subject, c->et, s->data, (size_t)(s->len > 0 ? s->len : 0), -1, &s->ev);
     metrics_routing_duration(c->et, c->lane, clock_mono_s() - t0);
 
     s->first_item = (uint32_t)*nitems;
@@ -291,26 +274,15 @@ static void prepare(consumer_t *c, slot_t *s, const char *processed_at, size_t *
         str_t jid = payload_jid(&s->ev);
         metrics_event_with_agent(c->et, agent.p, agent.len, jid.p, jid.p ? jid.len : 0);
     }
-    size_t want = c->lane == LANE_HISTORICAL ? s->ev.n_items : 1;
-    if (!grow_items(c, *nitems + want)) {
+    if (!grow_items(c, *nitems + router_item_count(&s->ev))) {
         s->out = OUT_RETRY;
         s->cls = ERR_UNKNOWN;
         s->retryable = true;
         s->err = "out of memory";
         return;
     }
-    if (c->lane == LANE_HISTORICAL) {
-        for (uint32_t i = 0; i < s->ev.n_items; i++) {
-            if (s->ev.items[i].err != ERR_NONE)
-                continue;
-            c->items[(*nitems)++] = (store_item_t){.ev = &s->ev.items[i], .meta = s->meta, .meta_len = s->meta_len};
-            s->n_items++;
-        }
-    } else {
-        c->items[(*nitems)++] = (store_item_t){
-            .ev = &s->ev, .meta = s->meta, .meta_len = s->meta_len, .onboard = c->et == ET_MESSAGES_UPSERT};
-        s->n_items = 1;
-    }
+    s->n_items = (uint32_t)router_items(&s->ev, s->meta, s->meta_len, &c->items[*nitems], NULL, NULL);
+    *nitems += s->n_items;
 }
 
 /* ---- deciding --------------------------------------------------------------------------------------------- */

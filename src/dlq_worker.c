@@ -17,6 +17,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "payload.h"
+#include "router.h"
 #include "store.h"
 #include "text.h"
 
@@ -347,9 +348,8 @@ static result_t apply(worker_t *wk, const record_t *r, int attempt, const char *
 {
     const config_t *cfg = wk->w->cfg;
     *retryable = false;
-    const char *dot = strrchr(r->subject, '.');
-    event_type_t et = dot ? event_type_from_base(r->subject, (size_t)(dot - r->subject)) : ET_UNKNOWN;
-    if (strcmp(r->company, cfg->company_id) != 0 || !dot || strcmp(dot + 1, cfg->company_id) != 0) {
+    route_subject_t rs = router_subject(r->subject, cfg->company_id);
+    if (strcmp(r->company, cfg->company_id) != 0 || !rs.own_tenant) {
         *why = arena_printf(wk->pctx.arena,
                             "DLQ record of another tenant (company '%s', subject '%s') "
                             "rejected by %s",
@@ -357,66 +357,34 @@ static result_t apply(worker_t *wk, const record_t *r, int attempt, const char *
                             shown(wk, r->subject, strlen(r->subject), 128), cfg->company_id);
         return RES_EXHAUST;
     }
-    if (et == ET_UNKNOWN) {
+    if (rs.et == ET_UNKNOWN) {
         *why =
             arena_printf(wk->pctx.arena, "unknown source subject '%s'", shown(wk, r->subject, strlen(r->subject), 128));
         return RES_EXHAUST;
     }
-
-    /* A history item travels alone: wrap it back into a one-item batch so it meets exactly the live validation. */
-    const char *text = r->orig;
-    size_t len = r->orig_len;
-    if (event_type_lane(et) == LANE_HISTORICAL && r->item_index >= 0) {
-        static const char *const keys[] = {"chats", "messages", "contacts"};
-        buf_t *b = &wk->buf;
-        buf_reset(b);
-        buf_printf(b, "{\"%s\":[", keys[et - ET_HISTORY_FIRST]);
-        buf_append(b, r->orig, r->orig_len);
-        buf_puts(b, "]}");
-        text = arena_strndup(wk->pctx.arena, b->data ? b->data : "", b->len);
-        len = text ? b->len : 0;
-        if (!text) {
-            *why = "out of memory";
-            *retryable = true;
-            return RES_RETRY;
-        }
-    }
+    /* Exactly the live route; a history item travels alone and is re-wrapped there. */
     event_t ev;
-    if (payload_parse(&wk->pctx, et, text, len, &ev) != ERR_NONE) {
-        *why = ev.errmsg ? ev.errmsg : "invalid event";
-        return RES_EXHAUST; /* unmarshal / validation: retrying cannot help */
+    error_class_t cls = router_route(&wk->pctx, r->subject, rs.et, r->orig, r->orig_len, r->item_index, &ev);
+    if (cls == ERR_UNKNOWN) { /* out of memory */
+        *why = ev.errmsg;
+        *retryable = true;
+        return RES_RETRY;
     }
-    /* The wrapped item is item 0 of its one-item batch: report it under its index in the original batch. */
-    if (event_type_lane(et) == LANE_HISTORICAL && r->item_index >= 0 && ev.n_items == 1 && ev.items[0].errmsg &&
-        strncmp(ev.items[0].errmsg, "item 0: ", 8) == 0) {
-        const char *fixed =
-            arena_printf(wk->pctx.arena, "item %lld: %s", (long long)r->item_index, ev.items[0].errmsg + 8);
-        if (fixed)
-            ev.items[0].errmsg = fixed;
+    if (cls != ERR_NONE) {
+        *why = ev.errmsg;
+        return RES_EXHAUST; /* unmarshal / validation: retrying cannot help */
     }
     uint32_t meta_len = 0;
     const char *meta = replay_meta(wk, r, attempt, &meta_len);
-    size_t n = event_type_lane(et) == LANE_HISTORICAL ? ev.n_items : 1;
+    size_t n = router_item_count(&ev);
     store_item_t *items = arena_alloc(wk->pctx.arena, (n ? n : 1) * sizeof *items);
     if (!items) {
         *why = "out of memory";
         *retryable = true;
         return RES_RETRY;
     }
-    size_t k = 0, bad = 0;
-    if (event_type_lane(et) == LANE_HISTORICAL) {
-        for (uint32_t i = 0; i < ev.n_items; i++) {
-            if (ev.items[i].err != ERR_NONE) {
-                bad++;
-                *why = ev.items[i].errmsg;
-                continue;
-            }
-            items[k++] = (store_item_t){.ev = &ev.items[i], .meta = meta, .meta_len = meta_len};
-        }
-    } else {
-        /* Onboarding applies to live realtime messages; a DLQ replay of one is still that message. */
-        items[k++] = (store_item_t){.ev = &ev, .meta = meta, .meta_len = meta_len, .onboard = et == ET_MESSAGES_UPSERT};
-    }
+    size_t bad = 0;
+    size_t k = router_items(&ev, meta, meta_len, items, &bad, why);
     for (;;) {
         if (!ensure_db(wk))
             return RES_LEAVE;
