@@ -5,14 +5,14 @@
  * Payloads come from `mes-loadgen --dry-run` (the realistic mix for realtime types, so updates spread over many keys
  * the way they do in production; history batches of 100 items), cycled in lane-sized batches: 256 realtime messages
  * or 64 history messages per batch, the service's default batchSize. Per batch it does what the consumer and the
- * store do before the database is involved: arena_reset; per message the subject check, the last_metadata object and
- * payload_parse; then the store's planning (sort by key, same-key rounds) and the JSON array of rows ($1) of every
+ * store do before the database is involved: arena_reset; per message the last_metadata object and the router (subject
+ * check, payload_parse, store items); then the store's planning (sort by key, same-key rounds) and the JSON array of rows ($1) of every
  * statement, onboarding rows included. Two numbers per type: "parse" (route + payload_parse only) and "full" (all of
  * it). Allocations are counted by interposing malloc & co. (glibc __libc_* entry points), only inside the timed
  * repetitions, after a warm-up, so they are steady-state allocations per event.
  *
- * It calls the service's own code for all of it: consumer_build_meta and store_build_statements (the same planning
- * and row building store_commit sends), so what is measured is what runs. */
+ * It calls the service's own code for all of it: consumer_build_meta, router_route/router_items and
+ * store_plan_begin/store_plan_next (the planning and rows store_commit sends), so what is measured is what runs. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +23,7 @@
 #include "consumer.h"
 #include "event.h"
 #include "payload.h"
+#include "router.h"
 #include "store.h"
 
 /* ---- allocation counter (interposed over glibc's allocator) ------------------------------------------------------ */
@@ -140,13 +141,6 @@ typedef struct {
     char msg_id[160];
 } slot_t;
 
-/* The subject must be exactly <base>.<co> for this lane's base (consumer.c check_subject). */
-static bool route_ok(const char *subject, event_type_t et)
-{
-    const char *dot = strrchr(subject, '.');
-    return dot && event_type_from_base(subject, (size_t)(dot - subject)) == et && strcmp(dot + 1, COMPANY) == 0;
-}
-
 /* last_metadata as the consumer builds it (consumer_build_meta into a reused buffer, copied into the arena). */
 static void build_meta(arena_t *arena, buf_t *b, slot_t *s, const char *subject, uint64_t seq, const char *processed_at)
 {
@@ -158,29 +152,20 @@ static void build_meta(arena_t *arena, buf_t *b, slot_t *s, const char *subject,
     s->meta_len = (uint32_t)strlen(s->meta);
 }
 
-/* Counts what store_build_statements emits. */
-typedef struct {
-    size_t bytes, statements;
-} emitted_t;
-
-static void count_stmt(void *arg, const char *stmt, const char *json, size_t len)
-{
-    emitted_t *e = arg;
-    (void)stmt;
-    (void)json;
-    e->bytes += len;
-    e->statements++;
-}
-
-/* Builds every statement parameter of store_commit for items[0..n); returns the bytes built (so nothing is dead
- * code to the optimiser) and counts the statements the store would execute (BEGIN/COMMIT excluded). */
+/* Plans items[0..n) and builds every statement parameter exactly as store_commit would (store_plan_begin/next);
+ * returns the bytes built (so nothing is dead code to the optimiser) and counts the statements the store would
+ * execute (BEGIN/COMMIT excluded). */
 static size_t store_params(store_item_t *items, size_t n, store_scratch_t *s, size_t *statements)
 {
-    emitted_t e = {0, 0};
-    if (store_build_statements(items, n, s, count_stmt, &e) != 0)
+    size_t bytes = 0;
+    store_stmt_t st;
+    if (store_plan_begin(s, items, n) != 0)
         return 0;
-    *statements += e.statements;
-    return e.bytes;
+    while (store_plan_next(s, &st) == 1) {
+        bytes += st.len;
+        (*statements)++;
+    }
+    return bytes;
 }
 
 /* ---- the benchmark ---------------------------------------------------------------------------------------------- */
@@ -202,7 +187,6 @@ static void run_batch(bench_t *b, const pool_t *p, size_t start, size_t n, bool 
     char processed_at[40];
     clock_rfc3339_now(processed_at, sizeof processed_at);
     arena_reset(b->ctx.arena);
-    bool history = event_type_lane(p->et) == LANE_HISTORICAL;
     size_t nitems = 0;
     for (size_t k = 0; k < n; k++) {
         size_t i = (start + k) % p->n;
@@ -212,18 +196,13 @@ static void run_batch(bench_t *b, const pool_t *p, size_t start, size_t n, bool 
             snprintf(s->msg_id, sizeof s->msg_id, "%s", p->msg_id[i]);
             build_meta(b->ctx.arena, &b->metabuf, s, p->subject[i], start + k + 1, processed_at);
         }
-        if (!route_ok(p->subject[i], p->et)) {
-            s->ev.err = ERR_VALIDATION;
-            b->invalid++;
-            continue;
-        }
-        if (payload_parse(&b->ctx, p->et, p->data[i], p->len[i], &s->ev) != ERR_NONE) {
+        if (router_route(&b->ctx, p->subject[i], p->et, p->data[i], p->len[i], -1, &s->ev) != ERR_NONE) {
             b->invalid++;
             continue;
         }
         if (!full)
             continue;
-        size_t want = history ? s->ev.n_items : 1;
+        size_t want = router_item_count(&s->ev);
         if (nitems + want > b->items_cap) {
             size_t cap = b->items_cap ? b->items_cap : 256;
             while (cap < nitems + want)
@@ -234,15 +213,7 @@ static void run_batch(bench_t *b, const pool_t *p, size_t start, size_t n, bool 
             b->items = it;
             b->items_cap = cap;
         }
-        if (history) {
-            for (uint32_t j = 0; j < s->ev.n_items; j++)
-                if (s->ev.items[j].err == ERR_NONE)
-                    b->items[nitems++] =
-                        (store_item_t){.ev = &s->ev.items[j], .meta = s->meta, .meta_len = s->meta_len};
-        } else {
-            b->items[nitems++] = (store_item_t){
-                .ev = &s->ev, .meta = s->meta, .meta_len = s->meta_len, .onboard = p->et == ET_MESSAGES_UPSERT};
-        }
+        nitems += router_items(&s->ev, s->meta, s->meta_len, &b->items[nitems], NULL, NULL);
     }
     if (full) {
         b->sink += store_params(b->items, nitems, &b->scratch, &b->statements);

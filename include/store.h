@@ -1,4 +1,6 @@
-/* store.h - the tenant schema (migrations, partitions) and batched upserts of validated events (SPEC 3, 6). */
+/* store.h - the tenant schema (migrations, partitions), batched upserts of validated events and the exhausted_events
+ * rows (SPEC 3, 5.2, 6). Every SQL statement of the service lives under src/store: migrate.c (schema), rows.c (the
+ * JSON rows), plan.c (keys, rounds, statements), pipeline.c (one transaction in one round trip), exhausted.c. */
 #ifndef MES_STORE_H
 #define MES_STORE_H
 
@@ -32,40 +34,63 @@ typedef struct {
 
 typedef struct store_op store_op_t;
 
-/* Per-thread scratch space for building statements; reused across batches. */
+/* One statement of a planned transaction: a prepared statement and its one parameter, the rows as a JSON array. */
 typedef struct {
-    buf_t json;
-    store_op_t *ops; /* statements queued in the pipeline, read back in order */
+    int st;           /* which statement (store_statement_name) */
+    const char *json; /* the parameter; valid until the next store_plan_next */
+    size_t len;
+    const uint32_t *idx; /* the items its rows were made of, in row order */
+    size_t rows;
+} store_stmt_t;
+
+/* Per-thread scratch space for planning and sending; reused across batches. Only the store reads its fields. */
+typedef struct {
+    buf_t json;      /* the rows of the statement being planned */
+    uint32_t *order; /* the items of the current entity, sorted by key */
+    uint32_t *round; /* each one's round: its rank among the items with the same key */
+    uint32_t *idx;   /* the items of the current statement */
+    char *phones;    /* cap slots of PAYLOAD_MAX_PHONE + 1: normalised onboarding phones */
+    size_t cap;
+    /* the plan's cursor (store_plan_begin / store_plan_next) */
+    store_item_t *items;
+    size_t n;
+    int stage;    /* index into plan.c's entity table; past it: onboarding, then done */
+    bool planned; /* the current stage's items are ordered */
+    uint32_t next_round, rounds;
+    size_t m;          /* items of the current stage */
+    int sub;           /* statements already yielded over the current rows */
+    size_t k;          /* rows of the current statement */
+    size_t onboarding; /* onboarding rows of the transaction being planned (for the queue gauge) */
+    /* the executor's statements in flight, read back in order */
+    store_op_t *ops;
     size_t nops, ops_cap;
     uint32_t *opidx; /* the items of each queued statement */
     size_t nopidx, opidx_cap;
-    size_t onboarding; /* onboarding items of the batch in flight (for the queue gauge) */
-    /* When set, statements go to emit instead of PostgreSQL (store_build_statements). */
-    void (*emit)(void *arg, const char *stmt, const char *json, size_t len);
-    void *emit_arg;
-    uint32_t *order; /* index scratch */
-    uint32_t *round;
-    char *phones; /* cap slots of PAYLOAD_MAX_PHONE + 1: normalised onboarding phones */
-    size_t cap;
 } store_scratch_t;
 
 void store_scratch_init(store_scratch_t *s);
 void store_scratch_free(store_scratch_t *s);
 
 /*
- * Writes all items in ONE transaction with one multi-row prepared statement per entity and "round", all sent in one
- * libpq pipeline (one round trip; the implicit transaction commits at the sync): items
- * naming the same key are split into successive rounds in stream (array) order, so the result equals applying them
- * one by one. Returns 0 when committed (items[i].result tells not_found), -1 when the transaction failed and was rolled
- * back (err says why; no item was written).
+ * Plans items[0..n) exactly as store_commit writes them: per entity in a fixed order (chats, chats updates, messages,
+ * messages updates, contacts, contacts updates, agents, then onboarding), items naming the same key split into
+ * successive rounds in array (stream) order, one multi-row statement per round. Then store_plan_next yields each
+ * statement in turn (returns 1, 0 when there are no more, -1 out of memory). store_commit sends what it yields; the
+ * handler microbenchmark calls the same two functions without a database. Marks onboarding items' .onb.
+ */
+int store_plan_begin(store_scratch_t *s, store_item_t *items, size_t n) __attribute__((warn_unused_result));
+int store_plan_next(store_scratch_t *s, store_stmt_t *out) __attribute__((warn_unused_result));
+/* "mes_st_<st>": the name a statement is prepared under on every writer session. */
+const char *store_statement_name(int st);
+
+/*
+ * Writes all items in ONE transaction: every planned statement is sent in one libpq pipeline (one round trip; BEGIN
+ * first, COMMIT at the sync), so the result equals applying the items one by one in array order. Returns 0 when
+ * committed (items[i].result tells not_found), -1 when the transaction failed and was rolled back (err says why; no
+ * item was written).
  */
 int store_commit(db_conn_t *c, store_item_t *items, size_t n, store_scratch_t *s, db_error_t *err)
     __attribute__((warn_unused_result));
-
-/* Plans and builds every statement store_commit would send for items (same sorting, rounds, onboarding rows and $1
- * JSON), handing each to emit instead of a database: for the handler microbenchmark. Returns 0, -1 on OOM. */
-int store_build_statements(store_item_t *items, size_t n, store_scratch_t *s,
-                           void (*emit)(void *arg, const char *stmt, const char *json, size_t len), void *arg);
 
 /* One exhausted DLQ record (SPEC 5.2). Strings are NUL-terminated; original_json may be NULL (non-JSON original). */
 typedef struct {

@@ -38,7 +38,7 @@
  * then prefers a sequential scan and a hash join over 100 index probes once a table has a few thousand rows, so a
  * lane's cost grew with the table (a 100k-event drain spent most of PostgreSQL's CPU in seq scans of messages).
  * Keys are therefore looked up with "= ANY (ARRAY(subquery))" (an index condition) or, for the two-column contact
- * key, a LATERAL probe of the unique index, and the writer sessions run with enable_seqscan = off (batch.c). */
+ * key, a LATERAL probe of the unique index, and the writer sessions run with enable_seqscan = off (pipeline.c). */
 
 /* The UPDATE ... FROM statements first lock their rows in key order (bytewise, COLLATE "C", the order the C side
  * sorts a batch in and so the order the upserts insert in): a join may otherwise visit rows in any order and
