@@ -1,6 +1,6 @@
 /* drain.c - end-to-end drain benchmark: pre-publish N events with mes-loadgen, start the service, measure committed
- * events/s from the first to the last commit (the service's own counters, cross-checked against row counts) and
- * peak RSS. Starts its own nats-server and PostgreSQL through the test harness.
+ * events/s from the first to the last commit (the service's own counters, cross-checked against row counts), peak
+ * RSS, PostgreSQL's commits per second over the same window and the service's peak sessions (bench_pgwatch). Starts its own nats-server and PostgreSQL through the test harness.
  *
  *   bench-drain --count 100000 --subjects v1.chats.upsert [--history-count 100] [--invalid-ratio 0.01] [--cluster]
  *               [--label chats-only] [--env KEY=VALUE ...] [--json]
@@ -88,7 +88,8 @@ int main(int argc, char **argv)
     /* 2. Start the service and watch its counters. */
     int64_t t_start = h_now_ms();
     bench_keep_prepare(&p);
-    if (!h_svc_start(&s, "bench", &n, &p, env) || !h_svc_wait_ready(&s, 60000))
+    bench_pgwatch_t *watch = bench_pgwatch_start(&p);
+    if (!watch || !h_svc_start(&s, "bench", &n, &p, env) || !h_svc_wait_ready(&s, 60000))
         return 1;
     int64_t t_ready = h_now_ms(), t_first = 0, t_last = 0;
     double done = 0, rss = 0, peak = 0;
@@ -114,14 +115,24 @@ int main(int argc, char **argv)
     /* The first poll after a commit can be up to 50 ms late: count the window from the poll before. */
     double rate = secs > 0 ? (double)count / (secs + 0.05) : 0;
     double rows_rate = secs > 0 ? (double)rows / (secs + 0.05) : 0;
+    /* The commit count is complete only once the service's sessions have ended (see bench_pgwatch_finish). */
+    int stopped = bench_svc_stop(&s), peak_sessions = -1;
+    long long commits = -1;
+    if (bench_pgwatch_finish(watch, &commits, &peak_sessions) != 0)
+        fprintf(stderr, "%s: PostgreSQL commits not counted (tx_per_s -1)\n", argv[0]);
+    bench_pgwatch_destroy(watch);
+    double tx_rate = secs > 0 && commits >= 0 ? (double)commits / (secs + 0.05) : -1;
     if (json)
         printf("{\"label\":\"%s\",\"events\":%ld,\"seconds\":%.3f,\"events_per_s\":%.0f,\"rows\":%lld,"
-               "\"rows_per_s\":%.0f,\"peak_rss_mib\":%.1f,\"startup_s\":%.2f,\"drained\":%s}\n",
-               label, count, secs, rate, rows, rows_rate, peak / 1048576, (double)(t_ready - t_start) / 1000,
-               t_last ? "true" : "false");
+               "\"rows_per_s\":%.0f,\"peak_rss_mib\":%.1f,\"startup_s\":%.2f,\"pg_commits\":%lld,\"tx_per_s\":%.0f,"
+               "\"peak_sessions\":%d,\"drained\":%s}\n",
+               label, count, secs, rate, rows, rows_rate, peak / 1048576, (double)(t_ready - t_start) / 1000, commits,
+               tx_rate, peak_sessions, t_last ? "true" : "false");
     else
-        printf("%-22s events %8ld  drain %7.2f s  %9.0f events/s  rows %9lld (%9.0f rows/s)  peak RSS %6.1f MiB%s\n",
-               label, count, secs, rate, rows, rows_rate, peak / 1048576, t_last ? "" : "  NOT DRAINED");
+        printf("%-22s events %8ld  drain %7.2f s  %9.0f events/s  rows %9lld (%9.0f rows/s)  peak RSS %6.1f MiB  "
+               "%7.0f tx/s  peak sessions %d%s\n",
+               label, count, secs, rate, rows, rows_rate, peak / 1048576, tx_rate, peak_sessions,
+               t_last ? "" : "  NOT DRAINED");
     bench_keep(&s, &p);
-    return t_last ? 0 : 1;
+    return t_last && stopped == 0 ? 0 : 1;
 }

@@ -9,7 +9,8 @@
  * a free-form object (last_message / message_obj are stored as sent). Latency of a probe = updated_at of its row -
  * publish time. updated_at is now(), i.e. the start of the service's transaction: the figure excludes the
  * transaction's own duration (a few ms), and includes queueing in NATS, the fetch wait and the batch before it.
- * Probes published during the warm-up are not counted. */
+ * Probes published during the warm-up are not counted. Also reported: PostgreSQL's commits per second from the start
+ * of the load until every probe has committed, and the service's peak sessions (bench_pgwatch). */
 #include <fcntl.h>
 #include <spawn.h>
 #include <stdatomic.h>
@@ -147,8 +148,10 @@ int main(int argc, char **argv)
     if (!h_nats_start(&n) || !h_pg_start(&p) || !h_streams_create(&n) || !h_tmpdir(dir, sizeof dir))
         return 1;
     bench_keep_prepare(&p);
-    if (!h_svc_start(&s, COMPANY, &n, &p, env) || !h_svc_wait_ready(&s, 60000))
+    bench_pgwatch_t *watch = bench_pgwatch_start(&p);
+    if (!watch || !h_svc_start(&s, COMPANY, &n, &p, env) || !h_svc_wait_ready(&s, 60000))
         return 1;
+    int64_t t_load = h_now_ms();
 
     /* Background load: the load generator, open loop, in its own process. */
     double probe_rate = rate * share, bg_rate = rate - probe_rate;
@@ -229,6 +232,7 @@ int main(int argc, char **argv)
                                   "SELECT (SELECT count(*) FROM daisi_%s.chats WHERE chat_id LIKE 'lat-%%')"
                                   " + (SELECT count(*) FROM daisi_%s.messages WHERE message_id LIKE 'lat-%%')",
                                   COMPANY, COMPANY);
+    int64_t t_done = h_now_ms();
     char *row =
         h_pg_str(&p,
                  "WITH l AS ("
@@ -250,18 +254,27 @@ int main(int argc, char **argv)
         print_timeline(&p, (long long)counted_from_us - (long long)(warmup * 1e6));
     double achieved = achieved_bg + (double)probes / duration;
     bool complete = got == want && want == probes;
+    /* The commit count is complete only once the service's sessions have ended (see bench_pgwatch_finish). */
+    int stopped = bench_svc_stop(&s), peak_sessions = -1;
+    long long commits = -1;
+    if (bench_pgwatch_finish(watch, &commits, &peak_sessions) != 0)
+        fprintf(stderr, "%s: PostgreSQL commits not counted (tx_per_s -1)\n", argv[0]);
+    bench_pgwatch_destroy(watch);
+    double tx_rate = commits >= 0 && t_done > t_load ? (double)commits * 1000.0 / (double)(t_done - t_load) : -1;
     if (json)
         printf("{\"label\":\"%s\",\"target_rate\":%.0f,\"achieved_rate\":%.0f,\"probes\":%ld,\"counted\":%ld,"
-               "\"lost\":%lld,\"p50_ms\":%.1f,\"p95_ms\":%.1f,\"p99_ms\":%.1f,\"max_ms\":%.1f,\"complete\":%s}\n",
+               "\"lost\":%lld,\"p50_ms\":%.1f,\"p95_ms\":%.1f,\"p99_ms\":%.1f,\"max_ms\":%.1f,\"pg_commits\":%lld,"
+               "\"tx_per_s\":%.0f,\"peak_sessions\":%d,\"complete\":%s}\n",
                label, rate, achieved, probes, counted, (long long)probes - (got < 0 ? 0 : got), p50, p95, p99, mx,
-               complete ? "true" : "false");
+               commits, tx_rate, peak_sessions, complete ? "true" : "false");
     else
         printf("%-22s rate %7.0f/s (achieved %7.0f)  probes %6ld  p50 %7.1f ms  p95 %7.1f ms  p99 %7.1f ms  "
-               "max %7.1f ms%s\n",
-               label, rate, achieved, counted, p50, p95, p99, mx, complete ? "" : "  INCOMPLETE");
+               "max %7.1f ms  %7.0f tx/s  peak sessions %d%s\n",
+               label, rate, achieved, counted, p50, p95, p99, mx, tx_rate, peak_sessions,
+               complete ? "" : "  INCOMPLETE");
     fflush(stdout); /* the harness's cleanup may _exit(1): keep the result */
     bench_keep(&s, &p);
     jsCtx_Destroy(js);
     natsConnection_Destroy(nc);
-    return complete ? 0 : 1;
+    return complete && stopped == 0 ? 0 : 1;
 }
