@@ -151,6 +151,21 @@ REFBD=$(j refbound-durable min-batched events_per_s)
 PCTD=$( [ -n "$CHD" ] && [ -n "$REFBD" ] && awk -v a="$CHD" -v b="$REFBD" 'BEGIN { printf "%.0f", 100 * a / b }')
 XD=$( [ -n "$CHD" ] && [ -n "$REFAD" ] && awk -v a="$CHD" -v b="$REFAD" 'BEGIN { printf "%.1f", a / b }')
 COST=$( [ -n "$MAX" ] && [ -n "$POIS" ] && awk -v a="$POIS" -v b="$MAX" 'BEGIN { printf "%.1f", 100 * (1 - a / b) }')
+# PostgreSQL's side of every run that starts the service (bench_pgwatch in bench/common.c): tx_per_s and
+# peak_sessions, -1 when not measured. Every such run starts exactly one service process.
+SVC_RUNS=$(cat "$OUT"/drain-*.json "$OUT"/lat*.json 2>/dev/null)
+SESS=$(sed -n -E 's/.*"peak_sessions":([0-9]+).*/\1/p' <<<"$SVC_RUNS" | sort -g | tail -1)
+NSESS=$(grep -c '"peak_sessions":[0-9]' <<<"$SVC_RUNS")
+# pg NAME LABEL KEY [max]: KEY of NAME.json, or over NAME-1..3.json when NAME ends in -*: the median (tx_per_s) or,
+# with max, the maximum; empty when not measured.
+pg() {
+    local files=$1
+    [[ $1 == *-\* ]] && files="${1%-\*}-1 ${1%-\*}-2 ${1%-\*}-3"
+    for k in $files; do j "$k" "$2" "$3"; done | awk '$1 >= 0' | sort -g |
+        awk -v m="${4:-}" '{ v[NR] = $1 } END { if (NR) print (m == "max" ? v[NR] : v[int((NR + 1) / 2)]) }'
+}
+# pgrow TITLE NAME LABEL: one line of the PostgreSQL table.
+pgrow() { printf '%-52s %10s %14s\n' "$1" "$(f "$(pg "$2" "$3" tx_per_s)")" "$(f "$(pg "$2" "$3" peak_sessions max)")"; }
 NPROC=$(nproc)
 CPU=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
 
@@ -180,6 +195,8 @@ row "p99 publish->commit <= 100 ms at 50% of max rate" "$(f "$P50_99" 1) ms at $
 row "1% poison costs <= 10% throughput" "$(f "$POIS") vs $(f "$MAX") ev/s = $(f "$COST" 1)% (medians)" \
     "$(verdict "$COST <= 10" "$COST")"
 row "peak RSS <= 64 MiB under load (max of the drains)" "$(f "$RSS" 1) MiB" "$(verdict "$RSS <= 64" "$RSS")"
+row "peak PostgreSQL sessions per process <= 4" "$(f "$SESS") (max of $NSESS service runs, 1 process each)" \
+    "$(verdict "$SESS <= 4" "$SESS")"
 row "(info) messages-only drain" "$(f "$MSG") events/s" ""
 row "(info) realistic mix with 100-item history batches" "$(f "$(j drain-mix-h100 realistic-mix-h100 events_per_s)") events/s, $(f "$(j drain-mix-h100 realistic-mix-h100 rows_per_s)") rows/s" ""
 row "(info) one transaction per event (reference)" "$(f "$REFA") events/s" ""
@@ -196,6 +213,23 @@ if [ "${BENCH_R3:-0}" = 1 ]; then
     row "(info) chats-only drain, 1 server, R1 streams" "$(f "$R1") events/s" ""
     row "(info) chats-only drain, 3-node cluster, R3 streams" "$(f "$R3") events/s" \
         "$( [ -n "$R1" ] && [ -n "$R3" ] && awk -v a="$R3" -v b="$R1" 'BEGIN { printf "%.0f%% of R1", 100 * a / b }')"
+fi
+echo
+echo "PostgreSQL during each run of the service: commits per second over the run's measured window (drain: first to"
+echo "last commit; latency: load start to the last probe's commit), and the most sessions the service held at once"
+printf '%-52s %10s %14s\n' "run" "tx/s" "peak sessions"
+pgrow "chats-only drain" drain-chats chats-only
+pgrow "chats-only drain, durable PostgreSQL" drain-chats-durable chats-only
+pgrow "messages-only drain" drain-msgs messages-only
+pgrow "realistic-mix drain (median tx/s, max sessions of 3)" "drain-mix-*" realistic-mix
+pgrow "realistic-mix-poison drain (the same, of 3)" "drain-poison-*" realistic-mix-poison
+pgrow "realistic-mix-h100 drain" drain-mix-h100 realistic-mix-h100
+pgrow "history-messages drain" drain-hist history-messages
+pgrow "latency at 50% ($(f "${R50:-}") ev/s)" lat50 lat-50pct
+pgrow "latency at 90% ($(f "${R90:-}") ev/s)" lat90 lat-90pct
+if [ "${BENCH_R3:-0}" = 1 ]; then
+    pgrow "chats-only drain, R1" drain-r1 chats-only-r1
+    pgrow "chats-only drain, 3-node cluster, R3" drain-r3 chats-only-r3
 fi
 if awk -v l="${LOAD_BEFORE%% *}" -v m="${LOAD_AFTER%% *}" -v c="$NPROC" 'BEGIN { exit !(l > c / 2 || m > c / 2) }'; then
     echo
