@@ -3,7 +3,7 @@
 # working tree's build, then runs the same benchmarks against both service binaries, interleaved so that a noisy
 # moment hits both alike: the realistic-mix drain three times each (medians compared), then publish->commit latency
 # at paced rates (COMPARE_RATES, default 50% and 70% of the OLD build's median drain rate), COMPARE_REPEAT times each
-# (default 2). Prints the medians and the new/old ratios.
+# (default 2). Prints the medians and the new/old ratios, also of PostgreSQL's tx/s and the service's peak sessions.
 #
 # Environment: BENCH_BUILD_DIR (default <repo>/build-bench), COMPARE_MIX_COUNT (default 60000),
 # BENCH_LAT_SECONDS (default 20). Raw JSON lines stay in $BENCH_BUILD_DIR/compare-results/<timestamp>.
@@ -75,8 +75,14 @@ echo "before/after, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, load average $(
 echo "old: $REV (${OLD_SHA:0:10})   new: working tree ($(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet || echo '+changes'))"
 printf '%-34s %14s %14s %8s\n' "measure" "old" "new" "new/old"
 printf '%-34s %14s %14s %8s\n' "realistic-mix drain (median of 3)" "$OLD_MIX" "$NEW_MIX" "$(ratio "$NEW_MIX" "$OLD_MIX")"
+# PostgreSQL's side (bench_pgwatch): commits per second and the service's peak sessions, medians of the same runs.
+for q in tx_per_s peak_sessions; do
+    o=$(for k in 1 2 3; do field "old-mix-$k" "$q"; done | median)
+    n=$(for k in 1 2 3; do field "new-mix-$k" "$q"; done | median)
+    printf '%-34s %14s %14s %8s\n' "  drain $q (median of 3)" "$o" "$n" "$(ratio "$n" "$o")"
+done
 for rate in "${RATES[@]}"; do
-    for q in p50_ms p99_ms lost; do
+    for q in p50_ms p99_ms lost tx_per_s peak_sessions; do
         o=$(for ((k = 1; k <= REPEAT; k++)); do field "old-lat$rate-$k" "$q"; done | median)
         n=$(for ((k = 1; k <= REPEAT; k++)); do field "new-lat$rate-$k" "$q"; done | median)
         printf '%-34s %14s %14s %8s\n' "$q at $rate ev/s (median of $REPEAT)" "$o" "$n" "$(ratio "$n" "$o")"
