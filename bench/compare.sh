@@ -73,19 +73,19 @@ done
 echo
 echo "before/after, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "old: $REV (${OLD_SHA:0:10})   new: working tree ($(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet || echo '+changes'))"
-printf '%-34s %14s %14s %8s\n' "measure" "old" "new" "new/old"
-printf '%-34s %14s %14s %8s\n' "realistic-mix drain (median of 3)" "$OLD_MIX" "$NEW_MIX" "$(ratio "$NEW_MIX" "$OLD_MIX")"
+printf '%-42s %14s %14s %8s\n' "measure" "old" "new" "new/old"
+printf '%-42s %14s %14s %8s\n' "realistic-mix drain (median of 3)" "$OLD_MIX" "$NEW_MIX" "$(ratio "$NEW_MIX" "$OLD_MIX")"
 # PostgreSQL's side (bench_pgwatch): commits per second and the service's peak sessions, medians of the same runs.
 for q in tx_per_s peak_sessions; do
     o=$(for k in 1 2 3; do field "old-mix-$k" "$q"; done | median)
     n=$(for k in 1 2 3; do field "new-mix-$k" "$q"; done | median)
-    printf '%-34s %14s %14s %8s\n' "  drain $q (median of 3)" "$o" "$n" "$(ratio "$n" "$o")"
+    printf '%-42s %14s %14s %8s\n' "  drain $q (median of 3)" "$o" "$n" "$(ratio "$n" "$o")"
 done
 for rate in "${RATES[@]}"; do
     for q in p50_ms p99_ms lost tx_per_s peak_sessions; do
         o=$(for ((k = 1; k <= REPEAT; k++)); do field "old-lat$rate-$k" "$q"; done | median)
         n=$(for ((k = 1; k <= REPEAT; k++)); do field "new-lat$rate-$k" "$q"; done | median)
-        printf '%-34s %14s %14s %8s\n' "$q at $rate ev/s (median of $REPEAT)" "$o" "$n" "$(ratio "$n" "$o")"
+        printf '%-42s %14s %14s %8s\n' "$q at $rate ev/s (median of $REPEAT)" "$o" "$n" "$(ratio "$n" "$o")"
     done
 done
 echo "raw results: $OUT"
