@@ -111,4 +111,21 @@ typedef struct {
 int store_exhausted_insert(db_conn_t *c, const store_exhausted_t *e, bool *inserted, db_error_t *err)
     __attribute__((warn_unused_result));
 
+/* The operator's statements over exhausted_events (exhausted_cli.c), each with its parameters, all text. */
+typedef enum {
+    EXQ_LIST_TABLE,  /* $1 company, $2 unresolved only, $3 subject (or base), $4 since timestamp, $5 since age, $6
+                      * limit: id, created_at, subject, retries, resolved, last_error, matched (newest first) */
+    EXQ_LIST_JSON,   /* the same filters: one row, the JSON array of the whole rows and the number matched */
+    EXQ_SHOW,        /* $1 id, $2 company: the row, JSON columns pretty-printed */
+    EXQ_SHOW_JSON,   /* $1 id, $2 company: the row as one JSON object */
+    EXQ_RESOLVE,     /* $1 id, $2 company, $3 note: marks it resolved, appends the note; returns its id */
+    EXQ_REPLAY_IDS,  /* $1 company, $2 id or NULL (every unresolved row): the ids, oldest first */
+    EXQ_REPLAY_ROW,  /* $1 id, $2 company, $3 unresolved only; inside a transaction, locks the row (SKIP LOCKED):
+                      * subject, original encoding, original, truncated, source stream, source sequence, item? */
+    EXQ_REPLAY_MARK, /* $1 id, $2 company, $3 note: marks a replayed row resolved */
+} store_exhausted_query_t;
+
+/* Runs one of them: the result (PQclear it) or NULL with err filled. */
+PGresult *store_exhausted_query(db_conn_t *c, store_exhausted_query_t q, const char *const *params, db_error_t *err);
+
 #endif

@@ -23,7 +23,9 @@
 #include "event.h"
 #include "log.h"
 #include "mes_nats.h"
+#include "router.h"
 #include "secrets.h"
+#include "store.h"
 #include "text.h"
 
 #define LIMIT_DEFAULT "100"
@@ -318,11 +320,11 @@ static int open_db(cli_t *c)
     return -1;
 }
 
-/* Runs a parameterised statement; on failure says what failed on stderr and returns NULL. */
-static PGresult *query(cli_t *c, const char *what, const char *sql, int n, const char *const *params)
+/* Runs one of the store's exhausted_events statements; on failure says what failed on stderr and returns NULL. */
+static PGresult *query(cli_t *c, const char *what, store_exhausted_query_t q, const char *const *params)
 {
     db_error_t err;
-    PGresult *r = db_exec(c->db, sql, n, params, &err);
+    PGresult *r = store_exhausted_query(c->db, q, params, &err);
     if (!r)
         fprintf(stderr, "exhausted: %s failed: %s\n", what, err.message);
     return r;
@@ -367,26 +369,6 @@ static void put_error_cell(FILE *out, const char *s)
 /* ---------------------------------------------------------------------------------------------------------------- */
 /* list                                                                                                             */
 
-/* $1 company, $2 unresolved only, $3 subject (or base), $4 since timestamp, $5 since age, $6 limit. The newest rows
- * win the limit; count(*) OVER () still sees every match, so a cut list can say how much it left out. */
-#define LIST_FROM                                                                                                      \
-    " FROM exhausted_events e"                                                                                         \
-    " WHERE e.company_id = $1"                                                                                         \
-    " AND ($2::boolean IS NOT TRUE OR e.resolved IS NOT TRUE)"                                                         \
-    " AND ($3::text IS NULL OR e.source_subject = $3 OR e.source_subject = $3 || '.' || $1)"                           \
-    " AND ($4::timestamptz IS NULL OR e.created_at >= $4::timestamptz)"                                                \
-    " AND ($5::interval IS NULL OR e.created_at >= now() - $5::interval)"                                              \
-    " ORDER BY e.id DESC LIMIT $6::integer"
-
-static const char list_table_sql[] =
-    "SELECT e.id, to_char(e.created_at, 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), e.source_subject, e.retry_count,"
-    " CASE WHEN e.resolved THEN 'yes' ELSE 'no' END, e.last_error, count(*) OVER ()" LIST_FROM;
-
-/* json_agg of the whole row: every column, jsonb columns as JSON values rendered by PostgreSQL (numbers exact). */
-static const char list_json_sql[] = "SELECT coalesce(json_agg(s.e ORDER BY (s.e).id), '[]'::json),"
-                                    " coalesce(max(s.matched), 0)"
-                                    " FROM (SELECT e, count(*) OVER () AS matched" LIST_FROM ") s";
-
 static void print_table(FILE *out, const PGresult *r)
 {
     static const char *const head[] = {"ID", "CREATED_AT", "SUBJECT", "RETRIES", "RESOLVED", "LAST_ERROR"};
@@ -424,7 +406,7 @@ static int cmd_list(cli_t *c)
                              o->since_ts[0] ? o->since_ts : NULL,
                              o->since_ago[0] ? o->since_ago : NULL,
                              o->limit};
-    PGresult *r = query(c, "list", o->json ? list_json_sql : list_table_sql, 6, params);
+    PGresult *r = query(c, "list", o->json ? EXQ_LIST_JSON : EXQ_LIST_TABLE, params);
     if (!r)
         return EXH_EXIT_FAILED;
     long long shown, matched;
@@ -451,14 +433,6 @@ static int cmd_list(cli_t *c)
 /* ---------------------------------------------------------------------------------------------------------------- */
 /* show                                                                                                             */
 
-static const char show_sql[] =
-    "SELECT id, created_at, company_id, source_subject, retry_count, last_error, event_timestamp, resolved::text"
-    " AS resolved, resolved_at, notes, dlq_message_id, jsonb_pretty(original_payload) AS original_payload,"
-    " jsonb_pretty(dlq_payload) AS dlq_payload"
-    " FROM exhausted_events WHERE id = $1 AND company_id = $2";
-
-static const char show_json_sql[] = "SELECT to_json(e) FROM exhausted_events e WHERE e.id = $1 AND e.company_id = $2";
-
 /* "label  value", continuation lines of multi-line values (notes, pretty JSON) indented under the value. */
 static void print_record(FILE *out, const PGresult *r)
 {
@@ -480,7 +454,7 @@ static void print_record(FILE *out, const PGresult *r)
 static int cmd_show(cli_t *c)
 {
     const char *params[2] = {c->o.id_txt, c->cfg->company_id};
-    PGresult *r = query(c, "show", c->o.json ? show_json_sql : show_sql, 2, params);
+    PGresult *r = query(c, "show", c->o.json ? EXQ_SHOW_JSON : EXQ_SHOW, params);
     if (!r)
         return EXH_EXIT_FAILED;
     int rc = EXH_EXIT_OK;
@@ -499,18 +473,10 @@ static int cmd_show(cli_t *c)
 /* ---------------------------------------------------------------------------------------------------------------- */
 /* resolve                                                                                                          */
 
-#define NOTE_TS "to_char(now(), 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
-
-/* Notes accumulate, one line per event in the row's life. */
-static const char resolve_sql[] =
-    "UPDATE exhausted_events SET resolved = true, resolved_at = now(),"
-    " notes = concat_ws(E'\\n', nullif(notes, ''), 'resolved at ' || " NOTE_TS " || ': ' || $3::text)"
-    " WHERE id = $1 AND company_id = $2 RETURNING id";
-
 static int cmd_resolve(cli_t *c)
 {
     const char *params[3] = {c->o.id_txt, c->cfg->company_id, c->o.note};
-    PGresult *r = query(c, "resolve", resolve_sql, 3, params);
+    PGresult *r = query(c, "resolve", EXQ_RESOLVE, params);
     if (!r)
         return EXH_EXIT_FAILED;
     int rc = EXH_EXIT_OK;
@@ -540,26 +506,7 @@ typedef struct {
     char error[768];
 } replay_result_t;
 
-/* --id N: that row, resolved or not (the operator asked for it); --all-unresolved: every unresolved row. */
-static const char replay_ids_sql[] =
-    "SELECT id FROM exhausted_events WHERE company_id = $1"
-    " AND CASE WHEN $2::bigint IS NULL THEN resolved IS NOT TRUE ELSE id = $2::bigint END ORDER BY id";
-
-/* The row, locked for the rest of its transaction; SKIP LOCKED leaves a row that another replay holds. */
-static const char replay_row_sql[] =
-    "SELECT source_subject, dlq_payload->>'original_payload_encoding',"
-    " CASE WHEN dlq_payload->>'original_payload_encoding' = 'base64' THEN dlq_payload->>'original_payload'"
-    " ELSE coalesce(dlq_payload->'original_payload', original_payload)::text END,"
-    " coalesce(dlq_payload->'original_payload_truncated' = 'true'::jsonb, false),"
-    " dlq_payload->>'source_stream', dlq_payload->>'source_sequence', dlq_payload ? 'item_index'"
-    " FROM exhausted_events WHERE id = $1 AND company_id = $2 AND ($3::boolean IS NOT TRUE OR resolved IS NOT TRUE)"
-    " FOR UPDATE SKIP LOCKED";
-
 enum { COL_SUBJECT = 0, COL_ENCODING, COL_PAYLOAD, COL_TRUNCATED, COL_STREAM, COL_SEQUENCE, COL_ITEM };
-
-static const char replay_mark_sql[] =
-    "UPDATE exhausted_events SET resolved = true, resolved_at = now(),"
-    " notes = concat_ws(E'\\n', nullif(notes, ''), $3::text) WHERE id = $1 AND company_id = $2";
 
 /* Records why a row was not replayed; returns -1 for the caller to pass on. */
 __attribute__((format(printf, 3, 4))) static int set_outcome(replay_result_t *res, outcome_t o, const char *fmt, ...)
@@ -577,10 +524,8 @@ __attribute__((format(printf, 3, 4))) static int set_outcome(replay_result_t *re
 /* Tenant isolation: only <base>.<co> of one of the ten bases, with <co> the configured company, is published. */
 static event_type_t replay_event_type(const config_t *cfg, const char *subject)
 {
-    const char *dot = strrchr(subject, '.');
-    if (!dot || strcmp(dot + 1, cfg->company_id) != 0)
-        return ET_UNKNOWN;
-    return event_type_from_base(subject, (size_t)(dot - subject));
+    route_subject_t rs = router_subject(subject, cfg->company_id);
+    return rs.own_tenant ? rs.et : ET_UNKNOWN;
 }
 
 /* A DLQ record of an original over DLQ_MAX_EMBED holds only a prefix; the whole message is still in its source
@@ -677,7 +622,7 @@ static outcome_t replay_row(cli_t *c, mes_nats_t *n, const char *id, replay_resu
         goto cleanup;
     }
     const char *params[3] = {id, c->cfg->company_id, c->o.all_unresolved ? "true" : "false"};
-    if (!(r = db_exec(c->db, replay_row_sql, 3, params, &err))) {
+    if (!(r = store_exhausted_query(c->db, EXQ_REPLAY_ROW, params, &err))) {
         set_outcome(res, FAILED, "reading the row: %s", err.message);
         goto cleanup;
     }
@@ -702,7 +647,8 @@ static outcome_t replay_row(cli_t *c, mes_nats_t *n, const char *id, replay_resu
     snprintf(note, sizeof note, "replayed at %s to %s (stream seq %llu)%s", ts, subject, (unsigned long long)res->seq,
              res->duplicate ? " (de-duplicated retry)" : "");
     const char *mark_params[3] = {id, c->cfg->company_id, note};
-    if (!(mark = db_exec(c->db, replay_mark_sql, 3, mark_params, &err)) || db_command(c->db, "COMMIT", &err) != 0) {
+    if (!(mark = store_exhausted_query(c->db, EXQ_REPLAY_MARK, mark_params, &err)) ||
+        db_command(c->db, "COMMIT", &err) != 0) {
         set_outcome(res, FAILED, "published to %s (stream %s seq %llu) but marking the row resolved failed: %s",
                     subject, res->stream, (unsigned long long)res->seq, err.message);
         goto cleanup;
@@ -756,7 +702,7 @@ static int cmd_replay(cli_t *c)
     memset(&n, 0, sizeof n);
     buf_init(&json);
     buf_putc(&json, '[');
-    PGresult *ids = query(c, "replay", replay_ids_sql, 2, params);
+    PGresult *ids = query(c, "replay", EXQ_REPLAY_IDS, params);
     if (!ids)
         goto cleanup;
     if (PQntuples(ids) > 0 && mes_nats_connect(&n, c->cfg, clock_mono_ms() + NATS_CONNECT_MS, &stop) != 0) {
