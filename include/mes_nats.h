@@ -19,9 +19,10 @@ typedef struct {
     jsCtx *js;
     const config_t *cfg;
     atomic_uint_fast64_t reconnects; /* bumped by the reconnected callback */
-    natsStatus last_status;          /* last JetStream API failure of ensure_streams (retry decisions) */
-    int last_jerr;
-    unsigned replicas_warned; /* streams whose replica difference was logged already */
+    /* Atomic: ensure_streams runs on main and, re-creating a stream deleted at runtime, on any fetch loop at once. */
+    _Atomic natsStatus last_status; /* last JetStream API failure of ensure_streams (main's retry decisions) */
+    atomic_int last_jerr;
+    atomic_uint replicas_warned; /* streams whose replica difference was logged already */
 } mes_nats_t;
 
 /* Per fetch loop: notices reconnects, stalls and a durable or stream deleted at runtime, so the loop can re-create

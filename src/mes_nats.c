@@ -324,6 +324,14 @@ static log_level_t js_failed_at(natsStatus *ps, int *pj, natsStatus s, jsErrCode
     return js_transient(s, jerr) ? LOG_WARN : LOG_ERROR;
 }
 
+/* js_failed_at for ensure_stream, which fetchers re-creating a stream may run at the same time as main. */
+static log_level_t stream_failed_at(mes_nats_t *n, natsStatus s, jsErrCode jerr)
+{
+    atomic_store(&n->last_status, s);
+    atomic_store(&n->last_jerr, (int)jerr);
+    return js_transient(s, jerr) ? LOG_WARN : LOG_ERROR;
+}
+
 /* ---- streams ------------------------------------------------------------------------------------------- */
 
 static bool has_subject(const jsStreamConfig *sc, const char *subj)
@@ -363,23 +371,21 @@ static int ensure_stream(mes_nats_t *n, int idx, const char *name, const char **
         snprintf(detail, sizeof detail, "%s", nats_GetLastError(NULL) ? nats_GetLastError(NULL) : "");
         si = NULL;
         if (js_GetStreamInfo(&si, n->js, name, NULL, &jerr) != NATS_OK || !si) {
-            LOG_AT(js_failed_at(&n->last_status, &n->last_jerr, s, create_err), "nats", "cannot create stream",
-                   LF_S("stream", name), LF_S("error", natsStatus_GetText(s)), LF_I("js_error", create_err),
-                   LF_S("detail", detail));
+            LOG_AT(stream_failed_at(n, s, create_err), "nats", "cannot create stream", LF_S("stream", name),
+                   LF_S("error", natsStatus_GetText(s)), LF_I("js_error", create_err), LF_S("detail", detail));
             jsStreamInfo_Destroy(si);
             return -1;
         }
         s = NATS_OK;
     }
     if (s != NATS_OK) {
-        LOG_AT(js_failed_at(&n->last_status, &n->last_jerr, s, jerr), "nats", "cannot read stream",
-               LF_S("stream", name), LF_S("error", natsStatus_GetText(s)), LF_I("js_error", jerr));
+        LOG_AT(stream_failed_at(n, s, jerr), "nats", "cannot read stream", LF_S("stream", name),
+               LF_S("error", natsStatus_GetText(s)), LF_I("js_error", jerr));
         return -1;
     }
     /* Present: add only the subjects it lacks, keep every other setting the operator may have tuned. */
     int have = si->Config->Replicas > 0 ? (int)si->Config->Replicas : 1;
-    if (have != n->cfg->nats_stream_replicas && !(n->replicas_warned & (1u << idx))) {
-        n->replicas_warned |= 1u << idx;
+    if (have != n->cfg->nats_stream_replicas && !(atomic_fetch_or(&n->replicas_warned, 1u << idx) & (1u << idx))) {
         log_warn("nats", "existing stream has another replica count than nats.streamReplicas; leaving it as it is",
                  LF_S("stream", name), LF_I("replicas", have),
                  LF_I("nats.streamReplicas", n->cfg->nats_stream_replicas));
@@ -412,8 +418,8 @@ static int ensure_stream(mes_nats_t *n, int idx, const char *name, const char **
         free(subs);
         jsStreamInfo_Destroy(upd);
         if (s != NATS_OK) {
-            LOG_AT(js_failed_at(&n->last_status, &n->last_jerr, s, jerr), "nats", "cannot add subjects to stream",
-                   LF_S("stream", name), LF_S("error", natsStatus_GetText(s)), LF_I("js_error", jerr),
+            LOG_AT(stream_failed_at(n, s, jerr), "nats", "cannot add subjects to stream", LF_S("stream", name),
+                   LF_S("error", natsStatus_GetText(s)), LF_I("js_error", jerr),
                    LF_S("detail", nats_GetLastError(NULL)));
             jsStreamInfo_Destroy(si);
             return -1;
@@ -432,10 +438,11 @@ int mes_nats_ensure_streams(mes_nats_t *n)
 {
     int64_t deadline = clock_mono_ms() + JS_RETRY_MS;
     for (int64_t wait = 200;; wait = wait * 2 > 2000 ? 2000 : wait * 2) {
-        n->last_status = NATS_OK;
-        n->last_jerr = 0;
+        atomic_store(&n->last_status, NATS_OK);
+        atomic_store(&n->last_jerr, 0);
         int rc = ensure_streams(n, NULL);
-        if (rc == 0 || !js_transient(n->last_status, n->last_jerr) || clock_mono_ms() + wait > deadline)
+        if (rc == 0 || !js_transient(atomic_load(&n->last_status), atomic_load(&n->last_jerr)) ||
+            clock_mono_ms() + wait > deadline)
             return rc;
         log_info("nats", "JetStream not ready (cluster electing a leader?); retrying", LF_I("retry_in_ms", wait));
         clock_sleep_ms(wait);
