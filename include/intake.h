@@ -10,16 +10,17 @@
 #include "mes_nats.h"
 #include "pull.h"
 
-/* One reader's durable and its pull subscription. Written by main while it subscribes (before the loop's thread
- * starts), then by the loop's thread only; `subscribed` (what /ready reports) is read by any thread. */
+/* One reader's durable and its pull subscription: main's while it subscribes (before the loop's thread starts), then
+ * the loop's thread's; `subscribed` (what /ready reports) is read by any thread. */
 typedef struct {
-    mes_durable_t dur;
-    mes_fetch_watch_t watch;
-    pull_t *sub;
-    atomic_bool subscribed;
+    mes_durable_t dur;       /* set at create, read-only after (also by the HTTP threads: the durable's name) */
+    mes_fetch_watch_t watch; /* main's until the loop's thread starts, then that thread's */
+    pull_t *sub;             /* likewise */
+    atomic_bool subscribed;  /* atomic: written by main, then the loop's thread; read by any */
 } intake_t;
 
-/* What a reader does around the loop. ctx is the reader. */
+/* What a reader does around the loop. ctx is the reader. Read only by the loop's thread (usually a const on its
+ * stack); every callback runs on that thread. */
 typedef struct {
     const char *who; /* log component */
     /* Blocks (briefly: the loop re-checks stop when it returns) until the reader can take messages; returns how many

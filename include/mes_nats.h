@@ -14,11 +14,14 @@
 #include "event.h"
 #include "pull.h"
 
+/* Shared by every thread that talks to NATS, and by nats.c's own threads (callbacks). */
 typedef struct {
+    /* Set by main in mes_nats_connect before any fetch loop starts, read-only after; mes_nats_close (main) clears
+     * them once every thread that uses them has ended. nats.c locks the connection inside. */
     natsConnection *nc;
     jsCtx *js;
     const config_t *cfg;
-    atomic_uint_fast64_t reconnects; /* bumped by the reconnected callback */
+    atomic_uint_fast64_t reconnects; /* bumped by the reconnected callback (nats.c's thread), read by the fetch loops */
     /* Atomic: ensure_streams runs on main and, re-creating a stream deleted at runtime, on any fetch loop at once. */
     _Atomic natsStatus last_status; /* last JetStream API failure of ensure_streams (main's retry decisions) */
     atomic_int last_jerr;
@@ -63,7 +66,8 @@ int mes_nats_ensure_streams(mes_nats_t *n) __attribute__((warn_unused_result));
 typedef enum { MES_DURABLE_LANE = 0, MES_DURABLE_DLQ, MES_DURABLE_ADVISORY } mes_durable_kind_t;
 
 /* One of them, exactly as the service configures it, built once from the config (mes_nats_durable): whatever
- * creates, binds, watches or names a durable reads it from here. */
+ * creates, binds, watches or names a durable reads it from here. Built by main at create; read-only after, by any
+ * thread. */
 typedef struct {
     mes_durable_kind_t kind;
     event_type_t et; /* the lane's event type; ET_UNKNOWN for the DLQ and advisory durables */

@@ -22,16 +22,21 @@
 #define ADV_FETCH_WAIT_MS 500
 #define ADV_TYPE "io.nats.jetstream.advisory.v1.max_deliver"
 
+/* Threads: main (create, subscribe, start, join, destroy) and the advisory reader; the HTTP threads read
+ * in.subscribed (advisory_subscribed). */
 struct advisory {
+    /* Set at create, read-only after. */
     const config_t *cfg;
     mes_nats_t *nats;
     const atomic_bool *stop;
-    bool (*db_up)(void *ctx);
+    bool (*db_up)(void *ctx); /* called on the reader */
     void *db_up_ctx;
-    intake_t in;          /* mes_advisory_worker_<co> on mes_advisories_<co>: main's, then the thread's */
-    dlq_exhauster_t *exh; /* the DLQ workers' exhaustion, with the one session this thread uses (opened on first use) */
+    intake_t in; /* mes_advisory_worker_<co> on mes_advisories_<co>: main's, then the thread's */
+    /* Made by main at create, then the reader's only. */
+    dlq_exhauster_t *exh; /* the DLQ workers' exhaustion; borrows a session of their pool for each advisory */
     json_doc_t doc;
     buf_t rec, meta;
+    /* Main's only. */
     pthread_t thread;
     bool started;
 };

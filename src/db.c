@@ -91,8 +91,8 @@ static int set_session(db_conn_t *c, db_error_t *err)
 /* The process's session budget (database.maxConnections). Every session is made by db_connect and ended by
  * db_close, so counting there makes exceeding the budget impossible, whatever a caller does: the pools are sized to
  * fit it, and a session beyond it is refused like an outage (the caller waits and tries again). */
-static atomic_int sessions_open;
-static atomic_int sessions_max = INT_MAX;
+static atomic_int sessions_open;          /* any thread that connects or closes */
+static atomic_int sessions_max = INT_MAX; /* set by main at startup, before any session */
 
 void db_budget_set(int max)
 {
@@ -160,12 +160,14 @@ void db_close(db_conn_t *c)
 
 /* ---- pools ------------------------------------------------------------------------------------------------ */
 
+/* Shared by the threads of its users (lanes, DLQ workers, advisory reader, maintenance); made and destroyed by main
+ * while none of them runs. */
 struct db_pool {
     pthread_mutex_t mu;
     pthread_cond_t freed;
-    int size;
-    db_conn_t **conns; /* conns[i] belongs to whoever holds slot i (busy[i]); NULL until first connected */
-    bool *busy;
+    int size;          /* set at create, read-only after */
+    db_conn_t **conns; /* conns[i] belongs to whoever holds slot i (busy[i]), used without mu; idle: read under mu */
+    bool *busy;        /* under mu */
 };
 
 db_pool_t *db_pool_create(int size)
@@ -336,8 +338,8 @@ const char *db_connect_unfixable(const char *message)
  * work: a standby answering 25006, a server out of resources), reconnecting at once would spin. So the thread keeps
  * when it last reconnected and, if that was under REDIAL_WINDOW_MS ago, waits before dialling again, doubling up to
  * the same 5 s cap as a refused connect. A session that lived longer resets it: the first reconnect after a
- * switchover is immediate. Thread-local, because every writer, DLQ worker and the maintenance thread owns its own
- * session and its own loop. */
+ * switchover is immediate. Thread-local, because each thread that waits here runs its own loop, on whichever pool
+ * session it holds. */
 #define REDIAL_WINDOW_MS 10000
 static _Thread_local int64_t tl_reconnected_at = INT64_MIN / 2;
 static _Thread_local int64_t tl_redial_ms;

@@ -64,6 +64,8 @@ void dlq_record_build(buf_t *b, const char *company, const dlq_record_t *r)
 
 enum { REC_PENDING = 0, REC_OK, REC_FAILED };
 
+/* Made by main (consumer_create), then its lane thread's only. nats.c's reader thread only queues the PubAcks on sub
+ * (locked inside nats.c); they are read here by the lane, in dlq_batch_wait. */
 struct dlq_batch {
     natsConnection *nc;
     const config_t *cfg;

@@ -22,31 +22,37 @@
 #include "text.h"
 
 /* A bounded FIFO of messages; the fetcher fills it only with what fits (FIX: the reference over-fetched and let
- * records age past their ack wait). */
+ * records age past their ack wait). Filled by the fetcher, emptied by the workers. */
 typedef struct {
-    natsMsg **ring;
-    int cap, head, len;
+    natsMsg **ring; /* under mu; a message belongs to the queue from push to pop */
+    int cap;        /* set at init, read-only after */
+    int head, len;  /* under mu */
     pthread_mutex_t mu;
     pthread_cond_t not_empty, has_room;
 } queue_t;
 
+/* Threads: main (create, subscribe, start, join, destroy), the fetcher, the workers; the HTTP threads read
+ * in.subscribed and in.dur (dlq_worker_subscribed, dlq_worker_durable). */
 struct dlq_worker {
+    /* Set at create, read-only after. */
     const config_t *cfg;
     mes_nats_t *nats;
     const atomic_bool *stop;
-    bool (*db_up)(void *ctx);
+    bool (*db_up)(void *ctx); /* called on the fetcher */
     void *db_up_ctx;
     db_pool_t *pool; /* sessions the workers share (with maintenance, advisories): they wait for one, never open one */
     intake_t in;     /* v1_dlq_worker_<co> (as configured) and its pull subscription: main's, then the fetcher's */
-    atomic_bool fetcher_done;
-    queue_t q;
+    atomic_bool fetcher_done; /* set by the fetcher as it ends (by main's join when it never started); workers read */
+    queue_t q;                /* fetcher -> workers, under q.mu */
+    /* Main's only. */
     pthread_t fetcher;
     pthread_t *workers;
     int nworkers, started_workers;
     bool fetcher_started;
 };
 
-/* One worker's private state. */
+/* One worker's private state: made by main in dlq_worker_start, then its worker thread's only (freed by it). The
+ * exhauster's is its owner thread's (the advisory reader's). */
 typedef struct {
     dlq_worker_t *w;
     db_conn_t **db; /* the pool's session this worker holds for the record in hand, else NULL */
@@ -773,9 +779,10 @@ void dlq_worker_destroy(dlq_worker_t *w)
 
 /* ---- exhaustion for records from elsewhere ------------------------------------------------------------------ */
 
-/* A worker outside the DLQ worker's pool of threads (its sessions come from the same db_pool): the same parsing, row, degraded row and session handling as the workers' exhaustion. */
+/* A worker outside the DLQ worker's pool of threads (its sessions come from the same db_pool): the same parsing, row,
+ * degraded row and session handling as the workers' exhaustion. Made by main, then its one owner thread's. */
 struct dlq_exhauster {
-    dlq_worker_t w; /* only cfg, nats and stop are set */
+    dlq_worker_t w; /* only cfg, nats, stop and pool are set (at create, read-only after) */
     worker_t wk;
 };
 

@@ -20,10 +20,12 @@
 #define CONN_MEMORY_LIMIT (32 * 1024)
 #define LISTEN_BACKLOG 128
 
+/* Read by libmicrohttpd's threads (handle); main starts and stops it. */
 struct http_server {
-    struct MHD_Daemon *daemon;
-    atomic_bool shutting_down;
-    http_ready_fn ready;
+    struct MHD_Daemon *daemon; /* main's */
+    atomic_bool shutting_down; /* atomic: set by main, read by the MHD threads */
+    /* Set before the daemon starts, read-only after. */
+    http_ready_fn ready; /* runs on the MHD threads */
     void *ready_ctx;
     char *health_body; /* built once at start; served as a persistent buffer until MHD_stop_daemon */
     bool metrics_disabled;
@@ -115,7 +117,7 @@ static enum MHD_Result metrics(struct MHD_Connection *conn)
 static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
                               const char *version, const char *upload_data, size_t *upload_data_size, void **req_cls)
 {
-    static char answered; /* *req_cls of a request already answered: later calls only discard its body */
+    static char answered; /* its address (never written) marks an answered request: later calls discard its body */
     struct http_server *srv = cls;
     (void)version;
     (void)upload_data;

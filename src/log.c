@@ -27,9 +27,10 @@ typedef struct {
     bool full; /* the soft limit was reached: add no more fields */
 } out_t;
 
-static atomic_int min_level = LOG_INFO;
+static atomic_int min_level = LOG_INFO; /* atomic: log_init writes it, every thread reads it */
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
-/* Both guarded by mu: log_init may run while other threads log (tests re-init). */
+/* Both guarded by mu: log_init may run while other threads log (tests re-init). Every thread logs itself, under mu:
+ * there is no log writer thread. */
 static char company[128];
 static char line[LINE_CAP];
 

@@ -25,22 +25,26 @@
 #include "mes_nats.h"
 #include "store.h"
 
-static atomic_bool g_stop;
+static atomic_bool g_stop; /* set by the signal handler or main; every thread polls it */
 static atomic_int g_signals;
 static atomic_int g_ignored_signal; /* the last SIGHUP/SIGUSR1/SIGUSR2, for main to log (0: none) */
-static int g_wake[2] = {-1, -1};
+static int g_wake[2] = {-1, -1};    /* set by main before the handlers are installed; the handlers write to [1] */
 
+/* Main writes every field; the other threads read through pointers it hands out, and the HTTP threads read app_t
+ * itself in ready() only as g_stage publishes it. Main frees or clears a field only after the threads that read it
+ * have ended (HTTP is stopped before anything it reads). */
 typedef struct {
-    config_t cfg;
-    mes_nats_t nats;
-    consumer_t *lanes[ET_BASE_COUNT];
+    config_t cfg;                     /* loaded before any thread starts; read-only after, by every thread */
+    mes_nats_t nats;                  /* connected before STAGE_NATS (ready() reads it from then); see mes_nats.h */
+    consumer_t *lanes[ET_BASE_COUNT]; /* lanes, nlanes: main's; ready() reads them from STAGE_LANES */
     int nlanes;
-    dlq_worker_t *dlq;
+    dlq_worker_t *dlq; /* dlq, adv: ready() reads them from STAGE_ALL */
     advisory_t *adv;
-    maintenance_t *maint;
-    http_server_t *http;
+    maintenance_t *maint; /* ready() from STAGE_DB; the DLQ fetcher and advisory reader through db_up() */
+    http_server_t *http;  /* main's */
     /* The session budget (database.maxConnections), split once: the lanes' writers, the DLQ workers, maintenance
-     * (its own session when the budget leaves two or more beside the writers, else it shares the DLQ workers'). */
+     * (its own session when the budget leaves two or more beside the writers, else it shares the DLQ workers').
+     * Main's pointers; the pools and the writer lock inside. */
     db_pool_t *writers_pool, *dlq_pool, *maint_pool;
     writer_t *writer; /* group commit of the lanes over writers_pool */
 } app_t;
@@ -91,7 +95,7 @@ static bool stopping(void)
  * publishes each one by raising g_stage (release) once it is complete, and ready() reads only what is published
  * (acquire). Before this, a probe during startup could read the lane count before the lane pointer it covers. */
 enum { STAGE_NONE, STAGE_DB, STAGE_NATS, STAGE_LANES, STAGE_ALL };
-static _Atomic int g_stage = STAGE_NONE;
+static _Atomic int g_stage = STAGE_NONE; /* written by main only (release), read by the HTTP threads (acquire) */
 
 static void publish_stage(int stage)
 {

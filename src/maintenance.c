@@ -13,11 +13,12 @@
 #include "store.h"
 
 struct maintenance {
+    /* Set at start, read-only after. */
     const config_t *cfg;
     const atomic_bool *stop;
     db_pool_t *pool;
-    atomic_bool db_up;
-    pthread_t thread;
+    atomic_bool db_up; /* written by the maintenance thread; read by /ready, the DLQ fetcher, the advisory reader */
+    pthread_t thread;  /* main's */
 };
 
 static void *run(void *arg)

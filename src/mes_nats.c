@@ -735,7 +735,7 @@ bool mes_nats_fetch_watch(mes_nats_t *n, mes_fetch_watch_t *w, const mes_durable
  * newer ones wait, or when the connection is closed (no reader thread left). */
 #define RETIRED_MAX 32
 static pthread_mutex_t retired_mu = PTHREAD_MUTEX_INITIALIZER;
-static natsSubscription *retired[RETIRED_MAX];
+static natsSubscription *retired[RETIRED_MAX]; /* retired, nretired: under retired_mu (fetch loops, main) */
 static int nretired;
 
 static void retired_free_all(void)

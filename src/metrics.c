@@ -66,7 +66,9 @@ static const struct {
     {DBOP_UPSERT, DBENT_AGENT},   {DBOP_SAVE, DBENT_ONBOARDING_LOG}, {DBOP_SAVE, DBENT_EXHAUSTED_EVENT},
 };
 
-/* Everything the hot path touches. Zero is the initial state; metrics_init resets it. */
+/* Everything the hot path touches. Zero is the initial state; metrics_init resets it (main, before any other thread).
+ * Atomic: written by any thread (lanes, fetchers, DLQ workers, advisory reader, maintenance, nats.c's callbacks), read
+ * by the HTTP threads (metrics_render). */
 static struct {
     counter_t received[ET_COUNT][LANE_COUNT];
     counter_t processed[ET_COUNT][LANE_COUNT];
@@ -92,7 +94,8 @@ static struct {
     counter_t js_exhausted[MSTREAM_COUNT];
 } m;
 
-/* Label values escaped once at init; constant afterwards. */
+/* Label values escaped once at init; constant afterwards. Main writes them before the HTTP threads start, which read
+ * them in metrics_render. */
 static char company[LABEL_OUT_MAX];
 static char version[LABEL_OUT_MAX];
 static char stream_names[MSTREAM_COUNT][LABEL_OUT_MAX]; /* set once at startup (metrics_streams_set) */
@@ -109,11 +112,11 @@ typedef struct {
 
 static struct {
     pthread_mutex_t mu;
-    agent_entry_t **slot;
-    size_t cap; /* power of two */
+    agent_entry_t **slot; /* slot, cap, used, limit and the entries: under mu (lanes write, HTTP threads render) */
+    size_t cap;           /* power of two */
     size_t used;
     size_t limit;
-    bool jid_label;
+    bool jid_label; /* set by metrics_init, read-only after: read without mu */
 } agents = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
 static void inc(counter_t *c)

@@ -14,14 +14,17 @@
 #define NOWAIT_EXPIRES_MS 50 /* a no-wait request is answered at once; the expiry only bounds a reply that never ends */
 #define REPLY_MARGIN_MS 250  /* how long past its expiry a request's end (its 408) may take to arrive */
 
-static atomic_int_fast64_t leader_logged_ms;
+static atomic_int_fast64_t leader_logged_ms; /* atomic (compare-exchange): shared by every fetch loop */
 
+/* Owned by one thread at a time (pull.h): the subscriber (main at startup) until its fetch loop starts, then that
+ * loop's thread. nats.c's reader thread only queues deliveries on sub (locked inside nats.c). */
 struct pull {
+    /* Set at create, read-only after. */
     natsConnection *nc;
     natsSubscription *sub;
     char next_subject[512]; /* $JS.API.CONSUMER.MSG.NEXT.<stream>.<durable> */
     char inbox[128];        /* requests reply to <inbox>.<id>; the subscription is on <inbox>.* */
-    uint64_t id;            /* of the latest request */
+    uint64_t id;            /* of the latest request: the owner's */
 };
 
 /* ---- lifecycle ------------------------------------------------------------------------------------------------ */
