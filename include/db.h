@@ -39,6 +39,14 @@ void db_close(db_conn_t *c); /* NULL-safe */
 void db_budget_set(int max);
 int db_sessions_open(void); /* sessions open right now */
 
+/* What a thread that waits on PostgreSQL while it holds JetStream messages calls every every_ms: in-progress acks,
+ * so their ack wait never expires on work still in hand (db_keepalive_every_ms). fn may be NULL. */
+typedef struct {
+    void (*fn)(void *ctx);
+    void *ctx;
+    int64_t every_ms;
+} db_keepalive_t;
+
 /* A fixed set of sessions shared by several threads (the writers' lanes, the DLQ workers and maintenance): a thread
  * holds one only while it talks to PostgreSQL and waits for one rather than opening its own, so the sessions of a
  * process are bounded by the sum of its pools' sizes. */

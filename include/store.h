@@ -87,10 +87,11 @@ const char *store_statement_name(int st);
  * Writes all items in ONE transaction: every planned statement is sent in one libpq pipeline (one round trip; BEGIN
  * first, COMMIT at the sync), so the result equals applying the items one by one in array order. Returns 0 when
  * committed (items[i].result tells not_found), -1 when the transaction failed and was rolled back (err says why; no
- * item was written).
+ * item was written). While PostgreSQL works (a lock wait, a long group) it calls ka (may be NULL) every ka->every_ms,
+ * so the caller's messages are never redelivered because a transaction outlasted their ack wait.
  */
-int store_commit(db_conn_t *c, store_item_t *items, size_t n, store_scratch_t *s, db_error_t *err)
-    __attribute__((warn_unused_result));
+int store_commit(db_conn_t *c, store_item_t *items, size_t n, store_scratch_t *s, const db_keepalive_t *ka,
+                 db_error_t *err) __attribute__((warn_unused_result));
 
 /* One exhausted DLQ record (SPEC 5.2). Strings are NUL-terminated; original_json may be NULL (non-JSON original). */
 typedef struct {

@@ -23,24 +23,17 @@ typedef struct writer writer_t;
 writer_t *writer_create(db_pool_t *pool, size_t max_rows);
 void writer_destroy(writer_t *w); /* NULL-safe; no lane may use it any more */
 
-/* What a lane waiting for a session or a group's result calls every every_ms (in-progress acks for what it holds). */
-typedef struct {
-    void (*fn)(void *ctx);
-    void *ctx;
-    int64_t every_ms;
-} writer_keepalive_t;
-
 /* Commits items[0..n) (n > 0) in one transaction, together with whatever other lanes queued meanwhile. Returns 0 when
  * committed (items[].result and .onb filled) or 1 when the group failed and rolled back: err says why, *alone whether
  * the group held only these items (else another lane's rows may be the cause). A session that is not usable right
  * now fails the group as an outage without waiting: the caller's own path (writer_session) reconnects. *seconds: the
  * transaction's time. Waits without a time limit (sessions are held briefly), calling ka meanwhile. */
-int writer_commit(writer_t *w, store_item_t *items, size_t n, store_scratch_t *scratch, const writer_keepalive_t *ka,
+int writer_commit(writer_t *w, store_item_t *items, size_t n, store_scratch_t *scratch, const db_keepalive_t *ka,
                   db_error_t *err, bool *alone, double *seconds) __attribute__((warn_unused_result));
 
 /* A session of the writers' pool for this lane alone (isolating the events of a failed group, waiting through an
  * outage): waits until one is free, calling ka meanwhile. Give it back with writer_session_release. */
-db_conn_t **writer_session(writer_t *w, const writer_keepalive_t *ka);
+db_conn_t **writer_session(writer_t *w, const db_keepalive_t *ka);
 void writer_session_release(writer_t *w, db_conn_t **slot); /* NULL-safe */
 
 #endif

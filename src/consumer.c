@@ -47,7 +47,10 @@ typedef struct {
     char dlq_err[200];
 } slot_t;
 
+/* Threads: main (create, subscribe, link, start, join, destroy), the fetcher, the lane, and other lanes (only
+ * done_seq, idle_since_ms and the handoff flags, through `upsert`). */
 struct consumer {
+    /* set at create, read-only after */
     const config_t *cfg;
     const lane_config_t *lc;
     mes_nats_t *nats;
@@ -57,13 +60,13 @@ struct consumer {
     intake_t in;            /* its durable and pull subscription: main's until the fetcher starts, then the fetcher's */
     pthread_t thread;       /* the lane: validate, commit, ack */
     pthread_t fetch_thread; /* prefetches the next batch while the lane commits the current one */
-    bool started, fetch_started;
+    bool started, fetch_started; /* main's */
 
     /* One-slot handoff between the fetcher and the lane: at most two batches are in hand per lane (the one being
      * committed and the next one), and while the lane waits for PostgreSQL the slot stays full, so intake pauses. */
     pthread_mutex_t ho_mu;
     pthread_cond_t ho_cv;
-    natsMsgList ho_list;
+    natsMsgList ho_list; /* ho_*: under ho_mu (the fetcher fills, the lane empties; other lanes read ho_full) */
     double ho_fetch_s;
     bool ho_full, ho_fetcher_done;
     bool lane_busy; /* the lane holds a batch it has not finished (under ho_mu) */
@@ -71,12 +74,13 @@ struct consumer {
     /* Cross-lane order (consumer_link_updates): an update lane waits for `upsert`, the lane of its entity's upserts.
      * done_seq is the highest stream sequence this lane has finished; idle_since_ms is when its fetcher last found
      * nothing to fetch (0 while it holds messages). */
-    consumer_t *upsert;
-    _Atomic uint64_t done_seq;
-    _Atomic int64_t idle_since_ms;
+    consumer_t *upsert;            /* set by main before the threads start */
+    _Atomic uint64_t done_seq;     /* written by the lane, read by the update lanes */
+    _Atomic int64_t idle_since_ms; /* written by the fetcher, read by the update lanes */
 
-    writer_t *writer; /* group commit over the writers' sessions, shared by every lane */
-    db_conn_t **db;   /* a writers' session this lane holds alone while it isolates a failed group, else NULL */
+    writer_t *writer; /* group commit over the writers' sessions, shared by every lane (set at create) */
+    /* the lane thread's alone from here on (keep_alive runs on it too) */
+    db_conn_t **db; /* a writers' session this lane holds alone while it isolates a failed group, else NULL */
     payload_ctx_t pctx;
     store_scratch_t scratch;
     dlq_batch_t *dlqb; /* publishes a batch's DLQ records together */
@@ -379,8 +383,10 @@ static int commit_range(consumer_t *c, size_t from, size_t to, size_t held, db_e
     for (;;) {
         if (!ensure_db(c, held))
             return -1;
+        hold_t h = {c, held};
+        db_keepalive_t ka = {keep_alive, &h, db_keepalive_every_ms(c->lc->ack_wait_ms)};
         double t0 = clock_mono_s();
-        int rc = store_commit(*c->db, &c->items[first], last - first, &c->scratch, err);
+        int rc = store_commit(*c->db, &c->items[first], last - first, &c->scratch, &ka, err);
         onboarding_timed(c, first, last, clock_mono_s() - t0);
         if (rc == 0)
             return 0;
@@ -612,7 +618,7 @@ static int commit_chunk(consumer_t *c, size_t from, size_t to, size_t held)
     if (!items_of(c, from, to, &first, &last))
         return 0;
     hold_t h = {c, held};
-    writer_keepalive_t ka = {keep_alive, &h, db_keepalive_every_ms(c->lc->ack_wait_ms)};
+    db_keepalive_t ka = {keep_alive, &h, db_keepalive_every_ms(c->lc->ack_wait_ms)};
     db_error_t err;
     bool alone = false;
     double dt = 0;

@@ -395,7 +395,8 @@ static result_t apply(worker_t *wk, const record_t *r, int attempt, const char *
         if (!ensure_db(wk))
             return RES_LEAVE;
         db_error_t err;
-        if (store_commit(*wk->db, items, k, &wk->scratch, &err) == 0)
+        db_keepalive_t ka = {keep_alive, wk, db_keepalive_every_ms(wk->w->cfg->dlq_ack_wait_ms)};
+        if (store_commit(*wk->db, items, k, &wk->scratch, &ka, &err) == 0)
             break;
         if (err.outage) { /* pause, keep the record alive, try again: an outage must not burn attempts */
             db_close(*wk->db);

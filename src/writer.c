@@ -26,9 +26,10 @@ typedef struct req {
     struct req *next;
 } req_t;
 
+/* Shared by every lane thread; made and destroyed by main while no lane runs. */
 struct writer {
-    db_pool_t *pool;
-    size_t max_rows;
+    db_pool_t *pool; /* set at create, read-only after (the pool locks inside) */
+    size_t max_rows; /* likewise */
     pthread_mutex_t mu;
     pthread_cond_t cv;  /* a group finished, or a session was given back */
     req_t *head, *tail; /* queued batches, oldest first (under mu) */
@@ -66,7 +67,8 @@ static void fail_all(req_t *g, int rc, const db_error_t *err, size_t group, doub
 }
 
 /* Commits the group g (k batches, rows items) on slot. Fills every batch's results; states are left to the caller. */
-static void commit_group(db_conn_t **slot, req_t *g, size_t k, size_t rows, store_scratch_t *scratch)
+static void commit_group(db_conn_t **slot, req_t *g, size_t k, size_t rows, store_scratch_t *scratch,
+                         const db_keepalive_t *ka)
 {
     db_error_t err = {0};
     if (!db_ok(*slot)) {
@@ -78,7 +80,7 @@ static void commit_group(db_conn_t **slot, req_t *g, size_t k, size_t rows, stor
     }
     if (k == 1) { /* alone: its own items, no copy */
         double t0 = clock_mono_s();
-        g->rc = store_commit(*slot, g->items, g->n, scratch, &g->err) == 0 ? 0 : 1;
+        g->rc = store_commit(*slot, g->items, g->n, scratch, ka, &g->err) == 0 ? 0 : 1;
         g->group = 1;
         g->seconds = clock_mono_s() - t0;
         return;
@@ -97,7 +99,7 @@ static void commit_group(db_conn_t **slot, req_t *g, size_t k, size_t rows, stor
         at += q->n;
     }
     double t0 = clock_mono_s();
-    int rc = store_commit(*slot, all, rows, scratch, &err) == 0 ? 0 : 1;
+    int rc = store_commit(*slot, all, rows, scratch, ka, &err) == 0 ? 0 : 1;
     double dt = clock_mono_s() - t0;
     at = 0;
     for (req_t *q = g; q; q = q->next) {
@@ -132,7 +134,7 @@ static req_t *take_group(writer_t *w, size_t *k, size_t *rows)
 }
 
 /* Waits on cv for up to WAIT_SLICE_MS, calling the keepalive (outside the lock) when it is due. Caller holds mu. */
-static void wait_slice(writer_t *w, const writer_keepalive_t *ka, int64_t *last_ka)
+static void wait_slice(writer_t *w, const db_keepalive_t *ka, int64_t *last_ka)
 {
     if (ka && ka->fn && clock_mono_ms() - *last_ka >= ka->every_ms) {
         pthread_mutex_unlock(&w->mu);
@@ -145,7 +147,7 @@ static void wait_slice(writer_t *w, const writer_keepalive_t *ka, int64_t *last_
     pthread_cond_timedwait(&w->cv, &w->mu, &ts);
 }
 
-int writer_commit(writer_t *w, store_item_t *items, size_t n, store_scratch_t *scratch, const writer_keepalive_t *ka,
+int writer_commit(writer_t *w, store_item_t *items, size_t n, store_scratch_t *scratch, const db_keepalive_t *ka,
                   db_error_t *err, bool *alone, double *seconds)
 {
     req_t r = {.items = items, .n = n};
@@ -163,7 +165,7 @@ int writer_commit(writer_t *w, store_item_t *items, size_t n, store_scratch_t *s
             size_t k, rows;
             req_t *g = take_group(w, &k, &rows);
             pthread_mutex_unlock(&w->mu);
-            commit_group(slot, g, k, rows, scratch);
+            commit_group(slot, g, k, rows, scratch, ka); /* ka: the combiner's own messages */
             db_pool_release(w->pool, slot);
             pthread_mutex_lock(&w->mu);
             for (req_t *q = g, *next; q; q = next) {
@@ -183,7 +185,7 @@ int writer_commit(writer_t *w, store_item_t *items, size_t n, store_scratch_t *s
     return r.rc;
 }
 
-db_conn_t **writer_session(writer_t *w, const writer_keepalive_t *ka)
+db_conn_t **writer_session(writer_t *w, const db_keepalive_t *ka)
 {
     return db_pool_acquire(w->pool, -1, NULL, ka ? ka->fn : NULL, ka ? ka->ctx : NULL, ka ? ka->every_ms : 0);
 }

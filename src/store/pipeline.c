@@ -1,6 +1,8 @@
 /* pipeline.c - the executor: one transaction per call, every planned statement sent in one libpq pipeline (BEGIN,
  * the statements, COMMIT, one sync: one round trip), then the results read back in order and applied to the items
  * (which updates found their row, which onboarding created its contact). Statements are prepared once per session. */
+#include <errno.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -140,14 +142,53 @@ static void apply_result(const store_scratch_t *s, const store_op_t *o, const PG
     }
 }
 
+/* Keeps the caller's messages alive while the session waits on PostgreSQL (a lock wait, a long group): the session is
+ * nonblocking during a commit and every wait is a poll() no longer than the keepalive's period. */
+typedef struct {
+    const db_keepalive_t *ka;
+    int64_t last_ms;
+} waiter_t;
+
+/* Waits until the socket is ready for events, or until the keepalive is due (then calls it). -1 on a poll error. */
+static int wait_socket(db_conn_t *c, short events, waiter_t *w)
+{
+    int timeout = -1;
+    if (w->ka && w->ka->fn && w->ka->every_ms > 0) {
+        int64_t due = w->last_ms + w->ka->every_ms - clock_mono_ms();
+        if (due <= 0) {
+            w->ka->fn(w->ka->ctx);
+            w->last_ms = clock_mono_ms();
+            due = w->ka->every_ms;
+        }
+        timeout = (int)due;
+    }
+    struct pollfd p = {.fd = PQsocket(c->pg), .events = events};
+    if (poll(&p, 1, timeout) < 0 && errno != EINTR)
+        return -1;
+    return 0;
+}
+
+/* The next result: sends what libpq still buffers and reads until a whole result is in, never blocking longer than
+ * the keepalive's period. A broken session ends the wait: PQgetResult then reports it. */
+static PGresult *next_result(db_conn_t *c, waiter_t *w)
+{
+    while (PQisBusy(c->pg)) {
+        int pending = PQflush(c->pg); /* 1: output left (the server reads it as it goes) */
+        if (pending < 0 || wait_socket(c, pending ? POLLIN | POLLOUT : POLLIN, w) != 0 || !PQconsumeInput(c->pg))
+            break;
+    }
+    return PQgetResult(c->pg);
+}
+
 /* Reads every queued statement's result and the sync. Each statement's duration is the time since the previous
  * result arrived, so the observations add up to the batch's wall time. Returns 0, or -1 with the first error. */
-static int collect(db_conn_t *c, store_scratch_t *s, store_item_t *items, size_t n, double t_sent, db_error_t *err)
+static int collect(db_conn_t *c, store_scratch_t *s, store_item_t *items, size_t n, double t_sent, waiter_t *w,
+                   db_error_t *err)
 {
     int rc = 0;
     double prev = t_sent;
     for (size_t k = 0; k < s->nops; k++) {
-        PGresult *res = PQgetResult(c->pg);
+        PGresult *res = next_result(c, w);
         if (!res) {
             db_error_from(err, c->pg, NULL);
             return -1; /* the session is gone; the caller drops it */
@@ -169,7 +210,7 @@ static int collect(db_conn_t *c, store_scratch_t *s, store_item_t *items, size_t
         while ((res = PQgetResult(c->pg)) != NULL) /* the NULL that ends each statement's results */
             PQclear(res);
     }
-    PGresult *sync = PQgetResult(c->pg);
+    PGresult *sync = next_result(c, w);
     if (!sync || PQresultStatus(sync) != PGRES_PIPELINE_SYNC) {
         if (rc == 0)
             db_error_from(err, c->pg, sync);
@@ -180,12 +221,16 @@ static int collect(db_conn_t *c, store_scratch_t *s, store_item_t *items, size_t
 }
 
 /* One round trip per batch: BEGIN, every statement, COMMIT, then one sync, and the results. A statement that cannot
- * even be queued rolls back whatever was (never commit part of a batch). Leaves pipeline mode, and the session
- * outside any transaction. */
-static int pipeline_commit(db_conn_t *c, store_scratch_t *s, store_item_t *items, size_t n, db_error_t *err)
+ * even be queued rolls back whatever was (never commit part of a batch). The session is nonblocking meanwhile, so
+ * queueing never blocks on a full socket and every wait keeps the caller's messages alive (next_result). Leaves
+ * pipeline mode, blocking mode, and the session outside any transaction. */
+static int pipeline_commit(db_conn_t *c, store_scratch_t *s, store_item_t *items, size_t n, const db_keepalive_t *ka,
+                           db_error_t *err)
 {
-    if (!PQenterPipelineMode(c->pg)) {
+    waiter_t w = {ka, clock_mono_ms()};
+    if (PQsetnonblocking(c->pg, 1) != 0 || !PQenterPipelineMode(c->pg)) {
         db_error_from(err, c->pg, NULL);
+        (void)PQsetnonblocking(c->pg, 0);
         return -1;
     }
     int rc = -1;
@@ -202,15 +247,19 @@ static int pipeline_commit(db_conn_t *c, store_scratch_t *s, store_item_t *items
     if (queued) {
         metrics_onboarding_queue_add((long)s->onboarding);
         if (PQpipelineSync(c->pg))
-            rc = collect(c, s, items, n, clock_mono_s(), err);
+            rc = collect(c, s, items, n, clock_mono_s(), &w, err);
         else
             db_error_from(err, c->pg, NULL);
         metrics_onboarding_queue_add(-(long)s->onboarding);
     } else if (send_ctl(c, s, "ROLLBACK", err) == 0 && PQpipelineSync(c->pg)) {
         db_error_t ignored;
-        (void)collect(c, s, items, n, clock_mono_s(), &ignored);
+        (void)collect(c, s, items, n, clock_mono_s(), &w, &ignored);
     }
     if (!PQexitPipelineMode(c->pg) && rc == 0) {
+        db_error_from(err, c->pg, NULL);
+        rc = -1;
+    }
+    if (PQsetnonblocking(c->pg, 0) != 0 && rc == 0) { /* flushes what is left, if anything */
         db_error_from(err, c->pg, NULL);
         rc = -1;
     }
@@ -220,7 +269,8 @@ static int pipeline_commit(db_conn_t *c, store_scratch_t *s, store_item_t *items
     return rc;
 }
 
-int store_commit(db_conn_t *c, store_item_t *items, size_t n, store_scratch_t *s, db_error_t *err)
+int store_commit(db_conn_t *c, store_item_t *items, size_t n, store_scratch_t *s, const db_keepalive_t *ka,
+                 db_error_t *err)
 {
     for (size_t i = 0; i < n; i++) {
         items[i].result = ERR_NONE;
@@ -240,7 +290,7 @@ int store_commit(db_conn_t *c, store_item_t *items, size_t n, store_scratch_t *s
     if (!c->store_prepared && prepare_all(c, err) != 0)
         return -1;
     s->nops = s->nopidx = 0;
-    int rc = pipeline_commit(c, s, items, n, err);
+    int rc = pipeline_commit(c, s, items, n, ka, err);
     if (rc != 0)
         for (size_t i = 0; i < n; i++)
             if (items[i].onb != ONB_COUNT)

@@ -416,3 +416,27 @@ TEST(postgres_outage_under_a_group_of_several_lanes_commits_everything_once_afte
     CHECK_EQ_INT(wait_all_acked(60000), 0);
     CHECK_EQ_INT(h_svc_signal(&S, SIGTERM, 30000), 0);
 }
+
+/* A group that waits in PostgreSQL longer than the ack wait (a lock held by someone else, here 3 ack waits). The
+ * lanes waiting for the group's result send in-progress acks (writer.c wait_slice), and so does the lane committing
+ * it, from inside store_commit (pipeline.c polls the session no longer than the keepalive's period): nothing is
+ * redelivered, and a delta is applied once. (Before that fix: unread_count 3, received 3.) */
+TEST(a_group_waiting_longer_than_the_ack_wait_is_not_redelivered_and_applies_a_delta_once)
+{
+    static const char *const env[] = {"LOG_LEVEL=debug", "DATABASE_WRITERS=1", "DATABASE_LOCKTIMEOUT=120s",
+                                      "NATS_REALTIME_ACKWAIT=2s", NULL};
+    REQUIRE(it_up(CO, env));
+    REQUIRE(it_pub("v1.chats.upsert", CO,
+                   "{\"chat_id\":\"slow\",\"jid\":\"j\",\"agent_id\":\"a\",\"phone_number\":\"1\"}", NULL));
+    REQUIRE(h_pg_wait_int(&P, 1, 30000, "SELECT count(*) FROM " SCH ".chats") == 1);
+    PGconn *lock = lock_tables(SCH ".chats");
+    REQUIRE(lock);
+    REQUIRE(it_pub("v1.chats.update", CO, "{\"chat_id\":\"slow\",\"unread_delta\":1}", NULL));
+    REQUIRE(wait_blocked_on("chats", 30000));
+    h_sleep_ms(6000);
+    REQUIRE(unlock(lock));
+    CHECK_EQ_INT(h_pg_wait_int(&P, 1, 30000, "SELECT unread_count FROM " SCH ".chats"), 1);
+    h_sleep_ms(3000); /* a redelivered copy would be applied by now */
+    CHECK_EQ_INT(h_pg_int(&P, "SELECT unread_count FROM " SCH ".chats"), 1);
+    CHECK_EQ_INT(lane_count("received", 3), 1);
+}
