@@ -434,8 +434,11 @@ cleanup:
                                                                    : "waiting for PostgreSQL"));
         rc = 0;
     }
-    if (shutdown_all(&app) != 0)
-        rc = 1;
+    if (shutdown_all(&app) != 0) {
+        /* A thread that did not finish (and HTTP, maintenance) may still read the configuration and the metrics:
+         * leave them to the exit, which frees everything anyway. */
+        return 1;
+    }
     metrics_shutdown();
     config_free(&app.cfg);
     return rc;
