@@ -1,0 +1,115 @@
+/* test_shared_rows.c - lanes of different subjects write the same rows (chats from chats.upsert, chats.update and
+ * history.chats; contacts from contacts.upsert and from the onboarding of IN messages), in groups on two writer
+ * sessions, from a backlog: every row ends as applying the events one by one in stream order would leave it, and
+ * nothing goes to the DLQ. The two sessions are not partitioned (README, "Two writers, not partitioned"), so they
+ * may meet on a row; the test counts how often one waited for the other's transaction and the deadlocks PostgreSQL
+ * saw, and prints them: a wait or a deadlock costs time, not correctness (a conflict is retried). */
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "itest.h"
+
+#define CO "acme"
+#define SCH "daisi_acme"
+#define KEYS 40 /* few keys, many events: the lanes keep meeting on the same rows */
+
+typedef struct {
+    atomic_bool stop;
+    int waits; /* samples in which a service session waited on a lock held by another service session */
+    long samples;
+    char example[200]; /* the first wait seen: the waiting and the blocking statement */
+    pthread_t thread;
+} sampler_t;
+
+static void *sample(void *arg)
+{
+    sampler_t *s = arg;
+    PGconn *pg = PQconnectdb(P.dsn);
+    while (!atomic_load(&s->stop) && PQstatus(pg) == CONNECTION_OK) {
+        PGresult *r =
+            PQexec(pg, "SELECT left(w.query, 40) || ' pid ' || w.pid || ' ' || w.wait_event, left(b.query, 40) || ' "
+                       "pid ' || b.pid || ' ' || b.state || ' ' || b.backend_start FROM pg_stat_activity w JOIN "
+                       "pg_stat_activity b ON b.pid = ANY (pg_blocking_pids(w.pid)) WHERE w.application_name "
+                       "= 'message-event-service' AND w.wait_event_type = 'Lock' AND b.application_name = "
+                       "'message-event-service'");
+        if (PQresultStatus(r) == PGRES_TUPLES_OK) {
+            s->waits += PQntuples(r) > 0;
+            s->samples++;
+            if (PQntuples(r) > 0 && !s->example[0])
+                snprintf(s->example, sizeof s->example, "'%s' waited for '%s'", PQgetvalue(r, 0, 0),
+                         PQgetvalue(r, 0, 1));
+        }
+        PQclear(r);
+        h_sleep_ms(5);
+    }
+    PQfinish(pg);
+    return NULL;
+}
+
+static void publish_overlapping(int n)
+{
+    char buf[512], id[64];
+    for (int i = 0; i < n; i++) {
+        int k = i % KEYS;
+        snprintf(buf, sizeof buf,
+                 "{\"chat_id\":\"c%d\",\"jid\":\"j\",\"agent_id\":\"a\",\"phone_number\":\"62%d\","
+                 "\"conversation_timestamp\":%d}",
+                 k, k, 1700000000 + i);
+        snprintf(id, sizeof id, "chat-%d", i);
+        REQUIRE(it_pub("v1.chats.upsert", CO, buf, id));
+        snprintf(buf, sizeof buf,
+                 "{\"chats\":[{\"chat_id\":\"c%d\",\"jid\":\"j\",\"agent_id\":\"a\",\"phone_number\":\"62%d\","
+                 "\"company_id\":\"" CO "\",\"conversation_timestamp\":%d}]}",
+                 (k + 7) % KEYS, k, 1600000000 + i);
+        snprintf(id, sizeof id, "hchat-%d", i);
+        REQUIRE(it_pub("v1.history.chats", CO, buf, id));
+        snprintf(buf, sizeof buf, "{\"chat_id\":\"c%d\",\"unread_count\":%d}", k, i % 9); /* after its upsert */
+        snprintf(id, sizeof id, "chatupd-%d", i);
+        REQUIRE(it_pub("v1.chats.update", CO, buf, id));
+        snprintf(buf, sizeof buf,
+                 "{\"message_id\":\"m%d\",\"chat_id\":\"c%d\",\"jid\":\"j\",\"agent_id\":\"a\",\"flow\":\"IN\","
+                 "\"from_phone\":\"62%d\",\"message_timestamp\":%d}",
+                 i, k, k, 1700000000 + i);
+        snprintf(id, sizeof id, "msg-%d", i);
+        REQUIRE(it_pub("v1.messages.upsert", CO, buf, id));
+        snprintf(buf, sizeof buf, "{\"phone_number\":\"62%d\",\"agent_id\":\"a\",\"push_name\":\"p%d\"}",
+                 (k + 11) % KEYS, i);
+        snprintf(id, sizeof id, "contact-%d", i);
+        REQUIRE(it_pub("v1.contacts.upsert", CO, buf, id));
+        snprintf(buf, sizeof buf, "{\"agent_id\":\"a\",\"status\":\"open\",\"agent_name\":\"n%d\"}", i);
+        REQUIRE(it_pub("v1.connection.update", CO, buf, NULL));
+    }
+}
+
+TEST(lanes_writing_the_same_rows_in_groups_on_two_sessions_leave_every_row_right)
+{
+    enum { K = 600 };
+    static const char *const env[] = {"DATABASE_WRITERS=2", NULL};
+    /* A backlog on six subjects: the service starts with all of it waiting, so big groups meet at once. */
+    REQUIRE(h_nats_start(&N) && h_pg_start(&P) && h_streams_create(&N));
+    atexit(it_dump_log);
+    publish_overlapping(K);
+    long long deadlocks0 = h_pg_int(&P, "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()");
+    sampler_t s = {0};
+    pthread_create(&s.thread, NULL, sample, &s);
+    REQUIRE(h_svc_start(&S, CO, &N, &P, env) && h_svc_wait_ready(&S, 60000));
+    CHECK_EQ_INT(h_pg_wait_int(&P, K, 120000, "SELECT count(*) FROM " SCH ".messages"), K);
+    /* Each chat as its last events left it: the newest realtime upsert's timestamp (the history items are older and
+     * leave the latest columns alone), the last update's unread_count. */
+    CHECK_EQ_INT(h_pg_wait_int(&P, KEYS, 60000,
+                               "SELECT count(*) FROM " SCH ".chats WHERE conversation_timestamp = 1700000000 + %d + "
+                               "substr(chat_id, 2)::int AND unread_count = (%d + substr(chat_id, 2)::int) %% 9",
+                               K - KEYS, K - KEYS),
+                 KEYS);
+    CHECK_EQ_INT(h_pg_wait_int(&P, KEYS, 60000, "SELECT count(*) FROM " SCH ".contacts"), KEYS);
+    atomic_store(&s.stop, true);
+    pthread_join(s.thread, NULL);
+    long long deadlocks =
+        h_pg_int(&P, "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()") - deadlocks0;
+    printf("lock waits between the service's sessions: %d of %ld samples (%s); deadlocks: %lld\n", s.waits, s.samples,
+           s.example[0] ? s.example : "none", deadlocks);
+    CHECK(s.samples > 20);
+    CHECK_EQ_INT(h_pg_int(&P, "SELECT count(*) FROM " SCH ".chats"), KEYS);
+    CHECK_EQ_INT(it_dlq_count(CO), 0);
+}
