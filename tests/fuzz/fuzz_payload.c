@@ -1,11 +1,15 @@
-/* fuzz_payload.c - libFuzzer harness: byte 0 picks one of the ten event types, the rest is the payload for tenant "acme". */
+/* fuzz_payload.c - libFuzzer harness: byte 0 picks one of the ten event types (and, for a history type, whether the
+ * payload is a lone item as a DLQ record keeps it), the rest is the payload for tenant "acme". It goes through the
+ * router as a lane or the DLQ worker would send it: subject check, payload_parse, re-wrapping, store items. */
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "json.h"
 #include "payload.h"
+#include "router.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -50,6 +54,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (!ctx.arena && payload_ctx_init(&ctx, "acme") != 0)
         abort();
     event_type_t et = (event_type_t)(data[0] % ET_BASE_COUNT);
+    int64_t item_index = (data[0] / ET_BASE_COUNT) % 2 ? (int64_t)(data[0] % 7) : -1; /* a replayed history item */
     /* A heap copy of exactly the payload bytes, so reading one past the end is caught. */
     size_t n = size - 1;
     char *p = malloc(n ? n : 1);
@@ -59,10 +64,25 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     arena_reset(ctx.arena);
     event_t ev;
-    payload_parse(&ctx, et, p, n, &ev);
+    char subject[64];
+    snprintf(subject, sizeof subject, "%s.acme", event_type_base(et));
+    router_route(&ctx, subject, et, p, n, item_index, &ev);
     check_event(&ev);
     for (uint32_t i = 0; i < ev.n_items; i++)
         check_event(&ev.items[i]);
+    if (ev.err == ERR_NONE) {
+        size_t cap = router_item_count(&ev), bad = 0;
+        store_item_t *items = malloc((cap ? cap : 1) * sizeof *items);
+        if (!items)
+            abort();
+        size_t k = router_items(&ev, "{}", 2, items, &bad, NULL);
+        if (k + bad != cap)
+            abort(); /* every item is either written or reported */
+        for (size_t i = 0; i < k; i++)
+            if (items[i].ev->err != ERR_NONE)
+                abort();
+        free(items);
+    }
 
     char err[128];
     if (json_parse(&doc, p, n, err, sizeof err) == JSON_OK) {
