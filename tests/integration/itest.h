@@ -3,6 +3,8 @@
 #define MES_ITEST_H
 
 #include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +40,49 @@ static void it_dump_log(void)
             lines++;
     fprintf(stderr, "--- last service log lines (whole log kept in %s) ---\n%s\n", keep, p);
     free(log);
+}
+
+/* Runs one query against the test's PostgreSQL every every_ms on a session of its own, in a thread, and hands each
+ * result to on_result (in that thread) until it_sampler_stop: what a test watches while the service works (its
+ * sessions, its lock waits). */
+typedef struct {
+    const char *sql;
+    int every_ms;
+    void (*on_result)(void *ctx, const PGresult *r);
+    void *ctx;
+    long samples; /* results handed over; read after it_sampler_stop */
+    atomic_bool stop;
+    pthread_t thread;
+} it_sampler_t;
+
+static inline void *it_sampler_run(void *arg)
+{
+    it_sampler_t *s = arg;
+    PGconn *pg = PQconnectdb(P.dsn);
+    while (!atomic_load(&s->stop) && PQstatus(pg) == CONNECTION_OK) {
+        PGresult *r = PQexec(pg, s->sql);
+        if (PQresultStatus(r) == PGRES_TUPLES_OK) {
+            s->on_result(s->ctx, r);
+            s->samples++;
+        }
+        PQclear(r);
+        h_sleep_ms(s->every_ms);
+    }
+    PQfinish(pg);
+    return NULL;
+}
+
+static inline void it_sampler_start(it_sampler_t *s)
+{
+    atomic_init(&s->stop, false);
+    s->samples = 0;
+    REQUIRE(pthread_create(&s->thread, NULL, it_sampler_run, s) == 0);
+}
+
+static inline void it_sampler_stop(it_sampler_t *s)
+{
+    atomic_store(&s->stop, true);
+    pthread_join(s->thread, NULL);
 }
 
 /* Starts NATS, PostgreSQL and the service for `co`; waits for "Both consumers started successfully". */

@@ -10,32 +10,12 @@
 #define CO "acme"
 #define SCH "daisi_acme"
 
-typedef struct {
-    atomic_bool stop;
-    int max_seen;
-    long samples;
-    pthread_t thread;
-} sampler_t;
-
-/* Counts the service's sessions (libpq application_name) every 10 ms on a connection of its own. */
-static void *sample(void *arg)
+/* The most sessions of the service seen in one sample (libpq application_name). */
+static void count_sessions(void *ctx, const PGresult *r)
 {
-    sampler_t *s = arg;
-    PGconn *pg = PQconnectdb(P.dsn);
-    while (!atomic_load(&s->stop) && PQstatus(pg) == CONNECTION_OK) {
-        PGresult *r = PQexec(pg, "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
-                                 "'message-event-service' AND backend_type = 'client backend'");
-        if (PQresultStatus(r) == PGRES_TUPLES_OK) {
-            int n = atoi(PQgetvalue(r, 0, 0));
-            if (n > s->max_seen)
-                s->max_seen = n;
-            s->samples++;
-        }
-        PQclear(r);
-        h_sleep_ms(10);
-    }
-    PQfinish(pg);
-    return NULL;
+    int *max_seen = ctx, n = atoi(PQgetvalue(r, 0, 0));
+    if (n > *max_seen)
+        *max_seen = n;
 }
 
 /* Valid events on several subjects at once, poison, and updates of rows that never come (DLQ retries, then
@@ -69,20 +49,24 @@ static void check_budget(const char *const *env, int budget)
 {
     enum { K = 1500 };
     REQUIRE(it_up(CO, env));
-    sampler_t s = {0};
-    pthread_create(&s.thread, NULL, sample, &s);
+    int max_seen = 0;
+    it_sampler_t s = {.sql = "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+                             "'message-event-service' AND backend_type = 'client backend'",
+                      .every_ms = 10,
+                      .on_result = count_sessions,
+                      .ctx = &max_seen};
+    it_sampler_start(&s);
     publish_mix(K);
     CHECK_EQ_INT(h_pg_wait_int(&P, K, 90000, "SELECT count(*) FROM " SCH ".messages"), K);
     CHECK_EQ_INT(h_pg_wait_int(&P, K, 30000, "SELECT count(*) FROM " SCH ".chats"), K);
     CHECK_EQ_INT(h_pg_wait_int(&P, 7, 30000, "SELECT count(*) FROM " SCH ".agents"), 7);
     /* 30 poison events and 30 orphan updates: each ends as one exhausted row (the orphans after their retries). */
     CHECK_EQ_INT(h_pg_wait_int(&P, 2 * (K / 50), 90000, "SELECT count(*) FROM " SCH ".exhausted_events"), 2 * (K / 50));
-    atomic_store(&s.stop, true);
-    pthread_join(s.thread, NULL);
-    printf("sessions: at most %d of a budget of %d over %ld samples\n", s.max_seen, budget, s.samples);
+    it_sampler_stop(&s);
+    printf("sessions: at most %d of a budget of %d over %ld samples\n", max_seen, budget, s.samples);
     CHECK(s.samples > 100);
-    CHECK(s.max_seen >= 2); /* the sampler saw the service at all */
-    CHECK(s.max_seen <= budget);
+    CHECK(max_seen >= 2); /* the sampler saw the service at all */
+    CHECK(max_seen <= budget);
     char *body = NULL;
     CHECK_EQ_INT(h_http(S.http_port, "GET", "/ready", &body), 200);
     free(body);

@@ -15,36 +15,16 @@
 #define KEYS 40 /* few keys, many events: the lanes keep meeting on the same rows */
 
 typedef struct {
-    atomic_bool stop;
-    int waits; /* samples in which a service session waited on a lock held by another service session */
-    long samples;
+    int waits;         /* samples in which a service session waited for another service session */
     char example[200]; /* the first wait seen: the waiting and the blocking statement */
-    pthread_t thread;
-} sampler_t;
+} waits_t;
 
-static void *sample(void *arg)
+static void count_waits(void *ctx, const PGresult *r)
 {
-    sampler_t *s = arg;
-    PGconn *pg = PQconnectdb(P.dsn);
-    while (!atomic_load(&s->stop) && PQstatus(pg) == CONNECTION_OK) {
-        PGresult *r =
-            PQexec(pg, "SELECT left(w.query, 40) || ' pid ' || w.pid || ' ' || w.wait_event, left(b.query, 40) || ' "
-                       "pid ' || b.pid || ' ' || b.state || ' ' || b.backend_start FROM pg_stat_activity w JOIN "
-                       "pg_stat_activity b ON b.pid = ANY (pg_blocking_pids(w.pid)) WHERE w.application_name "
-                       "= 'message-event-service' AND w.wait_event_type = 'Lock' AND b.application_name = "
-                       "'message-event-service'");
-        if (PQresultStatus(r) == PGRES_TUPLES_OK) {
-            s->waits += PQntuples(r) > 0;
-            s->samples++;
-            if (PQntuples(r) > 0 && !s->example[0])
-                snprintf(s->example, sizeof s->example, "'%s' waited for '%s'", PQgetvalue(r, 0, 0),
-                         PQgetvalue(r, 0, 1));
-        }
-        PQclear(r);
-        h_sleep_ms(5);
-    }
-    PQfinish(pg);
-    return NULL;
+    waits_t *w = ctx;
+    w->waits += PQntuples(r) > 0;
+    if (PQntuples(r) > 0 && !w->example[0])
+        snprintf(w->example, sizeof w->example, "'%s' waited for '%s'", PQgetvalue(r, 0, 0), PQgetvalue(r, 0, 1));
 }
 
 static void publish_overlapping(int n)
@@ -91,8 +71,15 @@ TEST(lanes_writing_the_same_rows_in_groups_on_two_sessions_leave_every_row_right
     atexit(it_dump_log);
     publish_overlapping(K);
     long long deadlocks0 = h_pg_int(&P, "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()");
-    sampler_t s = {0};
-    pthread_create(&s.thread, NULL, sample, &s);
+    waits_t w = {0};
+    it_sampler_t s = {.sql = "SELECT left(w.query, 40) || ' (' || w.wait_event || ')', left(b.query, 40) FROM "
+                             "pg_stat_activity w JOIN pg_stat_activity b ON b.pid = ANY (pg_blocking_pids(w.pid)) "
+                             "WHERE w.application_name = 'message-event-service' AND w.wait_event_type = 'Lock' "
+                             "AND b.application_name = 'message-event-service'",
+                      .every_ms = 5,
+                      .on_result = count_waits,
+                      .ctx = &w};
+    it_sampler_start(&s);
     REQUIRE(h_svc_start(&S, CO, &N, &P, env) && h_svc_wait_ready(&S, 60000));
     CHECK_EQ_INT(h_pg_wait_int(&P, K, 120000, "SELECT count(*) FROM " SCH ".messages"), K);
     /* Each chat as its last events left it: the newest realtime upsert's timestamp (the history items are older and
@@ -103,12 +90,11 @@ TEST(lanes_writing_the_same_rows_in_groups_on_two_sessions_leave_every_row_right
                                K - KEYS, K - KEYS),
                  KEYS);
     CHECK_EQ_INT(h_pg_wait_int(&P, KEYS, 60000, "SELECT count(*) FROM " SCH ".contacts"), KEYS);
-    atomic_store(&s.stop, true);
-    pthread_join(s.thread, NULL);
+    it_sampler_stop(&s);
     long long deadlocks =
         h_pg_int(&P, "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()") - deadlocks0;
-    printf("lock waits between the service's sessions: %d of %ld samples (%s); deadlocks: %lld\n", s.waits, s.samples,
-           s.example[0] ? s.example : "none", deadlocks);
+    printf("lock waits between the service's sessions: %d of %ld samples (%s); deadlocks: %lld\n", w.waits, s.samples,
+           w.example[0] ? w.example : "none", deadlocks);
     CHECK(s.samples > 20);
     CHECK_EQ_INT(h_pg_int(&P, "SELECT count(*) FROM " SCH ".chats"), KEYS);
     CHECK_EQ_INT(it_dlq_count(CO), 0);
