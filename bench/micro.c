@@ -203,16 +203,10 @@ static void run_batch(bench_t *b, const pool_t *p, size_t start, size_t n, bool 
         if (!full)
             continue;
         size_t want = router_item_count(&s->ev);
-        if (nitems + want > b->items_cap) {
-            size_t cap = b->items_cap ? b->items_cap : 256;
-            while (cap < nitems + want)
-                cap *= 2;
-            store_item_t *it = realloc(b->items, cap * sizeof *it);
-            if (!it)
-                abort();
-            b->items = it;
-            b->items_cap = cap;
-        }
+        store_item_t *it = buf_array_grow(b->items, &b->items_cap, nitems + want, sizeof *it, 256);
+        if (!it)
+            abort();
+        b->items = it;
         nitems += router_items(&s->ev, s->meta, s->meta_len, &b->items[nitems], NULL, NULL);
     }
     if (full) {

@@ -29,6 +29,11 @@ void buf_put_utf8(buf_t *b, const char *s, size_t n, size_t max);
 /* Appends s as a JSON string literal (quotes included), escaping per RFC 8259. */
 void buf_put_json_str(buf_t *b, const char *s, size_t n);
 
+/* The one way a growable array grows: returns p reallocated to hold at least need elements of elem bytes (its
+ * capacity doubled from *cap, or from first when empty) and updates *cap; returns p itself when it is big enough,
+ * and NULL on out of memory or overflow (p and *cap are then unchanged and still valid). */
+void *buf_array_grow(void *p, size_t *cap, size_t need, size_t elem, size_t first) __attribute__((warn_unused_result));
+
 /* Bump arena made of chunks; arena_reset keeps the first chunk so steady state does no malloc. */
 typedef struct arena arena_t;
 arena_t *arena_create(size_t chunk_size);

@@ -34,6 +34,25 @@ void buf_reset(buf_t *b)
 }
 
 /* Room for `extra` more bytes plus the terminating NUL. Grows geometrically so appends are amortised O(1). */
+void *buf_array_grow(void *p, size_t *cap, size_t need, size_t elem, size_t first)
+{
+    if (need <= *cap && p)
+        return p;
+    size_t n = *cap ? *cap : (first ? first : 1);
+    while (n < need) {
+        if (n > SIZE_MAX / 2)
+            return NULL;
+        n *= 2;
+    }
+    if (elem && n > SIZE_MAX / elem)
+        return NULL;
+    void *q = realloc(p, n * elem);
+    if (!q)
+        return NULL;
+    *cap = n;
+    return q;
+}
+
 bool buf_reserve(buf_t *b, size_t extra)
 {
     if (b->oom)

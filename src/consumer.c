@@ -228,16 +228,10 @@ static void build_meta(consumer_t *c, slot_t *s, const char *processed_at)
 
 static bool grow_items(consumer_t *c, size_t need)
 {
-    if (need <= c->items_cap)
-        return true;
-    size_t cap = c->items_cap ? c->items_cap : 256;
-    while (cap < need)
-        cap *= 2;
-    store_item_t *it = realloc(c->items, cap * sizeof *it);
+    store_item_t *it = buf_array_grow(c->items, &c->items_cap, need, sizeof *it, 256);
     if (!it)
         return false;
     c->items = it;
-    c->items_cap = cap;
     return true;
 }
 

@@ -42,24 +42,14 @@ struct store_op {
 
 static bool ops_grow(store_scratch_t *s, size_t nidx)
 {
-    if (s->nops == s->ops_cap) {
-        size_t cap = s->ops_cap ? s->ops_cap * 2 : 32;
-        store_op_t *o = realloc(s->ops, cap * sizeof *o);
-        if (!o)
-            return false;
-        s->ops = o;
-        s->ops_cap = cap;
-    }
-    if (s->nopidx + nidx > s->opidx_cap) {
-        size_t cap = s->opidx_cap ? s->opidx_cap : 256;
-        while (cap < s->nopidx + nidx)
-            cap *= 2;
-        uint32_t *x = realloc(s->opidx, cap * sizeof *x);
-        if (!x)
-            return false;
-        s->opidx = x;
-        s->opidx_cap = cap;
-    }
+    store_op_t *o = buf_array_grow(s->ops, &s->ops_cap, s->nops + 1, sizeof *o, 32);
+    if (!o)
+        return false;
+    s->ops = o;
+    uint32_t *x = buf_array_grow(s->opidx, &s->opidx_cap, s->nopidx + nidx, sizeof *x, 256);
+    if (!x)
+        return false;
+    s->opidx = x;
     return true;
 }
 

@@ -133,30 +133,27 @@ void store_scratch_free(store_scratch_t *s)
     memset(s, 0, sizeof *s);
 }
 
+/* The per-item arrays share one capacity: each grows from it to the same new size. */
 static bool scratch_grow(store_scratch_t *s, size_t n)
 {
-    if (n <= s->cap)
-        return true;
-    size_t cap = s->cap ? s->cap : 256;
-    while (cap < n)
-        cap *= 2;
-    uint32_t *o = realloc(s->order, cap * sizeof *o);
+    size_t c1 = s->cap, c2 = s->cap, c3 = s->cap, c4 = s->cap;
+    uint32_t *o = buf_array_grow(s->order, &c1, n, sizeof *o, 256);
     if (!o)
         return false;
     s->order = o;
-    uint32_t *r = realloc(s->round, cap * sizeof *r);
+    uint32_t *r = buf_array_grow(s->round, &c2, n, sizeof *r, 256);
     if (!r)
         return false;
     s->round = r;
-    uint32_t *x = realloc(s->idx, cap * sizeof *x);
+    uint32_t *x = buf_array_grow(s->idx, &c3, n, sizeof *x, 256);
     if (!x)
         return false;
     s->idx = x;
-    char *ph = realloc(s->phones, cap * (PAYLOAD_MAX_PHONE + 1));
+    char *ph = buf_array_grow(s->phones, &c4, n, PAYLOAD_MAX_PHONE + 1, 256);
     if (!ph)
         return false;
     s->phones = ph;
-    s->cap = cap;
+    s->cap = c4;
     return true;
 }
 

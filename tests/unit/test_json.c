@@ -460,3 +460,34 @@ TEST(buf_put_json_str_escapes_and_replaces_invalid_utf8)
     REQUIRE(parse_n(b.data, b.len) == JSON_OK); /* whatever the input, the output is valid JSON */
     buf_free(&b);
 }
+
+TEST(an_array_grows_by_doubling_from_its_first_size_and_keeps_its_elements)
+{
+    size_t cap = 0;
+    uint32_t *a = buf_array_grow(NULL, &cap, 3, sizeof *a, 4);
+    REQUIRE(a != NULL);
+    CHECK_EQ_INT((int)cap, 4);
+    for (uint32_t i = 0; i < 4; i++)
+        a[i] = i + 1;
+    uint32_t *same = buf_array_grow(a, &cap, 4, sizeof *a, 4);
+    CHECK(same == a); /* big enough: untouched */
+    CHECK_EQ_INT((int)cap, 4);
+    a = buf_array_grow(a, &cap, 9, sizeof *a, 4);
+    REQUIRE(a != NULL);
+    CHECK_EQ_INT((int)cap, 16);
+    for (uint32_t i = 0; i < 4; i++)
+        CHECK_EQ_INT((int)a[i], (int)i + 1);
+    free(a);
+}
+
+TEST(an_impossible_size_fails_and_leaves_the_array_as_it_was)
+{
+    size_t cap = 0;
+    char *a = buf_array_grow(NULL, &cap, 8, 1, 8);
+    REQUIRE(a != NULL);
+    CHECK(buf_array_grow(a, &cap, SIZE_MAX / 2 + 2, 1, 8) == NULL);
+    CHECK(buf_array_grow(a, &cap, SIZE_MAX / 8, 16, 8) == NULL);
+    CHECK_EQ_INT((int)cap, 8);
+    a[7] = 'x'; /* still ours */
+    free(a);
+}
