@@ -47,6 +47,10 @@ typedef struct {
     int64_t every_ms;
 } db_keepalive_t;
 
+/* True when ka (may be NULL, or without fn) is due: every_ms have passed since last_ms (clock_mono_ms). The caller
+ * then calls ka->fn(ka->ctx), outside any lock it holds, and sets last_ms to the time. */
+bool db_keepalive_due(const db_keepalive_t *ka, int64_t last_ms);
+
 /* A fixed set of sessions shared by several threads (the writers' lanes, the DLQ workers and maintenance): a thread
  * holds one only while it talks to PostgreSQL and waits for one rather than opening its own, so the sessions of a
  * process are bounded by the sum of its pools' sizes. */
@@ -54,10 +58,10 @@ typedef struct db_pool db_pool_t;
 db_pool_t *db_pool_create(int size);
 void db_pool_destroy(db_pool_t *p); /* NULL-safe; closes its sessions; none may be held any more */
 /* Takes one of the pool's sessions, waiting while all are held: up to wait_ms (< 0: until *stop is set), calling
- * keepalive(ctx) (may be NULL) every keep_every_ms meanwhile. Returns the slot, or NULL when the wait ended first.
+ * the keepalive (may be NULL) meanwhile. Returns the slot, or NULL when the wait ended first.
  * The session in the slot may be missing or broken: db_wait_usable(slot, ...) reconnects it in place. */
-db_conn_t **db_pool_acquire(db_pool_t *p, int64_t wait_ms, const atomic_bool *stop, void (*keepalive)(void *ctx),
-                            void *ctx, int64_t keep_every_ms) __attribute__((warn_unused_result));
+db_conn_t **db_pool_acquire(db_pool_t *p, int64_t wait_ms, const atomic_bool *stop, const db_keepalive_t *ka)
+    __attribute__((warn_unused_result));
 void db_pool_release(db_pool_t *p, db_conn_t **slot); /* NULL-safe */
 /* True when the session is usable (cheap: looks at the socket state, no round trip). */
 bool db_ok(const db_conn_t *c);
@@ -74,11 +78,10 @@ int db_command(db_conn_t *c, const char *sql, db_error_t *err) __attribute__((wa
  * session this thread reconnected here less than 10 s ago that is broken again is redialled only after a pause
  * (100 ms doubling to 5 s), so a server that accepts sessions but refuses the work (25006 on a standby) is not
  * hammered.
- * While waiting it calls keepalive(ctx) every third of ack_wait_ms (at most every 5 s), so messages the caller holds
- * stay alive (in-progress acks) instead of being redelivered. `who` names the caller in the log. Returns false when
- * stopping first. */
-bool db_wait_usable(db_conn_t **c, const config_t *cfg, const atomic_bool *stop, void (*keepalive)(void *ctx),
-                    void *ctx, int64_t ack_wait_ms, const char *who);
+ * While waiting it calls the keepalive (may be NULL), so messages the caller holds stay alive (in-progress acks)
+ * instead of being redelivered. `who` names the caller in the log. Returns false when stopping first. */
+bool db_wait_usable(db_conn_t **c, const config_t *cfg, const atomic_bool *stop, const db_keepalive_t *ka,
+                    const char *who);
 
 /* For a failed connect's message: a short hint when retrying cannot help (TLS verification or TLS files: wrong CA,
  * host name not in the certificate, unreadable sslrootcert/sslcert/sslkey, ssl off on a server that must speak TLS),

@@ -183,11 +183,18 @@ static void keep_alive(void *arg)
     pthread_mutex_unlock(&h->c->ho_mu);
 }
 
+/* The keepalive of a lane waiting on PostgreSQL with h's messages in hand (h must outlive its use). */
+static db_keepalive_t keepalive_of(hold_t *h)
+{
+    return (db_keepalive_t){keep_alive, h, db_keepalive_every_ms(h->c->lc->ack_wait_ms)};
+}
+
 /* Returns true with a usable session; false when stopping. Holds `held` messages alive meanwhile. */
 static bool ensure_db(consumer_t *c, size_t held)
 {
     hold_t h = {c, held};
-    return db_wait_usable(c->db, c->cfg, c->stop, keep_alive, &h, c->lc->ack_wait_ms, c->in.dur.durable);
+    db_keepalive_t ka = keepalive_of(&h);
+    return db_wait_usable(c->db, c->cfg, c->stop, &ka, c->in.dur.durable);
 }
 
 /* ---- per-message preparation ---------------------------------------------------------------------------------- */
@@ -378,7 +385,7 @@ static int commit_range(consumer_t *c, size_t from, size_t to, size_t held, db_e
         if (!ensure_db(c, held))
             return -1;
         hold_t h = {c, held};
-        db_keepalive_t ka = {keep_alive, &h, db_keepalive_every_ms(c->lc->ack_wait_ms)};
+        db_keepalive_t ka = keepalive_of(&h);
         double t0 = clock_mono_s();
         int rc = store_commit(*c->db, &c->items[first], last - first, &c->scratch, &ka, err);
         onboarding_timed(c, first, last, clock_mono_s() - t0);
@@ -612,7 +619,7 @@ static int commit_chunk(consumer_t *c, size_t from, size_t to, size_t held)
     if (!items_of(c, from, to, &first, &last))
         return 0;
     hold_t h = {c, held};
-    db_keepalive_t ka = {keep_alive, &h, db_keepalive_every_ms(c->lc->ack_wait_ms)};
+    db_keepalive_t ka = keepalive_of(&h);
     db_error_t err;
     bool alone = false;
     double dt = 0;

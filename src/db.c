@@ -202,8 +202,12 @@ void db_pool_destroy(db_pool_t *p)
     free(p);
 }
 
-db_conn_t **db_pool_acquire(db_pool_t *p, int64_t wait_ms, const atomic_bool *stop, void (*keepalive)(void *ctx),
-                            void *ctx, int64_t keep_every_ms)
+bool db_keepalive_due(const db_keepalive_t *ka, int64_t last_ms)
+{
+    return ka && ka->fn && clock_mono_ms() - last_ms >= ka->every_ms;
+}
+
+db_conn_t **db_pool_acquire(db_pool_t *p, int64_t wait_ms, const atomic_bool *stop, const db_keepalive_t *ka)
 {
     int64_t start = clock_mono_ms(), last_keepalive = start;
     pthread_mutex_lock(&p->mu);
@@ -221,9 +225,9 @@ db_conn_t **db_pool_acquire(db_pool_t *p, int64_t wait_ms, const atomic_bool *st
         int64_t now = clock_mono_ms();
         if ((wait_ms >= 0 && now - start >= wait_ms) || (stop && atomic_load(stop)))
             break;
-        if (keepalive && now - last_keepalive >= keep_every_ms) {
+        if (db_keepalive_due(ka, last_keepalive)) {
             pthread_mutex_unlock(&p->mu); /* keepalive publishes to NATS: never under the pool's lock */
-            keepalive(ctx);
+            ka->fn(ka->ctx);
             last_keepalive = clock_mono_ms();
             pthread_mutex_lock(&p->mu);
             continue;
@@ -345,14 +349,13 @@ static _Thread_local int64_t tl_reconnected_at = INT64_MIN / 2;
 static _Thread_local int64_t tl_redial_ms;
 
 /* Sleeps ms in 100 ms steps, keeping held messages alive; false when stop is set. */
-static bool pause_ms(int64_t ms, const atomic_bool *stop, void (*keepalive)(void *ctx), void *ctx,
-                     int64_t keep_every_ms, int64_t *last_keepalive)
+static bool pause_ms(int64_t ms, const atomic_bool *stop, const db_keepalive_t *ka, int64_t *last_keepalive)
 {
     for (int64_t slept = 0; slept < ms; slept += 100) {
         if (atomic_load(stop))
             return false;
-        if (keepalive && clock_mono_ms() - *last_keepalive >= keep_every_ms) {
-            keepalive(ctx);
+        if (db_keepalive_due(ka, *last_keepalive)) {
+            ka->fn(ka->ctx);
             *last_keepalive = clock_mono_ms();
         }
         clock_sleep_ms(ms - slept < 100 ? ms - slept : 100);
@@ -365,16 +368,15 @@ int64_t db_keepalive_every_ms(int64_t ack_wait_ms)
     return ack_wait_ms / 3 < 5000 ? ack_wait_ms / 3 : 5000;
 }
 
-bool db_wait_usable(db_conn_t **c, const config_t *cfg, const atomic_bool *stop, void (*keepalive)(void *ctx),
-                    void *ctx, int64_t ack_wait_ms, const char *who)
+bool db_wait_usable(db_conn_t **c, const config_t *cfg, const atomic_bool *stop, const db_keepalive_t *ka,
+                    const char *who)
 {
-    int64_t keep_every_ms = db_keepalive_every_ms(ack_wait_ms);
     int64_t wait = 100, last_keepalive = clock_mono_ms();
     if (db_ok(*c))
         return true;
     if (clock_mono_ms() - tl_reconnected_at < REDIAL_WINDOW_MS) {
         tl_redial_ms = tl_redial_ms <= 0 ? 100 : clock_backoff_next(tl_redial_ms, 5000);
-        if (!pause_ms(tl_redial_ms, stop, keepalive, ctx, keep_every_ms, &last_keepalive))
+        if (!pause_ms(tl_redial_ms, stop, ka, &last_keepalive))
             return false;
     } else {
         tl_redial_ms = 0;
@@ -390,7 +392,7 @@ bool db_wait_usable(db_conn_t **c, const config_t *cfg, const atomic_bool *stop,
         log_warn("db", "database unavailable; paused", LF_S("who", who), LF_S("error", err.message),
                  LF_I("retry_in_ms", wait));
         /* Sleep in small steps so stop and keep-alive stay responsive. */
-        if (!pause_ms(wait, stop, keepalive, ctx, keep_every_ms, &last_keepalive))
+        if (!pause_ms(wait, stop, ka, &last_keepalive))
             return false;
         wait = clock_backoff_next(wait, 5000);
     }

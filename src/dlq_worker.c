@@ -299,6 +299,12 @@ static void keep_alive(void *arg)
         pull_in_progress(wk->w->nats->nc, wk->msg);
 }
 
+/* The keepalive of a worker waiting on PostgreSQL with its record in hand. */
+static db_keepalive_t keepalive_of(worker_t *wk)
+{
+    return (db_keepalive_t){keep_alive, wk, db_keepalive_every_ms(wk->w->cfg->dlq_ack_wait_ms)};
+}
+
 static bool ensure_db(worker_t *wk)
 {
     char who[32];
@@ -310,10 +316,10 @@ static bool ensure_db(worker_t *wk)
     /* A session of the pool the workers share (with maintenance and the advisories), held until the record is
      * finished. While stopping we still finish the record in hand if a session and the database are there; we never
      * wait for them. */
-    if (!wk->db && !(wk->db = db_pool_acquire(wk->w->pool, atomic_load(wk->w->stop) ? 0 : -1, wk->w->stop, keep_alive,
-                                              wk, db_keepalive_every_ms(cfg->dlq_ack_wait_ms))))
+    db_keepalive_t ka = keepalive_of(wk);
+    if (!wk->db && !(wk->db = db_pool_acquire(wk->w->pool, atomic_load(wk->w->stop) ? 0 : -1, wk->w->stop, &ka)))
         return false;
-    return db_wait_usable(wk->db, cfg, wk->w->stop, keep_alive, wk, cfg->dlq_ack_wait_ms, who);
+    return db_wait_usable(wk->db, cfg, wk->w->stop, &ka, who);
 }
 
 /* last_metadata for a DLQ replay: the original message's metadata plus "dlq_attempt". */
@@ -395,7 +401,7 @@ static result_t apply(worker_t *wk, const record_t *r, int attempt, const char *
         if (!ensure_db(wk))
             return RES_LEAVE;
         db_error_t err;
-        db_keepalive_t ka = {keep_alive, wk, db_keepalive_every_ms(wk->w->cfg->dlq_ack_wait_ms)};
+        db_keepalive_t ka = keepalive_of(wk);
         if (store_commit(*wk->db, items, k, &wk->scratch, &ka, &err) == 0)
             break;
         if (err.outage) { /* pause, keep the record alive, try again: an outage must not burn attempts */

@@ -28,7 +28,7 @@ static void *run(void *arg)
     bool was_up = true;
     while (!atomic_load(m->stop)) {
         db_error_t err;
-        db_conn_t **db = db_pool_acquire(m->pool, 1000, m->stop, NULL, NULL, 0);
+        db_conn_t **db = db_pool_acquire(m->pool, 1000, m->stop, NULL);
         if (!db)
             continue; /* every session busy (they are usable, then), or stopping: the last verdict stands */
         if (!db_ok(*db)) {

@@ -136,7 +136,7 @@ static req_t *take_group(writer_t *w, size_t *k, size_t *rows)
 /* Waits on cv for up to WAIT_SLICE_MS, calling the keepalive (outside the lock) when it is due. Caller holds mu. */
 static void wait_slice(writer_t *w, const db_keepalive_t *ka, int64_t *last_ka)
 {
-    if (ka && ka->fn && clock_mono_ms() - *last_ka >= ka->every_ms) {
+    if (db_keepalive_due(ka, *last_ka)) {
         pthread_mutex_unlock(&w->mu);
         ka->fn(ka->ctx);
         *last_ka = clock_mono_ms();
@@ -160,7 +160,7 @@ int writer_commit(writer_t *w, store_item_t *items, size_t n, store_scratch_t *s
     w->tail = &r;
     while (r.state != REQ_DONE) {
         db_conn_t **slot = NULL;
-        if (r.state == REQ_QUEUED && (slot = db_pool_acquire(w->pool, 0, NULL, NULL, NULL, 0)) != NULL) {
+        if (r.state == REQ_QUEUED && (slot = db_pool_acquire(w->pool, 0, NULL, NULL)) != NULL) {
             /* This lane commits what is queued now (its own batch among it, unless older ones fill the group). */
             size_t k, rows;
             req_t *g = take_group(w, &k, &rows);
@@ -187,7 +187,7 @@ int writer_commit(writer_t *w, store_item_t *items, size_t n, store_scratch_t *s
 
 db_conn_t **writer_session(writer_t *w, const db_keepalive_t *ka)
 {
-    return db_pool_acquire(w->pool, -1, NULL, ka ? ka->fn : NULL, ka ? ka->ctx : NULL, ka ? ka->every_ms : 0);
+    return db_pool_acquire(w->pool, -1, NULL, ka);
 }
 
 void writer_session_release(writer_t *w, db_conn_t **slot)

@@ -142,15 +142,14 @@ typedef struct {
 /* Waits until the socket is ready for events, or until the keepalive is due (then calls it). -1 on a poll error. */
 static int wait_socket(db_conn_t *c, short events, waiter_t *w)
 {
-    int timeout = -1;
-    if (w->ka && w->ka->fn && w->ka->every_ms > 0) {
+    if (db_keepalive_due(w->ka, w->last_ms)) {
+        w->ka->fn(w->ka->ctx);
+        w->last_ms = clock_mono_ms();
+    }
+    int timeout = -1; /* no keepalive: until the socket is ready */
+    if (w->ka && w->ka->fn) {
         int64_t due = w->last_ms + w->ka->every_ms - clock_mono_ms();
-        if (due <= 0) {
-            w->ka->fn(w->ka->ctx);
-            w->last_ms = clock_mono_ms();
-            due = w->ka->every_ms;
-        }
-        timeout = (int)due;
+        timeout = due < 1 ? 1 : (int)due;
     }
     struct pollfd p = {.fd = PQsocket(c->pg), .events = events};
     if (poll(&p, 1, timeout) < 0 && errno != EINTR)
