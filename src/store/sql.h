@@ -174,7 +174,8 @@
     " first_message_id, first_message_timestamp, status, last_metadata, created_at, updated_at)"                       \
     " SELECT gen_random_uuid()::text, r.phone, r.agent_id, r.chat_id, r.company_id,"                                   \
     " COALESCE(NULLIF(r.origin, ''), 'DirectChat'),"                                                                   \
-    " mes_merge_tags(COALESCE(mes_merge_tags(NULL, r.first_tags), 'Onboarded'), r.tags),"                              \
+    " CASE WHEN r.first_tags IS NULL AND r.tags IS NULL THEN 'Onboarded'"                                              \
+    "   ELSE mes_merge_tags(COALESCE(mes_merge_tags(NULL, r.first_tags), 'Onboarded'), r.tags) END,"                   \
     " r.assigned_to, r.message_id, r.message_timestamp, 'ACTIVE', r.meta, now(), now()" SQL_ONB_RECORDSET              \
     " ON CONFLICT (agent_id, phone_number) DO NOTHING RETURNING agent_id, phone_number"
 

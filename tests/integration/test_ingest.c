@@ -542,6 +542,19 @@ TEST(onboarding_burst_in_one_batch_ends_like_one_by_one)
         h_metric(S.http_port, "onboarding_tasks_processed_total{company_id=\"acme\",status=\"success_exists\"}"), 4);
 }
 
+/* The tag union behind onboarding (SPEC 6) lives in SQL too (migration 4 rewrote it in PL/pgSQL: same results as
+ * the SQL original, which these cases were checked against). */
+TEST(sql_merge_tags_is_a_trimmed_first_seen_union_without_blanks)
+{
+    REQUIRE(it_up(CO, NO_ENV));
+    char *merged =
+        h_pg_str(&P, "SELECT string_agg(coalesce(" SCH ".mes_merge_tags(a, b), '<null>'), '|' ORDER BY o) FROM (VALUES"
+                     " (1, NULL, NULL), (2, '', ''), (3, ' , ,', NULL), (4, NULL, 'x'), (5, 'a, b,,a', 'c, b ,d'),"
+                     " (6, 'Onboarded', 'promo, vip,vip'), (7, ' x y ', 'x y')) v(o, a, b)");
+    CHECK_EQ_STR(merged, "<null>|<null>|<null>|x|a,b,c,d|Onboarded,promo,vip|x y");
+    free(merged);
+}
+
 /* The rank behind "status never regresses" lives in SQL (the writer statements call it): tested there. */
 TEST(sql_status_rank_orders_the_delivery_statuses_and_leaves_others_off_the_ladder)
 {
