@@ -4,9 +4,11 @@
  * There is no writer thread and no linger. A lane that has a batch to commit queues it and, when one of the writers'
  * sessions is free, takes every batch queued at that moment (its own and other lanes', oldest first, up to a row
  * budget) and commits them together; the lanes whose batches it took wait for its result. So an idle system commits
- * the first event at once, and a busy one coalesces exactly what piled up while the sessions were in use. The store
- * writes upserts of an entity before its updates, and same-key items in queue order (store_commit), so a group needs
- * no extra ordering; each lane acks, NAKs and publishes DLQ records itself after its result. */
+ * the first event at once, and a busy one coalesces exactly what piled up while the sessions were in use. A second
+ * group starts beside one in flight only once a quarter of max_rows is queued (one session is falling behind);
+ * below that, batches wait for the group in flight and go together after it. The store writes upserts of an entity
+ * before its updates, and same-key items in queue order (store_commit), so a group needs no extra ordering; each
+ * lane acks, NAKs and publishes DLQ records itself after its result. */
 #ifndef MES_WRITER_H
 #define MES_WRITER_H
 

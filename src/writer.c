@@ -137,11 +137,12 @@ static req_t *take_group(writer_t *w, size_t *k, size_t *rows)
 }
 
 /* Whether a queued batch may start a group now. The first group always may. Another one, beside a group in flight,
- * only once a whole group's rows are waiting, i.e. when one session is not keeping up: below that, the batches wait
- * for the group in flight and go out together after it. Measured 2026-12-06 (README, "Writers"): a second
- * session taking whatever was queued made two transactions of half the size, which cost PostgreSQL more per event
- * and raised p99 at 13.7k events/s paced from 46-58 ms (one session) to 95-338 ms; in a drain the queue stays full
- * and both sessions work (29.8k events/s, against 21.7k on one). Caller holds mu. */
+ * only once a quarter of a group's rows is waiting, i.e. when one session is not keeping up (a drain: ten lanes
+ * hand over full batches of up to 256): below that, the batches wait for the group in flight and go out together
+ * after it. Measured 2026-12-06 (README, "The second writer only when one falls behind"): a second session taking
+ * whatever was queued made two transactions of half the size, which cost PostgreSQL more per event (p99 at 13.7k
+ * events/s paced 67 vs 110 ms with this rule, medians); a full group's rows as the threshold was never reached in a
+ * drain, which then ran at one session's 21.7k events/s instead of two sessions' 29.8k. Caller holds mu. */
 static bool may_start_group(const writer_t *w)
 {
     return w->in_flight == 0 || w->queued_rows >= w->max_rows / 4;
