@@ -31,24 +31,32 @@ enum { NLANES = 6 };
 /* Events published on each lane's subject (the rows made before the backlog included). */
 static long long published[NLANES];
 
-static bool pubf(int lane, const char *fmt, int i)
+static bool pub(int lane, const char *json)
 {
-    char buf[512];
-    snprintf(buf, sizeof buf, fmt, i, i, i, i);
     published[lane]++;
-    return it_pub(BASE[lane], CO, buf, NULL);
+    return it_pub(BASE[lane], CO, json, NULL);
+}
+
+/* The upserts of one entity set: chat <c><i>, message <m><i> in it (timestamp <ts> then i in five digits) and
+ * contact <phone><100000 + i> named <name>. */
+static bool pub_upserts(const char *c, const char *m, int phone, int ts, const char *name, int i)
+{
+    char chat[256], msg[512], contact[256];
+    snprintf(chat, sizeof chat, "{\"chat_id\":\"%s%d\",\"jid\":\"j\",\"agent_id\":\"a\",\"phone_number\":\"1\"}", c, i);
+    snprintf(msg, sizeof msg,
+             "{\"message_id\":\"%s%d\",\"chat_id\":\"%s%d\",\"jid\":\"j\",\"agent_id\":\"a\",\"flow\":\"OUT\","
+             "\"status\":\"sent\",\"message_timestamp\":%d%05d}",
+             m, i, c, i, ts, i);
+    snprintf(contact, sizeof contact, "{\"agent_id\":\"a\",\"phone_number\":\"%d%d\",\"push_name\":\"%s\"}", phone,
+             100000 + i, name);
+    return pub(0, chat) && pub(1, msg) && pub(2, contact);
 }
 
 /* Chats pre<i>, messages pm<i> and contacts 63<i> that the backlog's updates address. */
 static bool make_rows_to_update(void)
 {
     for (int i = 0; i < K; i++) {
-        if (!pubf(0, "{\"chat_id\":\"pre%d\",\"jid\":\"j\",\"agent_id\":\"a\",\"phone_number\":\"1\"}", i) ||
-            !pubf(1,
-                  "{\"message_id\":\"pm%d\",\"chat_id\":\"pre%d\",\"jid\":\"j\",\"agent_id\":\"a\",\"flow\":\"OUT\","
-                  "\"status\":\"sent\",\"message_timestamp\":17000%05d}",
-                  i) ||
-            !pubf(2, "{\"agent_id\":\"a\",\"phone_number\":\"63%d\",\"push_name\":\"pre\"}", 100000 + i))
+        if (!pub_upserts("pre", "pm", 63, 17000, "pre", i))
             return false;
     }
     return h_pg_wait_int(&P, K, 60000, "SELECT count(*) FROM " SCH ".chats") == K &&
@@ -61,20 +69,12 @@ static bool make_rows_to_update(void)
 static bool publish_backlog(void)
 {
     for (int i = 0; i < K; i++) {
-        if (!pubf(0, "{\"chat_id\":\"g%d\",\"jid\":\"j\",\"agent_id\":\"a\",\"phone_number\":\"1\"}", i) ||
-            !pubf(1,
-                  "{\"message_id\":\"gm%d\",\"chat_id\":\"g%d\",\"jid\":\"j\",\"agent_id\":\"a\",\"flow\":\"OUT\","
-                  "\"status\":\"sent\",\"message_timestamp\":17100%05d}",
-                  i) ||
-            !pubf(2, "{\"agent_id\":\"a\",\"phone_number\":\"62%d\",\"push_name\":\"g\"}", 100000 + i) ||
-            !pubf(3, "{\"chat_id\":\"pre%d\",\"unread_delta\":1}", i) ||
-            !pubf(4, "{\"message_id\":\"pm%d\",\"status\":\"read\"}", i))
-            return false;
-        char buf[256];
-        snprintf(buf, sizeof buf, "{\"agent_id\":\"a\",\"phone_number\":\"63%d\",\"push_name\":\"u%d\"}", 100000 + i,
-                 i);
-        published[5]++;
-        if (!it_pub(BASE[5], CO, buf, NULL))
+        char chat[128], msg[128], contact[256];
+        snprintf(chat, sizeof chat, "{\"chat_id\":\"pre%d\",\"unread_delta\":1}", i);
+        snprintf(msg, sizeof msg, "{\"message_id\":\"pm%d\",\"status\":\"read\"}", i);
+        snprintf(contact, sizeof contact, "{\"agent_id\":\"a\",\"phone_number\":\"63%d\",\"push_name\":\"u%d\"}",
+                 100000 + i, i);
+        if (!pub_upserts("g", "gm", 62, 17100, "g", i) || !pub(3, chat) || !pub(4, msg) || !pub(5, contact))
             return false;
     }
     return true;
@@ -162,6 +162,17 @@ static void check_no_failures_on_this_instance(void)
 {
     for (int l = 0; l < NLANES; l++)
         CHECK(lane_count("failed", l) <= 0);
+}
+
+/* After a fault: every event committed once, none in the DLQ, none counted as failed, every durable with nothing
+ * unacked, and a clean SIGTERM. */
+static void check_recovered_once_then_stop(void)
+{
+    check_everything_once(120000);
+    CHECK_EQ_INT(it_dlq_count(CO), 0);
+    check_no_failures_on_this_instance();
+    CHECK_EQ_INT(wait_all_acked(60000), 0);
+    CHECK_EQ_INT(h_svc_signal(&S, SIGTERM, 30000), 0);
 }
 
 /* A session of the test's own holding SHARE locks (what inserts and updates wait for) on tables, in an open
@@ -380,11 +391,7 @@ static void stop_with_postgres_gone(bool sigterm_first)
     CHECK(left > 0); /* the group in flight was not committed: its events wait for a redelivery */
     /* After the ack wait the next start gets them again. */
     REQUIRE(h_svc_start(&S, CO, &N, &P, ENV) && h_svc_wait_ready(&S, 60000));
-    check_everything_once(120000);
-    CHECK_EQ_INT(it_dlq_count(CO), 0);
-    check_no_failures_on_this_instance();
-    CHECK_EQ_INT(wait_all_acked(60000), 0);
-    CHECK_EQ_INT(h_svc_signal(&S, SIGTERM, 30000), 0);
+    check_recovered_once_then_stop();
 }
 
 TEST(postgres_stopped_under_a_waiting_group_then_sigterm_leaves_it_unacked_and_a_restart_commits_it_once)
@@ -410,11 +417,7 @@ TEST(postgres_outage_under_a_group_of_several_lanes_commits_everything_once_afte
     CHECK(h_svc_wait_log(&S, "database unavailable; paused", 30000));
     h_sleep_ms(3000); /* the outage itself: a few seconds with the lanes waiting */
     REQUIRE(h_pg_restart(&P));
-    check_everything_once(120000);
-    CHECK_EQ_INT(it_dlq_count(CO), 0);
-    check_no_failures_on_this_instance();
-    CHECK_EQ_INT(wait_all_acked(60000), 0);
-    CHECK_EQ_INT(h_svc_signal(&S, SIGTERM, 30000), 0);
+    check_recovered_once_then_stop();
 }
 
 /* A group that waits in PostgreSQL longer than the ack wait (a lock held by someone else, here 3 ack waits). The
