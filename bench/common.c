@@ -171,7 +171,7 @@ static void write_file(const char *path, const char *text)
 void bench_keep(h_svc_t *s, const h_pg_t *p)
 {
     const char *log_path = getenv("BENCH_KEEP_LOG"); /* e.g. with --env LOG_LEVEL=debug for per-batch timings */
-    if (log_path) {
+    if (log_path && s) {
         char *log = h_svc_log(s);
         write_file(log_path, log);
         free(log);

@@ -353,6 +353,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench-refbound: cannot connect to %s\n", n.url);
         return 1;
     }
+    bench_keep_prepare(&p);
     e.pg = PQconnectdb(p.dsn);
     if (PQstatus(e.pg) != CONNECTION_OK || !pg_ok(PQexec(e.pg, "CREATE SCHEMA refbench"), "schema") ||
         !pg_ok(PQexec(e.pg, TABLE_DDL("chats_a")), "table a") ||
@@ -368,6 +369,7 @@ int main(int argc, char **argv)
     ok = drain(&e, "refbench_b", true, count, &b) && ok;
     b.rows = (long)h_pg_int(&p, "SELECT count(*) FROM refbench.chats_b");
     report(&b, json);
+    bench_keep(NULL, &p);
     PQfinish(e.pg);
     jsCtx_Destroy(e.js);
     natsConnection_Destroy(e.nc);

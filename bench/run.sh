@@ -63,8 +63,13 @@ j() {
 }
 
 step micro "$B/bench-micro"
-step refbound "$B/bench-refbound" --count "$N_CHATS" --ref-count "$N_REF"
-step drain-chats "$B/bench-drain" --label chats-only --count "$N_CHATS" --subjects v1.chats.upsert
+# The service's chats-only drain against the minimal batched pipeline (and one transaction per event): three runs of
+# each, interleaved, medians compared. One run of each differed by up to a fifth between neighbouring runs
+# (2026-12-06: 73% and 92% within ten minutes), so a single pair decided the verdict by chance.
+for k in 1 2 3; do
+    step "refbound-$k" "$B/bench-refbound" --count "$N_CHATS" --ref-count "$N_REF"
+    step "drain-chats-$k" "$B/bench-drain" --label chats-only --count "$N_CHATS" --subjects v1.chats.upsert
+done
 # The same two comparisons on a PostgreSQL with its default durability (fsync, synchronous_commit and
 # full_page_writes on), as production runs it: one transaction per event then pays a WAL flush per event, a batch
 # one per batch. The harness's throwaway settings above flatter one transaction per event.
@@ -125,9 +130,9 @@ verdict() {
 }
 f() { [ -z "${1:-}" ] && echo "n/a" || awk -v v="$1" -v p="${2:-0}" 'BEGIN { printf "%.*f", p, v }'; }
 
-CH=$(j drain-chats chats-only events_per_s)
-REFA=$(j refbound ref-autocommit events_per_s)
-REFB=$(j refbound min-batched events_per_s)
+CH=$(jm drain-chats chats-only events_per_s)
+REFA=$(jm refbound ref-autocommit events_per_s)
+REFB=$(jm refbound min-batched events_per_s)
 MSG=$(j drain-msgs messages-only events_per_s)
 HIST=$(j drain-hist history-messages rows_per_s)
 POIS=$(jm drain-poison realistic-mix-poison events_per_s)
@@ -181,8 +186,8 @@ echo "load average before: $LOAD_BEFORE   after: $LOAD_AFTER   raw results: $OUT
 echo
 row "target" "measured" "verdict"
 row "------" "--------" "-------"
-row "chats-only drain >= 70% of minimal batched pipeline" "$(f "$CH") vs $(f "$REFB") ev/s = $(f "$PCT")%" \
-    "$(verdict "$PCT >= 70" "$PCT")"
+row "chats-only drain >= 80% of minimal batched pipeline" "$(f "$CH") vs $(f "$REFB") ev/s = $(f "$PCT")% (medians)" \
+    "$(verdict "$PCT >= 80" "$PCT")"
 row "chats-only drain >= 8x one-transaction-per-event" "$(f "$CH") vs $(f "$REFA") ev/s = $(f "$X" 1)x" \
     "$(verdict "$X >= 8" "$X")"
 row "  >= 70%, on a durable PostgreSQL (fsync on)" "$(f "$CHD") vs $(f "$REFBD") ev/s = $(f "$PCTD")%" \
@@ -229,7 +234,7 @@ echo
 echo "PostgreSQL during each run of the service: commits per second over the run's measured window (drain: first to"
 echo "last commit; latency: load start to the last probe's commit), and the most sessions the service held at once"
 printf '%-52s %10s %14s\n' "run" "tx/s" "peak sessions"
-pgrow "chats-only drain" drain-chats chats-only
+pgrow "chats-only drain (median tx/s, max sessions of 3)" "drain-chats-*" chats-only
 pgrow "chats-only drain, durable PostgreSQL" drain-chats-durable chats-only
 pgrow "messages-only drain" drain-msgs messages-only
 pgrow "realistic-mix drain (median tx/s, max sessions of 3)" "drain-mix-*" realistic-mix
