@@ -1,4 +1,4 @@
-/* internal.h - what the store's three jobs share inside src/store: rows.c writes the JSON rows of each entity,
+/* internal.h - what the store's three jobs share inside src/store: rows.c writes the rows of each entity as columns,
  * plan.c orders items into key-unique rounds and yields the statements, pipeline.c sends them in one transaction.
  * Nothing outside src/store includes it. */
 #ifndef MES_STORE_INTERNAL_H
@@ -40,13 +40,17 @@ typedef struct {
 
 extern const stmt_info_t store_stmt_info[ST_COUNT];
 
-/* rows.c: appends the rows of items idx[0..n) (one entity type) as one JSON array, replacing b's content. */
-void store_rows(buf_t *b, const store_item_t *items, const uint32_t *idx, size_t n);
+/* rows.c: the rows of items idx[0..n) (one entity type) as s's columns (s->cols, col_vals, col_lens, ncols): one
+ * binary text[] array per column, in the column order of the entity's statements in sql.h. 0, or -1 (out of memory
+ * or a column-count bug). */
+int store_rows(store_scratch_t *s, const store_item_t *items, const uint32_t *idx, size_t n);
 /* rows.c: true when it is a realtime IN message with a from_phone that has digits: phone gets its identity. */
 bool store_onboardable(const store_item_t *it, char phone[PAYLOAD_MAX_PHONE + 1], size_t *plen);
-/* rows.c: appends ONE onboarding row (to an array b already opened) for the messages order[from..to) of one
- * (agent, phone), whose normalised phone is phones[i * (PAYLOAD_MAX_PHONE + 1)] for item i. */
-void store_row_onboarding(buf_t *b, const store_item_t *items, const uint32_t *order, size_t from, size_t to,
+/* rows.c: onboarding's columns: begin, then ONE row per (agent, phone) for the messages order[from..to), whose
+ * normalised phone is phones[i * (PAYLOAD_MAX_PHONE + 1)] for item i, then end with the row count (0 or -1). */
+void store_onboarding_begin(store_scratch_t *s);
+void store_row_onboarding(store_scratch_t *s, const store_item_t *items, const uint32_t *order, size_t from, size_t to,
                           const char *phones);
+int store_onboarding_end(store_scratch_t *s, size_t rows);
 
 #endif

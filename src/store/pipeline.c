@@ -14,13 +14,14 @@
 
 static int prepare_all(db_conn_t *c, db_error_t *err)
 {
-    /* Every writer statement finds its rows by key through a unique index. The planner guesses 100 rows for the
-     * JSON array and would switch to sequential scans once a table has some thousands of rows (see sql.h), making
+    /* Every writer statement finds its rows by key through a unique index. The planner guesses the rows of the
+     * parameters and would switch to sequential scans once a table has some thousands of rows (see sql.h), making
      * each batch cost O(table); on the writer sessions a sequential scan is never the right plan. */
     if (db_command(c, "SET enable_seqscan = off", err) != 0)
         return -1;
     for (int st = 0; st < ST_COUNT; st++) {
-        PGresult *r = PQprepare(c->pg, store_statement_name(st), store_stmt_info[st].sql, 1, NULL);
+        /* Parameter types come from the statement's own casts ($k::text[]). */
+        PGresult *r = PQprepare(c->pg, store_statement_name(st), store_stmt_info[st].sql, 0, NULL);
         if (!r || PQresultStatus(r) != PGRES_COMMAND_OK) {
             db_error_from(err, c->pg, r);
             PQclear(r);
@@ -80,8 +81,9 @@ static int send(db_conn_t *c, store_scratch_t *s, const store_stmt_t *st, db_err
         out_of_memory(err, st->rows);
         return -1;
     }
-    const char *params[1] = {st->json};
-    if (!PQsendQueryPrepared(c->pg, store_statement_name(st->st), 1, params, NULL, NULL, 0)) {
+    static const int binary[STORE_MAX_COLS] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+    _Static_assert(STORE_MAX_COLS == 18, "one format (binary) per column");
+    if (!PQsendQueryPrepared(c->pg, store_statement_name(st->st), st->nparams, st->values, st->lengths, binary, 0)) {
         db_error_from(err, c->pg, NULL);
         return -1;
     }

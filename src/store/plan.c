@@ -118,12 +118,14 @@ static int cmp_items(const void *pa, const void *pb, void *arg)
 void store_scratch_init(store_scratch_t *s)
 {
     memset(s, 0, sizeof *s);
-    buf_init(&s->json);
+    for (int c = 0; c < STORE_MAX_COLS; c++)
+        buf_init(&s->cols[c]);
 }
 
 void store_scratch_free(store_scratch_t *s)
 {
-    buf_free(&s->json);
+    for (int c = 0; c < STORE_MAX_COLS; c++)
+        buf_free(&s->cols[c]);
     free(s->order);
     free(s->round);
     free(s->idx);
@@ -217,19 +219,18 @@ static size_t onboarding_rows(store_scratch_t *s)
 {
     store_item_t *items = s->items;
     size_t k = 0;
-    buf_reset(&s->json);
-    buf_putc(&s->json, '[');
+    store_onboarding_begin(s);
     for (size_t from = 0; from < s->m;) {
         size_t to = from + 1;
         while (to < s->m && same_key(s, items, s->order[from], s->order[to]))
             to++;
         for (size_t j = from; j < to; j++)
             items[s->order[j]].onb = ONB_SUCCESS_EXISTS; /* until the create statement says it made the contact */
-        store_row_onboarding(&s->json, items, s->order, from, to, s->phones);
+        store_row_onboarding(s, items, s->order, from, to, s->phones);
         s->idx[k++] = s->order[from];
         from = to;
     }
-    buf_putc(&s->json, ']');
+    s->rows_rc = store_onboarding_end(s, k);
     return k;
 }
 
@@ -247,9 +248,18 @@ int store_plan_begin(store_scratch_t *s, store_item_t *items, size_t n)
 
 static int yield(store_scratch_t *s, int st, store_stmt_t *out)
 {
-    if (s->json.oom)
+    if (s->rows_rc != 0)
         return -1;
-    *out = (store_stmt_t){.st = st, .json = s->json.data, .len = s->json.len, .idx = s->idx, .rows = s->k};
+    size_t len = 0;
+    for (int c = 0; c < s->ncols; c++)
+        len += (size_t)s->col_lens[c];
+    *out = (store_stmt_t){.st = st,
+                          .nparams = s->ncols,
+                          .values = s->col_vals,
+                          .lengths = s->col_lens,
+                          .len = len,
+                          .idx = s->idx,
+                          .rows = s->k};
     s->sub++;
     return 1;
 }
@@ -270,7 +280,7 @@ int store_plan_next(store_scratch_t *s, store_stmt_t *out)
             }
             if (s->m && s->next_round < s->rounds) {
                 s->k = round_items(s, s->m, s->next_round++, s->idx);
-                store_rows(&s->json, s->items, s->idx, s->k);
+                s->rows_rc = store_rows(s, s->items, s->idx, s->k);
                 s->sub = 0;
                 return yield(s, g->st[0], out);
             }

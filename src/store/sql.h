@@ -1,6 +1,16 @@
-/* sql.h - the statements of the batched writers (SPEC 3.2, 6). Each takes $1 = a JSON array of row objects, read
- * with jsonb_to_recordset, so one prepared shape serves any batch size and JSON objects reach PostgreSQL as the
- * original text (no float round trip). Statements run with search_path = the tenant schema. */
+/* sql.h - the statements of the batched writers (SPEC 3.2, 6). Parameter k is column k of the statement's rows, a
+ * text[] array (rows.c sends it in binary format: no quoting, no parsing of an envelope). A subquery unnests the
+ * columns as r and casts each to its type, so one prepared shape serves any batch size; a JSON object reaches
+ * PostgreSQL as its original text and is cast to jsonb (no float round trip), and a number goes through the same
+ * input function, with the same out-of-range errors, as when the rows were a JSON array. Column 1 is the row's index
+ * in the transaction (i); the last one is last_metadata (meta). Statements run with search_path = the tenant schema. */
+
+#define UNNEST_7 "unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[]"
+#define UNNEST_8 UNNEST_7 ", $8::text[]"
+#define UNNEST_10 UNNEST_8 ", $9::text[], $10::text[]"
+#define UNNEST_12 UNNEST_10 ", $11::text[], $12::text[]"
+#define UNNEST_15 UNNEST_12 ", $13::text[], $14::text[], $15::text[]"
+#define UNNEST_18 UNNEST_15 ", $16::text[], $17::text[], $18::text[]"
 #ifndef MES_STORE_SQL_H
 #define MES_STORE_SQL_H
 
@@ -13,9 +23,12 @@
     " SELECT r.chat_id, r.jid, r.push_name, r.is_group, r.group_name, r.unread_count, r.last_message,"                 \
     " r.conversation_timestamp, r.not_spam, r.agent_id, r.company_id, r.phone_number, r.custom_name, r.meta,"          \
     " now(), now()"                                                                                                    \
-    " FROM jsonb_to_recordset($1::jsonb) AS r(chat_id text, jid text, push_name text, is_group boolean,"               \
-    " group_name text, unread_count integer, last_message jsonb, conversation_timestamp bigint, not_spam boolean,"     \
-    " agent_id text, company_id text, phone_number text, custom_name text, meta jsonb)"                                \
+    " FROM (SELECT u.chat_id, u.jid, u.push_name, u.is_group::boolean AS is_group, u.group_name,"                      \
+    " u.unread_count::integer AS unread_count, u.last_message::jsonb AS last_message,"                                 \
+    " u.conversation_timestamp::bigint AS conversation_timestamp, u.not_spam::boolean AS not_spam, u.agent_id,"         \
+    " u.company_id, u.phone_number, u.custom_name, u.meta::jsonb AS meta FROM " UNNEST_15 ")"                          \
+    " AS u(i, chat_id, jid, push_name, is_group, group_name, unread_count, last_message, conversation_timestamp,"      \
+    " not_spam, agent_id, company_id, phone_number, custom_name, meta)) AS r"                                         \
     " ON CONFLICT (chat_id) DO UPDATE SET"                                                                             \
     " push_name = CASE WHEN EXCLUDED.conversation_timestamp < c.conversation_timestamp THEN c.push_name"               \
     "   ELSE COALESCE(EXCLUDED.push_name, c.push_name) END,"                                                           \
@@ -34,9 +47,9 @@
     " is_group = COALESCE(c.is_group, EXCLUDED.is_group),"                                                             \
     " last_metadata = EXCLUDED.last_metadata, updated_at = now()"
 
-/* Plans: $1 is a JSON array, which the planner always guesses at 100 rows; with its default random_page_cost it
- * then prefers a sequential scan and a hash join over 100 index probes once a table has a few thousand rows, so a
- * lane's cost grew with the table (a 100k-event drain spent most of PostgreSQL's CPU in seq scans of messages).
+/* Plans: the planner cannot see how many rows the parameters hold and guesses a fixed count (100 for the JSON array
+ * the rows were before); with its default random_page_cost it then prefers a sequential scan and a hash join over
+ * that many index probes once a table has a few thousand rows, so a lane's cost grew with the table (a 100k-event drain spent most of PostgreSQL's CPU in seq scans of messages).
  * Keys are therefore looked up with "= ANY (ARRAY(subquery))" (an index condition) or, for the two-column contact
  * key, a LATERAL probe of the unique index, and the writer sessions run with enable_seqscan = off (pipeline.c). */
 
@@ -47,9 +60,10 @@
 /* chats.update: the chat must exist (RETURNING tells which did). unread_count sets, unread_delta adds (floor 0,
  * computed in bigint and capped to int4 so a hostile delta cannot overflow). */
 #define SQL_CHATS_UPDATE                                                                                               \
-    "WITH r AS MATERIALIZED (SELECT * FROM jsonb_to_recordset($1::jsonb) AS r(i integer, chat_id text,"                \
-    " agent_id text, unread_count integer, unread_delta integer, conversation_timestamp bigint, last_message jsonb,"   \
-    " meta jsonb)), l AS MATERIALIZED (SELECT k.chat_id FROM chats k"                                                  \
+    "WITH r AS MATERIALIZED (SELECT u.i::integer AS i, u.chat_id, u.agent_id, u.unread_count::integer AS unread_count," \
+    " u.unread_delta::integer AS unread_delta, u.conversation_timestamp::bigint AS conversation_timestamp,"            \
+    " u.last_message::jsonb AS last_message, u.meta::jsonb AS meta FROM " UNNEST_8 ") AS u(i, chat_id, agent_id,"     \
+    " unread_count, unread_delta, conversation_timestamp, last_message, meta)), l AS MATERIALIZED (SELECT k.chat_id FROM chats k"                                                  \
     " WHERE k.chat_id = ANY (ARRAY(SELECT chat_id FROM r))"                                                            \
     " ORDER BY k.chat_id COLLATE \"C\" FOR UPDATE)"                                                                    \
     " UPDATE chats AS c SET"                                                                                           \
@@ -70,10 +84,12 @@
     " SELECT r.message_id, r.from_phone, r.to_phone, r.chat_id, r.jid, r.message_text, r.message_url,"                 \
     " r.message_type, r.company_id, r.key, r.message_obj, r.flow, r.agent_id, r.status, r.message_timestamp,"          \
     " r.message_date, r.meta, now(), now()"                                                                            \
-    " FROM jsonb_to_recordset($1::jsonb) AS r(message_id text, from_phone text, to_phone text, chat_id text,"          \
-    " jid text, message_text text, message_url text, message_type text, company_id text, key jsonb,"                   \
-    " message_obj jsonb, flow text, agent_id text, status text, message_timestamp bigint, message_date date,"          \
-    " meta jsonb)"                                                                                                     \
+    " FROM (SELECT u.message_id, u.from_phone, u.to_phone, u.chat_id, u.jid, u.message_text, u.message_url,"           \
+    " u.message_type, u.company_id, u.key::jsonb AS key, u.message_obj::jsonb AS message_obj, u.flow, u.agent_id,"     \
+    " u.status, u.message_timestamp::bigint AS message_timestamp, u.message_date::date AS message_date,"              \
+    " u.meta::jsonb AS meta FROM " UNNEST_18 ") AS u(i, message_id, from_phone, to_phone, chat_id, jid,"              \
+    " message_text, message_url, message_type, company_id, key, message_obj, flow, agent_id, status,"                  \
+    " message_timestamp, message_date, meta)) AS r"                                                                    \
     " ON CONFLICT (message_id, message_date) DO UPDATE SET"                                                            \
     " message_text = COALESCE(EXCLUDED.message_text, m.message_text),"                                                 \
     " message_url = COALESCE(EXCLUDED.message_url, m.message_url),"                                                    \
@@ -92,8 +108,9 @@
 
 /* messages.update: by message_id in any partition; present fields apply, including is_deleted = false. */
 #define SQL_MESSAGES_UPDATE                                                                                            \
-    "WITH r AS MATERIALIZED (SELECT * FROM jsonb_to_recordset($1::jsonb) AS r(i integer, message_id text,"             \
-    " status text, message_url text, edited_message_obj jsonb, is_deleted boolean, meta jsonb)),"                      \
+    "WITH r AS MATERIALIZED (SELECT u.i::integer AS i, u.message_id, u.status, u.message_url,"                         \
+    " u.edited_message_obj::jsonb AS edited_message_obj, u.is_deleted::boolean AS is_deleted, u.meta::jsonb AS meta"   \
+    " FROM " UNNEST_7 ") AS u(i, message_id, status, message_url, edited_message_obj, is_deleted, meta)),"             \
     " l AS MATERIALIZED (SELECT k.message_id FROM messages k"                                                          \
     " WHERE k.message_id = ANY (ARRAY(SELECT message_id FROM r))"                                                      \
     " ORDER BY k.message_id COLLATE \"C\", k.message_date FOR UPDATE)"                                                 \
@@ -113,16 +130,17 @@
     " created_at, updated_at)"                                                                                         \
     " SELECT gen_random_uuid()::text, r.phone_number, r.agent_id, r.chat_id, r.push_name, r.company_id, r.meta,"       \
     " now(), now()"                                                                                                    \
-    " FROM jsonb_to_recordset($1::jsonb) AS r(phone_number text, agent_id text, chat_id text, push_name text,"         \
-    " company_id text, meta jsonb)"                                                                                    \
+    " FROM (SELECT u.phone_number, u.agent_id, u.chat_id, u.push_name, u.company_id, u.meta::jsonb AS meta"            \
+    " FROM " UNNEST_7 ") AS u(i, phone_number, agent_id, chat_id, push_name, company_id, meta)) AS r"                 \
     " ON CONFLICT (agent_id, phone_number) DO UPDATE SET"                                                              \
     " chat_id = COALESCE(EXCLUDED.chat_id, c.chat_id), push_name = COALESCE(EXCLUDED.push_name, c.push_name),"         \
     " company_id = COALESCE(c.company_id, EXCLUDED.company_id),"                                                       \
     " last_metadata = EXCLUDED.last_metadata, updated_at = now()"
 
 #define SQL_CONTACTS_UPDATE                                                                                            \
-    "WITH r AS MATERIALIZED (SELECT * FROM jsonb_to_recordset($1::jsonb) AS r(i integer, phone_number text,"           \
-    " agent_id text, chat_id text, push_name text, meta jsonb)),"                                                      \
+    "WITH r AS MATERIALIZED (SELECT u.i::integer AS i, u.phone_number, u.agent_id, u.chat_id, u.push_name,"            \
+    " u.meta::jsonb AS meta FROM " UNNEST_7 ") AS u(i, phone_number, agent_id, chat_id, push_name, company_id,"       \
+    " meta)),"                                                                                                         \
     " l AS MATERIALIZED (SELECT x.id FROM (SELECT agent_id, phone_number FROM r"                                       \
     " ORDER BY agent_id COLLATE \"C\", phone_number COLLATE \"C\") o CROSS JOIN LATERAL (SELECT k.id FROM contacts k"  \
     " WHERE k.agent_id = o.agent_id AND k.phone_number = o.phone_number LIMIT 1 FOR UPDATE) x)"                        \
@@ -143,13 +161,15 @@
     " SELECT r.agent_id, COALESCE(r.qr_code, ''), COALESCE(r.status, ''), COALESCE(r.agent_name, ''),"                 \
     " COALESCE(r.phone_number, ''), COALESCE(r.host_name, ''), COALESCE(r.version, ''), r.company_id, r.meta,"         \
     " now(), now()"                                                                                                    \
-    " FROM jsonb_to_recordset($1::jsonb) AS r(agent_id text, qr_code text, status text, agent_name text,"              \
-    " phone_number text, host_name text, version text, company_id text, meta jsonb)"                                   \
+    " FROM (SELECT u.agent_id, u.qr_code, u.status, u.agent_name, u.phone_number, u.host_name, u.version,"             \
+    " u.company_id, u.meta::jsonb AS meta FROM " UNNEST_10 ") AS u(i, agent_id, qr_code, status, agent_name,"         \
+    " phone_number, host_name, version, company_id, meta)) AS r"                                                       \
     " ON CONFLICT (agent_id) DO NOTHING"
 
 #define SQL_AGENTS_UPDATE                                                                                              \
-    "WITH r AS MATERIALIZED (SELECT * FROM jsonb_to_recordset($1::jsonb) AS r(agent_id text, qr_code text,"            \
-    " status text, agent_name text, phone_number text, host_name text, version text, company_id text, meta jsonb)),"   \
+    "WITH r AS MATERIALIZED (SELECT u.agent_id, u.qr_code, u.status, u.agent_name, u.phone_number, u.host_name,"       \
+    " u.version, u.company_id, u.meta::jsonb AS meta FROM " UNNEST_10 ") AS u(i, agent_id, qr_code, status,"          \
+    " agent_name, phone_number, host_name, version, company_id, meta)),"                                               \
     " l AS MATERIALIZED (SELECT k.agent_id FROM agents k WHERE k.agent_id = ANY (ARRAY(SELECT agent_id FROM r))"       \
     " ORDER BY k.agent_id COLLATE \"C\" FOR UPDATE)"                                                                   \
     " UPDATE agents AS a SET"                                                                                          \
@@ -165,9 +185,10 @@
  * merges campaign tags and fills empty origin/first_message_* of existing ones (no write when nothing changes);
  * step 3 logs the first message per (agent, phone). */
 #define SQL_ONB_RECORDSET                                                                                              \
-    " FROM jsonb_to_recordset($1::jsonb) AS r(phone text, agent_id text, chat_id text, company_id text,"               \
-    " origin text, first_tags text, tags text, assigned_to text, message_id text, message_timestamp bigint,"           \
-    " meta jsonb)"
+    " FROM (SELECT u.i::integer AS i, u.phone, u.agent_id, u.chat_id, u.company_id, u.origin, u.assigned_to,"          \
+    " u.first_tags, u.tags, u.message_id, u.message_timestamp::bigint AS message_timestamp, u.meta::jsonb AS meta"     \
+    " FROM " UNNEST_12 ") AS u(i, phone, agent_id, chat_id, company_id, origin, assigned_to, first_tags, tags,"       \
+    " message_id, message_timestamp, meta)) AS r"
 
 #define SQL_ONB_CREATE                                                                                                 \
     "INSERT INTO contacts (id, phone_number, agent_id, chat_id, company_id, origin, tags, assigned_to,"                \
