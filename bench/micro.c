@@ -6,8 +6,8 @@
  * the way they do in production; history batches of 100 items), cycled in lane-sized batches: 256 realtime messages
  * or 64 history messages per batch, the service's default batchSize. Per batch it does what the consumer and the
  * store do before the database is involved: arena_reset; per message the last_metadata object and the router (subject
- * check, payload_parse, store items); then the store's planning (sort by key, same-key rounds) and the JSON array of rows ($1) of every
- * statement, onboarding rows included. Two numbers per type: "parse" (route + payload_parse only) and "full" (all of
+ * check, payload_parse, store items); then the store's planning (sort by key, same-key rounds) and the column arrays
+ * (the parameters) of every statement, onboarding rows included. Two numbers per type: "parse" (route + payload_parse only) and "full" (all of
  * it). Allocations are counted by interposing malloc & co. (glibc __libc_* entry points), only inside the timed
  * repetitions, after a warm-up, so they are steady-state allocations per event.
  *
@@ -362,8 +362,8 @@ int main(int argc, char **argv)
                    full.frees_per_msg / full.items_per_msg);
     }
     if (!json)
-        printf("(parse = subject check + payload_parse; full = + last_metadata + store planning and $1 JSON of every "
-               "statement; reimplemented row builder, see micro.c)\n");
+        printf("(parse = subject check + payload_parse; full = + last_metadata + store planning and the column "
+               "arrays of every statement)\n");
     fprintf(stderr, "%s", b.sink ? "" : "bench-micro: nothing built?\n");
     payload_ctx_free(&b.ctx);
     store_scratch_free(&b.scratch);

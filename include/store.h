@@ -1,6 +1,7 @@
 /* store.h - the tenant schema (migrations, partitions), batched upserts of validated events and the exhausted_events
  * rows (SPEC 3, 5.2, 6). Every SQL statement of the service lives under src/store: migrate.c (schema), rows.c (the
- * rows as column arrays), plan.c (keys, rounds, statements), pipeline.c (one transaction in one round trip), exhausted.c. */
+ * rows as column arrays), plan.c (keys, rounds, statements), pipeline.c (one transaction in one round trip),
+ * exhausted.c. */
 #ifndef MES_STORE_H
 #define MES_STORE_H
 
@@ -40,23 +41,23 @@ typedef struct store_op store_op_t;
 /* One statement of a planned transaction: a prepared statement and its parameters, one per column of its rows, each a
  * text[] array in PostgreSQL's binary format (rows.c). */
 typedef struct {
-    int st;                     /* which statement (store_statement_name) */
-    int nparams;                /* columns */
-    const char *const *values;  /* the parameters; valid until the next store_plan_next */
-    const int *lengths;         /* their sizes in bytes */
-    size_t len;                 /* the sum of the sizes */
-    const uint32_t *idx;        /* the items its rows were made of, in row order */
+    int st;                    /* which statement (store_statement_name) */
+    int nparams;               /* columns */
+    const char *const *values; /* the parameters; valid until the next store_plan_next */
+    const int *lengths;        /* their sizes in bytes */
+    size_t len;                /* the sum of the sizes */
+    const uint32_t *idx;       /* the items its rows were made of, in row order */
     size_t rows;
 } store_stmt_t;
 
 /* Per-thread scratch space for planning and sending; reused across batches. Only the store reads its fields. */
 typedef struct {
-    buf_t cols[STORE_MAX_COLS];         /* the rows of the statement being planned, one array per column */
+    buf_t cols[STORE_MAX_COLS];           /* the rows of the statement being planned, one array per column */
     const char *col_vals[STORE_MAX_COLS]; /* their data and sizes, as libpq takes them */
     int col_lens[STORE_MAX_COLS];
     int ncols;
-    bool cols_bad; /* a row wrote another number of columns (a bug; the statement is not sent) */
-    int rows_rc;   /* what writing the current statement's rows returned */
+    bool cols_bad;   /* a row wrote another number of columns (a bug; the statement is not sent) */
+    int rows_rc;     /* what writing the current statement's rows returned */
     uint32_t *order; /* the items of the current entity, sorted by key */
     uint32_t *round; /* each one's round: its rank among the items with the same key */
     uint32_t *idx;   /* the items of the current statement */

@@ -66,22 +66,21 @@ static void f_str(row_t *r, const char *key, str_t v)
         f_null(r);
 }
 
-/* A JSON value as its text; JSON null is SQL NULL, as jsonb_to_recordset made it. */
+/* A JSON object as the text that was sent (cast to jsonb in SQL). A JSON null never gets here: the parser counts it
+ * as absent. */
 static void f_raw(row_t *r, const char *key, str_t v)
 {
-    if (v.p && v.len == 4 && memcmp(v.p, "null", 4) == 0)
-        v.p = NULL;
     f_str(r, key, v);
 }
 
 static void f_i64(row_t *r, const char *key, opt_i64_t v)
 {
     (void)key;
-    buf_t *b = v.set ? next_col(r) : NULL;
     if (!v.set) {
         f_null(r);
         return;
     }
+    buf_t *b = next_col(r);
     if (!b)
         return;
     size_t at = b->len;

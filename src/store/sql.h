@@ -5,12 +5,12 @@
  * input function, with the same out-of-range errors, as when the rows were a JSON array. Column 1 is the row's index
  * in the transaction (i); the last one is last_metadata (meta). Statements run with search_path = the tenant schema. */
 
-#define UNNEST_7 "unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[]"
-#define UNNEST_8 UNNEST_7 ", $8::text[]"
-#define UNNEST_10 UNNEST_8 ", $9::text[], $10::text[]"
-#define UNNEST_12 UNNEST_10 ", $11::text[], $12::text[]"
-#define UNNEST_15 UNNEST_12 ", $13::text[], $14::text[], $15::text[]"
-#define UNNEST_18 UNNEST_15 ", $16::text[], $17::text[], $18::text[]"
+#define COLS_7 "unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[]"
+#define COLS_8 COLS_7 ", $8::text[]"
+#define COLS_10 COLS_8 ", $9::text[], $10::text[]"
+#define COLS_12 COLS_10 ", $11::text[], $12::text[]"
+#define COLS_15 COLS_12 ", $13::text[], $14::text[], $15::text[]"
+#define COLS_18 COLS_15 ", $16::text[], $17::text[], $18::text[]"
 #ifndef MES_STORE_SQL_H
 #define MES_STORE_SQL_H
 
@@ -25,10 +25,10 @@
     " now(), now()"                                                                                                    \
     " FROM (SELECT u.chat_id, u.jid, u.push_name, u.is_group::boolean AS is_group, u.group_name,"                      \
     " u.unread_count::integer AS unread_count, u.last_message::jsonb AS last_message,"                                 \
-    " u.conversation_timestamp::bigint AS conversation_timestamp, u.not_spam::boolean AS not_spam, u.agent_id,"         \
-    " u.company_id, u.phone_number, u.custom_name, u.meta::jsonb AS meta FROM " UNNEST_15 ")"                          \
+    " u.conversation_timestamp::bigint AS conversation_timestamp, u.not_spam::boolean AS not_spam, u.agent_id,"        \
+    " u.company_id, u.phone_number, u.custom_name, u.meta::jsonb AS meta FROM " COLS_15 ")"                            \
     " AS u(i, chat_id, jid, push_name, is_group, group_name, unread_count, last_message, conversation_timestamp,"      \
-    " not_spam, agent_id, company_id, phone_number, custom_name, meta)) AS r"                                         \
+    " not_spam, agent_id, company_id, phone_number, custom_name, meta)) AS r"                                          \
     " ON CONFLICT (chat_id) DO UPDATE SET"                                                                             \
     " push_name = CASE WHEN EXCLUDED.conversation_timestamp < c.conversation_timestamp THEN c.push_name"               \
     "   ELSE COALESCE(EXCLUDED.push_name, c.push_name) END,"                                                           \
@@ -47,11 +47,14 @@
     " is_group = COALESCE(c.is_group, EXCLUDED.is_group),"                                                             \
     " last_metadata = EXCLUDED.last_metadata, updated_at = now()"
 
-/* Plans: the planner cannot see how many rows the parameters hold and guesses a fixed count (100 for the JSON array
- * the rows were before); with its default random_page_cost it then prefers a sequential scan and a hash join over
- * that many index probes once a table has a few thousand rows, so a lane's cost grew with the table (a 100k-event drain spent most of PostgreSQL's CPU in seq scans of messages).
- * Keys are therefore looked up with "= ANY (ARRAY(subquery))" (an index condition) or, for the two-column contact
- * key, a LATERAL probe of the unique index, and the writer sessions run with enable_seqscan = off (pipeline.c). */
+/* Plans: the planner cannot see how many rows the parameters hold. For the JSON array the rows were before it guessed
+ * 100; for unnest of a parameter it guesses 10 in a generic plan and uses the exact count in the custom plans of a
+ * prepared statement's first five executions. With its default random_page_cost it would prefer a sequential scan
+ * and a hash join over index probes once a table has a few thousand rows, so a lane's cost grew with the table (a
+ * 100k-event drain spent most of PostgreSQL's CPU in seq scans of messages). Keys are therefore looked up with
+ * "= ANY (ARRAY(subquery))" (an index condition) or, for the two-column contact key, a LATERAL probe of the unique
+ * index, and the writer sessions run with enable_seqscan = off (pipeline.c). Every statement must be cheap under
+ * both guesses: see messages.update. */
 
 /* The UPDATE ... FROM statements first lock their rows in key order (bytewise, COLLATE "C", the order the C side
  * sorts a batch in and so the order the upserts insert in): a join may otherwise visit rows in any order and
@@ -60,10 +63,12 @@
 /* chats.update: the chat must exist (RETURNING tells which did). unread_count sets, unread_delta adds (floor 0,
  * computed in bigint and capped to int4 so a hostile delta cannot overflow). */
 #define SQL_CHATS_UPDATE                                                                                               \
-    "WITH r AS MATERIALIZED (SELECT u.i::integer AS i, u.chat_id, u.agent_id, u.unread_count::integer AS unread_count," \
-    " u.unread_delta::integer AS unread_delta, u.conversation_timestamp::bigint AS conversation_timestamp,"            \
-    " u.last_message::jsonb AS last_message, u.meta::jsonb AS meta FROM " UNNEST_8 ") AS u(i, chat_id, agent_id,"     \
-    " unread_count, unread_delta, conversation_timestamp, last_message, meta)), l AS MATERIALIZED (SELECT k.chat_id FROM chats k"                                                  \
+    "WITH r AS MATERIALIZED (SELECT u.i::integer AS i, u.chat_id, u.agent_id,"                                         \
+    " u.unread_count::integer AS unread_count, u.unread_delta::integer AS unread_delta,"                               \
+    " u.conversation_timestamp::bigint AS conversation_timestamp, u.last_message::jsonb AS last_message,"              \
+    " u.meta::jsonb AS meta FROM " COLS_8 ") AS u(i, chat_id, agent_id, unread_count, unread_delta,"                   \
+    " conversation_timestamp, last_message, meta)),"                                                                   \
+    " l AS MATERIALIZED (SELECT k.chat_id FROM chats k"                                                                \
     " WHERE k.chat_id = ANY (ARRAY(SELECT chat_id FROM r))"                                                            \
     " ORDER BY k.chat_id COLLATE \"C\" FOR UPDATE)"                                                                    \
     " UPDATE chats AS c SET"                                                                                           \
@@ -86,8 +91,8 @@
     " r.message_date, r.meta, now(), now()"                                                                            \
     " FROM (SELECT u.message_id, u.from_phone, u.to_phone, u.chat_id, u.jid, u.message_text, u.message_url,"           \
     " u.message_type, u.company_id, u.key::jsonb AS key, u.message_obj::jsonb AS message_obj, u.flow, u.agent_id,"     \
-    " u.status, u.message_timestamp::bigint AS message_timestamp, u.message_date::date AS message_date,"              \
-    " u.meta::jsonb AS meta FROM " UNNEST_18 ") AS u(i, message_id, from_phone, to_phone, chat_id, jid,"              \
+    " u.status, u.message_timestamp::bigint AS message_timestamp, u.message_date::date AS message_date,"               \
+    " u.meta::jsonb AS meta FROM " COLS_18 ") AS u(i, message_id, from_phone, to_phone, chat_id, jid,"                 \
     " message_text, message_url, message_type, company_id, key, message_obj, flow, agent_id, status,"                  \
     " message_timestamp, message_date, meta)) AS r"                                                                    \
     " ON CONFLICT (message_id, message_date) DO UPDATE SET"                                                            \
@@ -106,12 +111,16 @@
     " company_id = COALESCE(m.company_id, EXCLUDED.company_id),"                                                       \
     " last_metadata = EXCLUDED.last_metadata, updated_at = now()"
 
-/* messages.update: by message_id in any partition; present fields apply, including is_deleted = false. */
+/* messages.update: by message_id in any partition; present fields apply, including is_deleted = false. The locked
+ * rows (l) carry their message_date and the update joins on both columns: with the generic plan's guess of 10 rows
+ * PostgreSQL picks a nested loop, which then probes only the partition of each row's date (run-time pruning). Joined
+ * on message_id alone, that loop probed all six partitions per row, and a mix drain's messages.update took 4.4x as
+ * long as with the JSON rows (2026-12-06). */
 #define SQL_MESSAGES_UPDATE                                                                                            \
     "WITH r AS MATERIALIZED (SELECT u.i::integer AS i, u.message_id, u.status, u.message_url,"                         \
     " u.edited_message_obj::jsonb AS edited_message_obj, u.is_deleted::boolean AS is_deleted, u.meta::jsonb AS meta"   \
-    " FROM " UNNEST_7 ") AS u(i, message_id, status, message_url, edited_message_obj, is_deleted, meta)),"             \
-    " l AS MATERIALIZED (SELECT k.message_id FROM messages k"                                                          \
+    " FROM " COLS_7 ") AS u(i, message_id, status, message_url, edited_message_obj, is_deleted, meta)),"               \
+    " l AS MATERIALIZED (SELECT k.message_id, k.message_date FROM messages k"                                          \
     " WHERE k.message_id = ANY (ARRAY(SELECT message_id FROM r))"                                                      \
     " ORDER BY k.message_id COLLATE \"C\", k.message_date FOR UPDATE)"                                                 \
     " UPDATE messages AS m SET"                                                                                        \
@@ -122,7 +131,9 @@
     " edited_message_obj = COALESCE(r.edited_message_obj, m.edited_message_obj),"                                      \
     " is_deleted = COALESCE(r.is_deleted, m.is_deleted),"                                                              \
     " last_metadata = r.meta, updated_at = now()"                                                                      \
-    " FROM r WHERE m.message_id = r.message_id AND m.message_id = ANY (ARRAY(SELECT message_id FROM l)) RETURNING r.i"
+    " FROM r, l WHERE l.message_id = r.message_id AND m.message_id = l.message_id AND m.message_date = l.message_date" \
+    " AND m.message_id = ANY (ARRAY(SELECT message_id FROM l))"                                                        \
+    " AND m.message_date = ANY (ARRAY(SELECT message_date FROM l)) RETURNING r.i"
 
 /* contacts.upsert and history contacts: identity (agent_id, normalised phone); a fresh UUID on insert. */
 #define SQL_CONTACTS_UPSERT                                                                                            \
@@ -131,7 +142,7 @@
     " SELECT gen_random_uuid()::text, r.phone_number, r.agent_id, r.chat_id, r.push_name, r.company_id, r.meta,"       \
     " now(), now()"                                                                                                    \
     " FROM (SELECT u.phone_number, u.agent_id, u.chat_id, u.push_name, u.company_id, u.meta::jsonb AS meta"            \
-    " FROM " UNNEST_7 ") AS u(i, phone_number, agent_id, chat_id, push_name, company_id, meta)) AS r"                 \
+    " FROM " COLS_7 ") AS u(i, phone_number, agent_id, chat_id, push_name, company_id, meta)) AS r"                    \
     " ON CONFLICT (agent_id, phone_number) DO UPDATE SET"                                                              \
     " chat_id = COALESCE(EXCLUDED.chat_id, c.chat_id), push_name = COALESCE(EXCLUDED.push_name, c.push_name),"         \
     " company_id = COALESCE(c.company_id, EXCLUDED.company_id),"                                                       \
@@ -139,7 +150,7 @@
 
 #define SQL_CONTACTS_UPDATE                                                                                            \
     "WITH r AS MATERIALIZED (SELECT u.i::integer AS i, u.phone_number, u.agent_id, u.chat_id, u.push_name,"            \
-    " u.meta::jsonb AS meta FROM " UNNEST_7 ") AS u(i, phone_number, agent_id, chat_id, push_name, company_id,"       \
+    " u.meta::jsonb AS meta FROM " COLS_7 ") AS u(i, phone_number, agent_id, chat_id, push_name, company_id,"          \
     " meta)),"                                                                                                         \
     " l AS MATERIALIZED (SELECT x.id FROM (SELECT agent_id, phone_number FROM r"                                       \
     " ORDER BY agent_id COLLATE \"C\", phone_number COLLATE \"C\") o CROSS JOIN LATERAL (SELECT k.id FROM contacts k"  \
@@ -162,13 +173,13 @@
     " COALESCE(r.phone_number, ''), COALESCE(r.host_name, ''), COALESCE(r.version, ''), r.company_id, r.meta,"         \
     " now(), now()"                                                                                                    \
     " FROM (SELECT u.agent_id, u.qr_code, u.status, u.agent_name, u.phone_number, u.host_name, u.version,"             \
-    " u.company_id, u.meta::jsonb AS meta FROM " UNNEST_10 ") AS u(i, agent_id, qr_code, status, agent_name,"         \
+    " u.company_id, u.meta::jsonb AS meta FROM " COLS_10 ") AS u(i, agent_id, qr_code, status, agent_name,"            \
     " phone_number, host_name, version, company_id, meta)) AS r"                                                       \
     " ON CONFLICT (agent_id) DO NOTHING"
 
 #define SQL_AGENTS_UPDATE                                                                                              \
     "WITH r AS MATERIALIZED (SELECT u.agent_id, u.qr_code, u.status, u.agent_name, u.phone_number, u.host_name,"       \
-    " u.version, u.company_id, u.meta::jsonb AS meta FROM " UNNEST_10 ") AS u(i, agent_id, qr_code, status,"          \
+    " u.version, u.company_id, u.meta::jsonb AS meta FROM " COLS_10 ") AS u(i, agent_id, qr_code, status,"             \
     " agent_name, phone_number, host_name, version, company_id, meta)),"                                               \
     " l AS MATERIALIZED (SELECT k.agent_id FROM agents k WHERE k.agent_id = ANY (ARRAY(SELECT agent_id FROM r))"       \
     " ORDER BY k.agent_id COLLATE \"C\" FOR UPDATE)"                                                                   \
@@ -187,7 +198,7 @@
 #define SQL_ONB_RECORDSET                                                                                              \
     " FROM (SELECT u.i::integer AS i, u.phone, u.agent_id, u.chat_id, u.company_id, u.origin, u.assigned_to,"          \
     " u.first_tags, u.tags, u.message_id, u.message_timestamp::bigint AS message_timestamp, u.meta::jsonb AS meta"     \
-    " FROM " UNNEST_12 ") AS u(i, phone, agent_id, chat_id, company_id, origin, assigned_to, first_tags, tags,"       \
+    " FROM " COLS_12 ") AS u(i, phone, agent_id, chat_id, company_id, origin, assigned_to, first_tags, tags,"          \
     " message_id, message_timestamp, meta)) AS r"
 
 #define SQL_ONB_CREATE                                                                                                 \
