@@ -243,6 +243,7 @@ int store_plan_begin(store_scratch_t *s, store_item_t *items, size_t n)
     s->sub = 0;
     s->m = s->k = 0;
     s->onboarding = 0;
+    s->rows_rc = 0;
     return n == 0 || scratch_grow(s, n) ? 0 : -1;
 }
 
