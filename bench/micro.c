@@ -162,7 +162,8 @@ static size_t store_params(store_item_t *items, size_t n, store_scratch_t *s, si
     if (store_plan_begin(s, items, n) != 0)
         return 0;
     while (store_plan_next(s, &st) == 1) {
-        bytes += st.len;
+        for (int c = 0; c < st.nparams; c++)
+            bytes += (size_t)st.lengths[c];
         (*statements)++;
     }
     return bytes;

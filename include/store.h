@@ -45,7 +45,6 @@ typedef struct {
     int nparams;               /* columns */
     const char *const *values; /* the parameters; valid until the next store_plan_next */
     const int *lengths;        /* their sizes in bytes */
-    size_t len;                /* the sum of the sizes */
     const uint32_t *idx;       /* the items its rows were made of, in row order */
     size_t rows;
 } store_stmt_t;

@@ -251,16 +251,8 @@ static int yield(store_scratch_t *s, int st, store_stmt_t *out)
 {
     if (s->rows_rc != 0)
         return -1;
-    size_t len = 0;
-    for (int c = 0; c < s->ncols; c++)
-        len += (size_t)s->col_lens[c];
-    *out = (store_stmt_t){.st = st,
-                          .nparams = s->ncols,
-                          .values = s->col_vals,
-                          .lengths = s->col_lens,
-                          .len = len,
-                          .idx = s->idx,
-                          .rows = s->k};
+    *out = (store_stmt_t){
+        .st = st, .nparams = s->ncols, .values = s->col_vals, .lengths = s->col_lens, .idx = s->idx, .rows = s->k};
     s->sub++;
     return 1;
 }

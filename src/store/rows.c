@@ -56,7 +56,8 @@ static void f_bytes(row_t *r, const char *p, size_t n)
     buf_append(b, p, n);
 }
 
-/* key: the column's name in sql.h, for the reader (the order of the calls is what counts). */
+/* key: the column's name in sql.h, for the reader (the order of the calls is what counts). A JSON object goes as
+ * the text that was sent and is cast to jsonb in SQL; a JSON null never gets here (the parser counts it as absent). */
 static void f_str(row_t *r, const char *key, str_t v)
 {
     (void)key;
@@ -64,13 +65,6 @@ static void f_str(row_t *r, const char *key, str_t v)
         f_bytes(r, v.p, v.len);
     else
         f_null(r);
-}
-
-/* A JSON object as the text that was sent (cast to jsonb in SQL). A JSON null never gets here: the parser counts it
- * as absent. */
-static void f_raw(row_t *r, const char *key, str_t v)
-{
-    f_str(r, key, v);
 }
 
 static void f_i64(row_t *r, const char *key, opt_i64_t v)
@@ -153,7 +147,7 @@ static void row_chat(row_t *r, const store_item_t *it)
     f_tri(r, "is_group", c->is_group);
     f_str(r, "group_name", c->group_name);
     f_i64(r, "unread_count", c->unread_count);
-    f_raw(r, "last_message", c->last_message);
+    f_str(r, "last_message", c->last_message);
     f_i64(r, "conversation_timestamp", c->conversation_timestamp);
     f_tri(r, "not_spam", c->not_spam);
     f_str(r, "agent_id", c->agent_id);
@@ -170,7 +164,7 @@ static void row_chat_update(row_t *r, const store_item_t *it)
     f_i64(r, "unread_count", c->unread_count);
     f_i64(r, "unread_delta", c->unread_delta);
     f_i64(r, "conversation_timestamp", c->conversation_timestamp);
-    f_raw(r, "last_message", c->last_message);
+    f_str(r, "last_message", c->last_message);
 }
 
 static void row_message(row_t *r, const store_item_t *it)
@@ -186,8 +180,8 @@ static void row_message(row_t *r, const store_item_t *it)
     f_str(r, "message_url", m->message_url);
     f_str(r, "message_type", m->message_type);
     f_str(r, "company_id", m->company_id);
-    f_raw(r, "key", m->key);
-    f_raw(r, "message_obj", m->message_obj);
+    f_str(r, "key", m->key);
+    f_str(r, "message_obj", m->message_obj);
     f_str(r, "flow", m->flow);
     f_str(r, "agent_id", m->agent_id);
     f_str(r, "status", m->status);
@@ -202,7 +196,7 @@ static void row_message_update(row_t *r, const store_item_t *it)
     f_str(r, "message_id", m->message_id);
     f_str(r, "status", m->status);
     f_str(r, "message_url", m->message_url);
-    f_raw(r, "edited_message_obj", m->edited_message_obj);
+    f_str(r, "edited_message_obj", m->edited_message_obj);
     f_tri(r, "is_deleted", m->is_deleted);
 }
 

@@ -78,10 +78,6 @@ TEST(a_chat_is_one_element_per_column_and_absent_fields_are_null)
         "0",      "c1",     "j",   "<NULL>", "false", "<NULL>", "7",        "{\"text\":\"hi \\\"you\\\"\"}",
         "<NULL>", "<NULL>", "ag1", NULL,     "62",    "<NULL>", "{\"m\":1}"};
     check_row(&st, 0, want, 15);
-    size_t sum = 0;
-    for (int c = 0; c < st.nparams; c++)
-        sum += (size_t)st.lengths[c];
-    CHECK_EQ_INT((int)st.len, (int)sum);
     CHECK_EQ_INT(store_plan_next(&s, &st), 0);
     store_scratch_free(&s);
 }
