@@ -16,9 +16,11 @@ struct bench_pgwatch {
     pthread_t thread;
     bool running;
     atomic_bool stop;
-    int peak;       /* written by the sampler until joined */
-    long long own;  /* this session's committed transactions since the baseline, the baseline's own included */
-    long long base; /* pg_stat_database.xact_commit at the start */
+    int peak;            /* written by the sampler until joined */
+    long long own;       /* this session's committed transactions since the baseline, the baseline's own included */
+    long long base;      /* pg_stat_database.xact_commit at the start */
+    long long dl_base;   /* pg_stat_database.deadlocks at the start */
+    long long deadlocks; /* deadlocks PostgreSQL broke since the start; -1 until finish has read it */
 };
 
 /* One sample of the service's sessions (-1 on error); a query that returned rows committed, so it counts in own. */
@@ -36,9 +38,12 @@ static int sample(bench_pgwatch_t *w)
     return n;
 }
 
-static long long xact_commit(bench_pgwatch_t *w)
+/* A column of this database's row in pg_stat_database (-1 on error). */
+static long long db_stat(bench_pgwatch_t *w, const char *column)
 {
-    PGresult *r = PQexec(w->pg, "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()");
+    char sql[128];
+    snprintf(sql, sizeof sql, "SELECT %s FROM pg_stat_database WHERE datname = current_database()", column);
+    PGresult *r = PQexec(w->pg, sql);
     long long v = -1;
     if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1)
         v = atoll(PQgetvalue(r, 0, 0));
@@ -80,12 +85,14 @@ bench_pgwatch_t *bench_pgwatch_start(const h_pg_t *p)
         fprintf(stderr, "bench: pgwatch cannot connect: %s", PQerrorMessage(w->pg));
         goto err;
     }
-    w->base = xact_commit(w);
-    if (w->base < 0) {
+    w->base = db_stat(w, "xact_commit");
+    w->dl_base = db_stat(w, "deadlocks");
+    w->deadlocks = -1;
+    if (w->base < 0 || w->dl_base < 0) {
         fprintf(stderr, "bench: pgwatch cannot read pg_stat_database: %s", PQerrorMessage(w->pg));
         goto err;
     }
-    w->own = 1; /* the baseline's transaction commits after its own read */
+    w->own = 2; /* the baselines' transactions commit after their own reads */
     if (pthread_create(&w->thread, NULL, sampler, w) != 0) {
         fprintf(stderr, "bench: pgwatch cannot start its thread\n");
         goto err;
@@ -132,11 +139,18 @@ int bench_pgwatch_finish(bench_pgwatch_t *w, long long *commits, int *peak)
     if (PQresultStatus(r) == PGRES_TUPLES_OK)
         w->own++;
     PQclear(r);
-    long long end = xact_commit(w);
+    long long end = db_stat(w, "xact_commit"), dl = db_stat(w, "deadlocks");
+    if (dl >= 0)
+        w->deadlocks = dl - w->dl_base;
     if (end < 0)
         return -1;
     *commits = end - w->base - w->own;
     return 0;
+}
+
+long long bench_pgwatch_deadlocks(const bench_pgwatch_t *w)
+{
+    return w ? w->deadlocks : -1;
 }
 
 void bench_pgwatch_destroy(bench_pgwatch_t *w)

@@ -28,6 +28,9 @@ bench_pgwatch_t *bench_pgwatch_start(const h_pg_t *p) __attribute__((warn_unused
  * unknown); *peak: the most sessions of the service seen at once (-1 when never sampled). Returns 0, or -1 when the
  * commit count could not be read (peak still filled). */
 int bench_pgwatch_finish(bench_pgwatch_t *w, long long *commits, int *peak) __attribute__((warn_unused_result));
+/* After finish: the deadlocks PostgreSQL detected (and broke, after deadlock_timeout) in the database since the start,
+ * flushed like the commits; -1 when unknown. */
+long long bench_pgwatch_deadlocks(const bench_pgwatch_t *w);
 void bench_pgwatch_destroy(bench_pgwatch_t *w); /* NULL-safe; stops the sampler if finish was not called */
 
 /* Stops the service the way operators do (SIGTERM, up to 30 s) so that its sessions end. Returns 0 when it exited 0,

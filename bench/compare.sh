@@ -81,6 +81,11 @@ for q in tx_per_s peak_sessions; do
     n=$(for k in 1 2 3; do field "new-mix-$k" "$q"; done | median)
     printf '%-42s %14s %14s %8s\n' "  drain $q (median of 3)" "$o" "$n" "$(ratio "$n" "$o")"
 done
+# Deadlocks PostgreSQL broke, summed over every run of a build (each stalls a writer for deadlock_timeout). Empty for
+# runs of a bench older than the count.
+o=$(for f in "$OUT"/old-*.json; do field "$(basename "$f" .json)" deadlocks; done | awk '{ t += $1 } END { print t + 0 }')
+n=$(for f in "$OUT"/new-*.json; do field "$(basename "$f" .json)" deadlocks; done | awk '{ t += $1 } END { print t + 0 }')
+printf '%-42s %14s %14s %8s\n' "deadlocks (sum over all runs)" "$o" "$n" ""
 for rate in "${RATES[@]}"; do
     for q in p50_ms p99_ms lost tx_per_s peak_sessions; do
         o=$(for ((k = 1; k <= REPEAT; k++)); do field "old-lat$rate-$k" "$q"; done | median)

@@ -120,18 +120,19 @@ int main(int argc, char **argv)
     long long commits = -1;
     if (bench_pgwatch_finish(watch, &commits, &peak_sessions) != 0)
         fprintf(stderr, "%s: PostgreSQL commits not counted (tx_per_s -1)\n", argv[0]);
+    long long deadlocks = bench_pgwatch_deadlocks(watch);
     bench_pgwatch_destroy(watch);
     double tx_rate = secs > 0 && commits >= 0 ? (double)commits / (secs + 0.05) : -1;
     if (json)
         printf("{\"label\":\"%s\",\"events\":%ld,\"seconds\":%.3f,\"events_per_s\":%.0f,\"rows\":%lld,"
                "\"rows_per_s\":%.0f,\"peak_rss_mib\":%.1f,\"startup_s\":%.2f,\"pg_commits\":%lld,\"tx_per_s\":%.0f,"
-               "\"peak_sessions\":%d,\"drained\":%s}\n",
+               "\"peak_sessions\":%d,\"deadlocks\":%lld,\"drained\":%s}\n",
                label, count, secs, rate, rows, rows_rate, peak / 1048576, (double)(t_ready - t_start) / 1000, commits,
-               tx_rate, peak_sessions, t_last ? "true" : "false");
+               tx_rate, peak_sessions, deadlocks, t_last ? "true" : "false");
     else
         printf("%-22s events %8ld  drain %7.2f s  %9.0f events/s  rows %9lld (%9.0f rows/s)  peak RSS %6.1f MiB  "
-               "%7.0f tx/s  peak sessions %d%s\n",
-               label, count, secs, rate, rows, rows_rate, peak / 1048576, tx_rate, peak_sessions,
+               "%7.0f tx/s  peak sessions %d  deadlocks %lld%s\n",
+               label, count, secs, rate, rows, rows_rate, peak / 1048576, tx_rate, peak_sessions, deadlocks,
                t_last ? "" : "  NOT DRAINED");
     bench_keep(&s, &p);
     return t_last && stopped == 0 ? 0 : 1;

@@ -259,18 +259,19 @@ int main(int argc, char **argv)
     long long commits = -1;
     if (bench_pgwatch_finish(watch, &commits, &peak_sessions) != 0)
         fprintf(stderr, "%s: PostgreSQL commits not counted (tx_per_s -1)\n", argv[0]);
+    long long deadlocks = bench_pgwatch_deadlocks(watch);
     bench_pgwatch_destroy(watch);
     double tx_rate = commits >= 0 && t_done > t_load ? (double)commits * 1000.0 / (double)(t_done - t_load) : -1;
     if (json)
         printf("{\"label\":\"%s\",\"target_rate\":%.0f,\"achieved_rate\":%.0f,\"probes\":%ld,\"counted\":%ld,"
                "\"lost\":%lld,\"p50_ms\":%.1f,\"p95_ms\":%.1f,\"p99_ms\":%.1f,\"max_ms\":%.1f,\"pg_commits\":%lld,"
-               "\"tx_per_s\":%.0f,\"peak_sessions\":%d,\"complete\":%s}\n",
+               "\"tx_per_s\":%.0f,\"peak_sessions\":%d,\"deadlocks\":%lld,\"complete\":%s}\n",
                label, rate, achieved, probes, counted, (long long)probes - (got < 0 ? 0 : got), p50, p95, p99, mx,
-               commits, tx_rate, peak_sessions, complete ? "true" : "false");
+               commits, tx_rate, peak_sessions, deadlocks, complete ? "true" : "false");
     else
         printf("%-22s rate %7.0f/s (achieved %7.0f)  probes %6ld  p50 %7.1f ms  p95 %7.1f ms  p99 %7.1f ms  "
-               "max %7.1f ms  %7.0f tx/s  peak sessions %d%s\n",
-               label, rate, achieved, counted, p50, p95, p99, mx, tx_rate, peak_sessions,
+               "max %7.1f ms  %7.0f tx/s  peak sessions %d  deadlocks %lld%s\n",
+               label, rate, achieved, counted, p50, p95, p99, mx, tx_rate, peak_sessions, deadlocks,
                complete ? "" : "  INCOMPLETE");
     fflush(stdout); /* the harness's cleanup may _exit(1): keep the result */
     bench_keep(&s, &p);

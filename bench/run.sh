@@ -166,16 +166,20 @@ COST=$( [ -n "$MAX" ] && [ -n "$POIS" ] && awk -v a="$POIS" -v b="$MAX" 'BEGIN {
 SVC_RUNS=$(cat "$OUT"/drain-*.json "$OUT"/lat*.json 2>/dev/null)
 SESS=$(sed -n -E 's/.*"peak_sessions":([0-9]+).*/\1/p' <<<"$SVC_RUNS" | sort -g | tail -1)
 NSESS=$(grep -c '"peak_sessions":[0-9]' <<<"$SVC_RUNS")
-# pg NAME LABEL KEY [max]: KEY of NAME.json, or over NAME-1..3.json when NAME ends in -*: the median (tx_per_s) or,
-# with max, the maximum; empty when not measured.
+# pg NAME LABEL KEY [max|sum]: KEY of NAME.json, or over NAME-1..3.json when NAME ends in -*: the median (tx_per_s),
+# or with max the maximum, with sum the sum; empty when not measured.
 pg() {
     local files=$1
     [[ $1 == *-\* ]] && files="${1%-\*}-1 ${1%-\*}-2 ${1%-\*}-3"
     for k in $files; do j "$k" "$2" "$3"; done | awk '$1 >= 0' | sort -g |
-        awk -v m="${4:-}" '{ v[NR] = $1 } END { if (NR) print (m == "max" ? v[NR] : v[int((NR + 1) / 2)]) }'
+        awk -v m="${4:-}" '{ v[NR] = $1; t += $1 }
+            END { if (NR) print (m == "max" ? v[NR] : m == "sum" ? t : v[int((NR + 1) / 2)]) }'
 }
 # pgrow TITLE NAME LABEL: one line of the PostgreSQL table.
-pgrow() { printf '%-52s %10s %14s\n' "$1" "$(f "$(pg "$2" "$3" tx_per_s)")" "$(f "$(pg "$2" "$3" peak_sessions max)")"; }
+pgrow() {
+    printf '%-52s %10s %14s %10s\n' "$1" "$(f "$(pg "$2" "$3" tx_per_s)")" "$(f "$(pg "$2" "$3" peak_sessions max)")" \
+        "$(f "$(pg "$2" "$3" deadlocks sum)")"
+}
 NPROC=$(nproc)
 CPU=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
 
@@ -232,8 +236,9 @@ if [ "${BENCH_R3:-0}" = 1 ]; then
 fi
 echo
 echo "PostgreSQL during each run of the service: commits per second over the run's measured window (drain: first to"
-echo "last commit; latency: load start to the last probe's commit), and the most sessions the service held at once"
-printf '%-52s %10s %14s\n' "run" "tx/s" "peak sessions"
+echo "last commit; latency: load start to the last probe's commit), the most sessions the service held at once, and"
+echo "the deadlocks PostgreSQL broke (each one stalls a writer for deadlock_timeout, 1 s by default; summed over runs)"
+printf '%-52s %10s %14s %10s\n' "run" "tx/s" "peak sessions" "deadlocks"
 pgrow "chats-only drain (median tx/s, max sessions of 3)" "drain-chats-*" chats-only
 pgrow "chats-only drain, durable PostgreSQL" drain-chats-durable chats-only
 pgrow "messages-only drain" drain-msgs messages-only
