@@ -9,8 +9,9 @@
 
 #include "clock.h"
 #include "internal.h"
+#include "sql.h"
 
-#define OP_CTL (-1) /* BEGIN / COMMIT / ROLLBACK: no metrics */
+#define OP_CTL (-1) /* BEGIN / COMMIT / ROLLBACK / the contacts lock: no metrics of their own */
 
 static int prepare_all(db_conn_t *c, db_error_t *err)
 {
@@ -187,7 +188,7 @@ static int collect(db_conn_t *c, store_scratch_t *s, store_item_t *items, size_t
         ExecStatusType st = PQresultStatus(res);
         double now = clock_mono_s();
         bool ok = st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK;
-        if (s->ops[k].kind != OP_CTL) /* BEGIN/COMMIT time counts toward the next statement / the sync */
+        if (s->ops[k].kind != OP_CTL) /* BEGIN, lock and COMMIT time count toward the next statement / the sync */
             metrics_db_duration(s->ops[k].op, s->ops[k].ent, ok, now - prev);
         if (s->ops[k].kind != OP_CTL || k == 0)
             prev = now;
@@ -228,8 +229,14 @@ static int pipeline_commit(db_conn_t *c, store_scratch_t *s, store_item_t *items
     bool queued = send_ctl(c, s, "BEGIN", err) == 0;
     store_stmt_t st;
     int more = 0;
-    while (queued && (more = store_plan_next(s, &st)) == 1)
-        queued = send(c, s, &st, err) == 0;
+    bool contacts_locked = false;
+    while (queued && (more = store_plan_next(s, &st)) == 1) {
+        if (store_stmt_info[st.st].contacts && !contacts_locked) {
+            queued = send_ctl(c, s, SQL_CONTACTS_LOCK, err) == 0;
+            contacts_locked = true;
+        }
+        queued = queued && send(c, s, &st, err) == 0;
+    }
     if (queued && more < 0) {
         out_of_memory(err, n);
         queued = false;

@@ -135,6 +135,16 @@
     " AND m.message_id = ANY (ARRAY(SELECT message_id FROM l))"                                                        \
     " AND m.message_date = ANY (ARRAY(SELECT message_date FROM l)) RETURNING r.i"
 
+/* The contacts lock: one per tenant schema, held to the end of the transaction, taken right before its first write
+ * of contacts or onboarding_log. A transaction writes contacts in up to five statements (upsert rounds, update,
+ * onboarding create, merge, log), each in key order but together in no global one, and the two writers, the DLQ
+ * workers and replicas may write the same contact (contacts.upsert of one group, onboarding of IN messages in another):
+ * each could hold a contact the other's next statement needs. PostgreSQL found such a cycle 0-2 times per
+ * 100k-event mix drain (2026-12-06) and broke it only after deadlock_timeout (1 s), stalling a writer and failing its
+ * group. Under the lock the contact writes of two transactions never interleave; nothing after it touches chats or
+ * messages, whose row locks a waiting transaction may hold, so the wait cannot close a cycle. */
+#define SQL_CONTACTS_LOCK "SELECT pg_advisory_xact_lock(hashtext('mes_contacts:' || current_schema()))"
+
 /* contacts.upsert and history contacts: identity (agent_id, normalised phone); a fresh UUID on insert. */
 #define SQL_CONTACTS_UPSERT                                                                                            \
     "INSERT INTO contacts AS c (id, phone_number, agent_id, chat_id, push_name, company_id, last_metadata,"            \
