@@ -112,28 +112,33 @@
     " last_metadata = EXCLUDED.last_metadata, updated_at = now()"
 
 /* messages.update: by message_id in any partition; present fields apply, including is_deleted = false. The locked
- * rows (l) carry their message_date and the update joins on both columns: with the generic plan's guess of 10 rows
- * PostgreSQL picks a nested loop, which then probes only the partition of each row's date (run-time pruning). Joined
- * on message_id alone, that loop probed all six partitions per row, and a mix drain's messages.update took 4.4x as
- * long as with the JSON rows (2026-12-06). */
+ * rows (l) carry their message_date; j pairs them with the update's values, and the update joins j alone, on both
+ * key columns: with the generic plan's guess of 10 rows PostgreSQL picks a nested loop, which then probes only the
+ * partition of each row's date (run-time pruning). Joined on message_id alone, that loop probed all six partitions
+ * per row, and a mix drain's messages.update took 4.4x as long as with the JSON rows (2026-12-06). Joined to r and l
+ * at once, the planner guessed one row out of l and m and scanned all of r for each (a join filter over n^2 pairs:
+ * 20k for 141 rows, most of the statement's time); l built as a join of r and messages instead probed each
+ * partition with the whole key array for every row of r (also n^2). */
 #define SQL_MESSAGES_UPDATE                                                                                            \
     "WITH r AS MATERIALIZED (SELECT u.i::integer AS i, u.message_id, u.status, u.message_url,"                         \
     " u.edited_message_obj::jsonb AS edited_message_obj, u.is_deleted::boolean AS is_deleted, u.meta::jsonb AS meta"   \
     " FROM " COLS_7 ") AS u(i, message_id, status, message_url, edited_message_obj, is_deleted, meta)),"               \
     " l AS MATERIALIZED (SELECT k.message_id, k.message_date FROM messages k"                                          \
     " WHERE k.message_id = ANY (ARRAY(SELECT message_id FROM r))"                                                      \
-    " ORDER BY k.message_id COLLATE \"C\", k.message_date FOR UPDATE)"                                                 \
+    " ORDER BY k.message_id COLLATE \"C\", k.message_date FOR UPDATE),"                                                \
+    " j AS MATERIALIZED (SELECT r.i, r.status, r.message_url, r.edited_message_obj, r.is_deleted, r.meta,"             \
+    " l.message_id, l.message_date FROM l JOIN r ON r.message_id = l.message_id)"                                      \
     " UPDATE messages AS m SET"                                                                                        \
-    " status = CASE WHEN r.status IS NULL THEN m.status"                                                               \
-    "   WHEN mes_status_rank(r.status) > 0 AND mes_status_rank(r.status) < mes_status_rank(m.status)"                  \
-    "   THEN m.status ELSE r.status END,"                                                                              \
-    " message_url = COALESCE(r.message_url, m.message_url),"                                                           \
-    " edited_message_obj = COALESCE(r.edited_message_obj, m.edited_message_obj),"                                      \
-    " is_deleted = COALESCE(r.is_deleted, m.is_deleted),"                                                              \
-    " last_metadata = r.meta, updated_at = now()"                                                                      \
-    " FROM r, l WHERE l.message_id = r.message_id AND m.message_id = l.message_id AND m.message_date = l.message_date" \
-    " AND m.message_id = ANY (ARRAY(SELECT message_id FROM l))"                                                        \
-    " AND m.message_date = ANY (ARRAY(SELECT message_date FROM l)) RETURNING r.i"
+    " status = CASE WHEN j.status IS NULL THEN m.status"                                                               \
+    "   WHEN mes_status_rank(j.status) > 0 AND mes_status_rank(j.status) < mes_status_rank(m.status)"                  \
+    "   THEN m.status ELSE j.status END,"                                                                              \
+    " message_url = COALESCE(j.message_url, m.message_url),"                                                           \
+    " edited_message_obj = COALESCE(j.edited_message_obj, m.edited_message_obj),"                                      \
+    " is_deleted = COALESCE(j.is_deleted, m.is_deleted),"                                                              \
+    " last_metadata = j.meta, updated_at = now()"                                                                      \
+    " FROM j WHERE m.message_id = j.message_id AND m.message_date = j.message_date"                                    \
+    " AND m.message_id = ANY (ARRAY(SELECT message_id FROM j))"                                                        \
+    " AND m.message_date = ANY (ARRAY(SELECT message_date FROM j)) RETURNING j.i"
 
 /* The contacts lock: one per tenant schema, held to the end of the transaction, taken right before its first write
  * of contacts or onboarding_log. A transaction writes contacts in up to five statements (upsert rounds, update,

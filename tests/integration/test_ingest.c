@@ -1,5 +1,6 @@
 /* test_ingest.c - the ten subjects end to end against real NATS + PostgreSQL: rows, write rules, DLQ decisions. */
 #include <signal.h>
+#include <time.h>
 
 #include <nats/nats.h>
 
@@ -134,6 +135,20 @@ TEST(messages_upsert_status_never_regresses_and_update_can_undelete)
            NULL);
     CHECK_EQ_INT(h_pg_wait_int(&P, 1, 20000, "SELECT count(*) FROM " SCH ".messages WHERE status = 'failed'"), 1);
     CHECK_EQ_INT(h_pg_int(&P, "SELECT count(*) FROM " SCH ".messages"), 1);
+    /* The same message_id on today's date is a second row, in this month's partition (the first is in the default
+     * one); an update by message_id applies to both. */
+    char m2[256];
+    snprintf(m2, sizeof m2,
+             "{\"message_id\":\"m1\",\"chat_id\":\"c\",\"jid\":\"j\",\"agent_id\":\"a\",\"flow\":\"OUT\","
+             "\"status\":\"sent\",\"message_timestamp\":%lld}",
+             (long long)time(NULL));
+    it_pub("v1.messages.upsert", CO, m2, NULL);
+    CHECK_EQ_INT(h_pg_wait_int(&P, 2, 20000, "SELECT count(*) FROM " SCH ".messages"), 2);
+    CHECK_EQ_INT(h_pg_int(&P, "SELECT count(DISTINCT tableoid) FROM " SCH ".messages"), 2);
+    it_pub("v1.messages.update", CO, "{\"message_id\":\"m1\",\"status\":\"played\",\"message_url\":\"u2\"}", NULL);
+    CHECK_EQ_INT(h_pg_wait_int(&P, 2, 20000,
+                               "SELECT count(*) FROM " SCH ".messages WHERE message_url = 'u2' AND status = 'played'"),
+                 2);
     CHECK_EQ_INT(it_dlq_count(CO), 0);
 }
 
