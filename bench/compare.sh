@@ -39,7 +39,13 @@ run() {
     MES_SERVICE_BIN=$bin "$@" --json >"$OUT/$name.json" 2>"$OUT/$name.err" || { echo "  $name FAILED" >&2; return 1; }
 }
 field() { sed -n -E "s/.*\"$2\":\"?([^,\"}]*)\"?.*/\1/p" "$OUT/$1.json" | head -1; }
-median() { sort -g | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)] }'; }
+# The median; of an even count, the mean of the middle two (with COMPARE_REPEAT=2 the lower of two hid a stalled run).
+median() {
+    sort -g | awk '{ v[NR] = $1 }
+        END { if (NR % 2) print v[(NR + 1) / 2]; else if (NR) print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+# Every run's value, in run order, e.g. "28/67": printed beside the medians of the paced runs.
+runs() { paste -sd/ -; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 
 for k in 1 2 3; do
@@ -74,23 +80,28 @@ echo
 echo "before/after, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "old: $REV (${OLD_SHA:0:10})   new: working tree ($(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet || echo '+changes'))"
 printf '%-42s %14s %14s %8s\n' "measure" "old" "new" "new/old"
-printf '%-42s %14s %14s %8s\n' "realistic-mix drain (median of 3)" "$OLD_MIX" "$NEW_MIX" "$(ratio "$NEW_MIX" "$OLD_MIX")"
+printf '%-42s %14s %14s %8s   runs: old %s, new %s\n' "realistic-mix drain (median of 3)" "$OLD_MIX" "$NEW_MIX" \
+    "$(ratio "$NEW_MIX" "$OLD_MIX")" "$(for k in 1 2 3; do field "old-mix-$k" events_per_s; done | runs)" \
+    "$(for k in 1 2 3; do field "new-mix-$k" events_per_s; done | runs)"
 # PostgreSQL's side (bench_pgwatch): commits per second and the service's peak sessions, medians of the same runs.
 for q in tx_per_s peak_sessions; do
     o=$(for k in 1 2 3; do field "old-mix-$k" "$q"; done | median)
     n=$(for k in 1 2 3; do field "new-mix-$k" "$q"; done | median)
     printf '%-42s %14s %14s %8s\n' "  drain $q (median of 3)" "$o" "$n" "$(ratio "$n" "$o")"
 done
-# Deadlocks PostgreSQL broke, summed over every run of a build (each stalls a writer for deadlock_timeout). Empty for
-# runs of a bench older than the count.
-o=$(for f in "$OUT"/old-*.json; do field "$(basename "$f" .json)" deadlocks; done | awk '{ t += $1 } END { print t + 0 }')
-n=$(for f in "$OUT"/new-*.json; do field "$(basename "$f" .json)" deadlocks; done | awk '{ t += $1 } END { print t + 0 }')
+# Deadlocks PostgreSQL broke, summed over every run of a build (each stalls a writer for deadlock_timeout).
+deadlocks() {
+    for f in "$OUT/$1"-*.json; do field "$(basename "$f" .json)" deadlocks; done | awk '{ t += $1 } END { print t + 0 }'
+}
+o=$(deadlocks old) n=$(deadlocks new)
 printf '%-42s %14s %14s %8s\n' "deadlocks (sum over all runs)" "$o" "$n" ""
 for rate in "${RATES[@]}"; do
     for q in p50_ms p99_ms lost tx_per_s peak_sessions; do
-        o=$(for ((k = 1; k <= REPEAT; k++)); do field "old-lat$rate-$k" "$q"; done | median)
-        n=$(for ((k = 1; k <= REPEAT; k++)); do field "new-lat$rate-$k" "$q"; done | median)
-        printf '%-42s %14s %14s %8s\n' "$q at $rate ev/s (median of $REPEAT)" "$o" "$n" "$(ratio "$n" "$o")"
+        ov=$(for ((k = 1; k <= REPEAT; k++)); do field "old-lat$rate-$k" "$q"; done)
+        nv=$(for ((k = 1; k <= REPEAT; k++)); do field "new-lat$rate-$k" "$q"; done)
+        o=$(median <<<"$ov") n=$(median <<<"$nv")
+        printf '%-42s %14s %14s %8s   runs: old %s, new %s\n' "$q at $rate ev/s (median of $REPEAT)" "$o" "$n" \
+            "$(ratio "$n" "$o")" "$(runs <<<"$ov")" "$(runs <<<"$nv")"
     done
 done
 echo "raw results: $OUT"
