@@ -36,7 +36,7 @@ typedef struct {
     op_kind_t kind;
     db_op_t op; /* metrics labels */
     db_entity_t ent;
-    bool contacts; /* writes contacts (or onboarding_log): runs under the transaction's contacts lock (pipeline.c) */
+    bool locked; /* writes contacts, agents or onboarding_log: runs under the transaction's contacts lock (sql.h) */
 } stmt_info_t;
 
 extern const stmt_info_t store_stmt_info[ST_COUNT];

@@ -231,7 +231,7 @@ static int pipeline_commit(db_conn_t *c, store_scratch_t *s, store_item_t *items
     int more = 0;
     bool contacts_locked = false;
     while (queued && (more = store_plan_next(s, &st)) == 1) {
-        if (store_stmt_info[st.st].contacts && !contacts_locked) {
+        if (store_stmt_info[st.st].locked && !contacts_locked) {
             queued = send_ctl(c, s, SQL_CONTACTS_LOCK, err) == 0;
             contacts_locked = true;
         }

@@ -141,13 +141,16 @@
     " AND m.message_date = ANY (ARRAY(SELECT message_date FROM j)) RETURNING j.i"
 
 /* The contacts lock: one per tenant schema, held to the end of the transaction, taken right before its first write
- * of contacts or onboarding_log. A transaction writes contacts in up to five statements (upsert rounds, update,
- * onboarding create, merge, log), each in key order but together in no global one, and the two writers, the DLQ
- * workers and replicas may write the same contact (contacts.upsert of one group, onboarding of IN messages in another):
- * each could hold a contact the other's next statement needs. PostgreSQL found such a cycle 0-2 times per
- * 100k-event mix drain (2026-12-06) and broke it only after deadlock_timeout (1 s), stalling a writer and failing its
- * group. Under the lock the contact writes of two transactions never interleave; nothing after it touches chats or
- * messages, whose row locks a waiting transaction may hold, so the wait cannot close a cycle. */
+ * of contacts, agents or onboarding_log (the statements after the messages ones, plan.c). A transaction writes
+ * contacts in up to five statements (upsert rounds, update, onboarding create, merge, log), each in key order but
+ * together in no global one, and the two writers, the DLQ workers and replicas may write the same contact
+ * (contacts.upsert of one group, onboarding of IN messages in another): each could hold a contact the other's next
+ * statement needs. PostgreSQL found such a cycle 0-2 times per 100k-event mix drain (2026-12-06) and broke it only
+ * after deadlock_timeout (1 s), stalling a writer and failing its group. Under the lock the contact writes of two
+ * transactions never interleave. A transaction waiting for it holds row locks of chats and messages only, which the
+ * holder is done with, so the wait cannot close a cycle. The agents statements, between contacts and onboarding,
+ * take it too: a transaction with agents but no contacts statements would otherwise wait for the lock at
+ * onboarding holding agent rows that the holder may need next. */
 #define SQL_CONTACTS_LOCK "SELECT pg_advisory_xact_lock(hashtext('mes_contacts:' || current_schema()))"
 
 /* contacts.upsert and history contacts: identity (agent_id, normalised phone); a fresh UUID on insert. */
