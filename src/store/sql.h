@@ -5,14 +5,16 @@
  * input function, with the same out-of-range errors, as when the rows were a JSON array. Column 1 is the row's index
  * in the transaction (i); the last one is last_metadata (meta). Statements run with search_path = the tenant schema. */
 
+#ifndef MES_STORE_SQL_H
+#define MES_STORE_SQL_H
+
+/* unnest of the first N parameters, one per column: "FROM " COLS_N ") AS u(i, ...)". */
 #define COLS_7 "unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[]"
 #define COLS_8 COLS_7 ", $8::text[]"
 #define COLS_10 COLS_8 ", $9::text[], $10::text[]"
 #define COLS_12 COLS_10 ", $11::text[], $12::text[]"
 #define COLS_15 COLS_12 ", $13::text[], $14::text[], $15::text[]"
 #define COLS_18 COLS_15 ", $16::text[], $17::text[], $18::text[]"
-#ifndef MES_STORE_SQL_H
-#define MES_STORE_SQL_H
 
 /* chats.upsert and history chats. Older events (by conversation_timestamp) do not overwrite the "latest" columns;
  * identity columns stay from the first insert; absent fields keep the stored value. */

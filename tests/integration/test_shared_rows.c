@@ -30,6 +30,24 @@ static void count_waits(void *ctx, const PGresult *r)
         snprintf(w->example, sizeof w->example, "'%s' waited for '%s'", PQgetvalue(r, 0, 0), PQgetvalue(r, 0, 1));
 }
 
+/* Deadlocks PostgreSQL broke in the database so far. A backend adds its own to this counter lazily (when it goes
+ * idle, at most once a second, and when it exits), so the count is complete only once the service's sessions have
+ * ended: deadlocks_after_stop stops the service (SIGTERM) and waits for that before reading. */
+static long long db_deadlocks(void)
+{
+    return h_pg_int(&P, "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()");
+}
+
+static long long deadlocks_after_stop(long long before)
+{
+    CHECK_EQ_INT(h_svc_signal(&S, SIGTERM, 30000), 0);
+    CHECK_EQ_INT(
+        h_pg_wait_int(&P, 0, 15000,
+                      "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'message-event-service'"),
+        0);
+    return db_deadlocks() - before;
+}
+
 static void publish_overlapping(int n)
 {
     char buf[512], id[64];
@@ -73,7 +91,7 @@ TEST(lanes_writing_the_same_rows_in_groups_on_two_sessions_leave_every_row_right
     REQUIRE(h_nats_start(&N) && h_pg_start(&P) && h_streams_create(&N));
     atexit(it_dump_log);
     publish_overlapping(K);
-    long long deadlocks0 = h_pg_int(&P, "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()");
+    long long deadlocks0 = db_deadlocks();
     waits_t w = {0};
     it_sampler_t s = {.sql = "SELECT left(w.query, 40) || ' (' || w.wait_event || ')', left(b.query, 40) FROM "
                              "pg_stat_activity w JOIN pg_stat_activity b ON b.pid = ANY (pg_blocking_pids(w.pid)) "
@@ -94,8 +112,7 @@ TEST(lanes_writing_the_same_rows_in_groups_on_two_sessions_leave_every_row_right
                  KEYS);
     CHECK_EQ_INT(h_pg_wait_int(&P, KEYS, 60000, "SELECT count(*) FROM " SCH ".contacts"), KEYS);
     it_sampler_stop(&s);
-    long long deadlocks =
-        h_pg_int(&P, "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()") - deadlocks0;
+    long long deadlocks = deadlocks_after_stop(deadlocks0);
     printf("lock waits between the service's sessions: %d of %ld samples (%s); deadlocks: %lld\n", w.waits, s.samples,
            w.example[0] ? w.example : "none", deadlocks);
     CHECK(s.samples > 20);
@@ -128,7 +145,7 @@ TEST(contacts_written_by_upserts_and_onboarding_on_two_sessions_never_deadlock)
         snprintf(id, sizeof id, "msg-%d", i);
         REQUIRE(it_pub("v1.messages.upsert", CO, buf, id));
     }
-    long long deadlocks0 = h_pg_int(&P, "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()");
+    long long deadlocks0 = db_deadlocks();
     REQUIRE(h_svc_start(&S, CO, &N, &P, env) && h_svc_wait_ready(&S, 60000));
     CHECK_EQ_INT(h_pg_wait_int(&P, K, 120000, "SELECT count(*) FROM " SCH ".messages"), K);
     CHECK_EQ_INT(h_pg_wait_int(&P, PHONES, 60000, "SELECT count(*) FROM " SCH ".onboarding_log"), PHONES);
@@ -136,14 +153,7 @@ TEST(contacts_written_by_upserts_and_onboarding_on_two_sessions_never_deadlock)
                                "SELECT count(*) FROM " SCH ".contacts WHERE push_name IS NOT NULL AND "
                                "tags LIKE '%%t0%%' AND tags LIKE '%%t9%%'"),
                  PHONES);
-    /* A backend adds its deadlocks to pg_stat_database when it exits: stop the service, wait for its sessions to end. */
-    CHECK_EQ_INT(h_svc_signal(&S, SIGTERM, 30000), 0);
-    CHECK_EQ_INT(
-        h_pg_wait_int(&P, 0, 15000,
-                      "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'message-event-service'"),
-        0);
-    long long deadlocks =
-        h_pg_int(&P, "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()") - deadlocks0;
+    long long deadlocks = deadlocks_after_stop(deadlocks0);
     printf("deadlocks: %lld\n", deadlocks);
     CHECK_EQ_INT(deadlocks, 0);
     CHECK_EQ_INT(h_pg_int(&P, "SELECT count(*) FROM " SCH ".contacts"), PHONES);
