@@ -20,6 +20,8 @@
 #define MAX_TX_ITEMS 1024
 #define DLQ_PUBACK_WAIT_MS 5000 /* how long a batch waits for its DLQ records' PubAcks */
 #define UPSERT_WAIT_MS 5000     /* at most this long an update batch waits for its entity's upsert lane */
+#define HOLD_FETCHES 4          /* the handoff slot holds at most this many fetches (consumer_hold_max) */
+#define HOLD_BYTES (1 << 20)    /* and takes another fetch only while its payloads are smaller than this */
 
 /* What happens to one message once its batch has been decided. */
 typedef enum { OUT_ACK = 0, OUT_DLQ, OUT_RETRY, OUT_LEAVE } outcome_t;
@@ -61,12 +63,17 @@ struct consumer {
     pthread_t thread;       /* the lane: validate, commit, ack */
     pthread_t fetch_thread; /* prefetches the next batch while the lane commits the current one */
     bool started, fetch_started; /* main's */
+    int hold_max; /* the most messages the handoff slot holds, and the lane takes at once (set at create) */
 
-    /* One-slot handoff between the fetcher and the lane: at most two batches are in hand per lane (the one being
-     * committed and the next one), and while the lane waits for PostgreSQL the slot stays full, so intake pauses. */
+    /* One-slot handoff between the fetcher and the lane. While the lane commits, the fetcher keeps filling the slot
+     * up to hold_max messages (fetches of up to batchSize each, appended); the lane then takes the whole slot at once.
+     * So a lane with a backlog brings up to hold_max messages to a group instead of one fetch, and while the lane
+     * waits for PostgreSQL the slot fills up and intake pauses: at most 2 x hold_max messages in hand per lane. */
     pthread_mutex_t ho_mu;
     pthread_cond_t ho_cv;
     natsMsgList ho_list; /* ho_*: under ho_mu (the fetcher fills, the lane empties; other lanes read ho_full) */
+    size_t ho_bytes;     /* payload bytes in ho_list */
+    uint64_t ho_pending; /* messages the durable still had for us after the last fetch (its NumPending) */
     double ho_fetch_s;
     bool ho_full, ho_fetcher_done;
     bool lane_busy; /* the lane holds a batch it has not finished (under ho_mu) */
@@ -92,6 +99,14 @@ struct consumer {
 
 /* ---- lifecycle -------------------------------------------------------------------------------------------- */
 
+int consumer_hold_max(int batch_size, int max_ack_pending)
+{
+    int m = max_ack_pending / 2; /* the slot and the batch in process together stay within max ack pending */
+    if (m > HOLD_FETCHES * batch_size)
+        m = HOLD_FETCHES * batch_size;
+    return m > batch_size ? m : batch_size;
+}
+
 consumer_t *consumer_create(const config_t *cfg, mes_nats_t *nats, writer_t *writer, event_type_t et,
                             const atomic_bool *stop)
 {
@@ -110,7 +125,8 @@ consumer_t *consumer_create(const config_t *cfg, mes_nats_t *nats, writer_t *wri
     buf_init(&c->metabuf);
     pthread_mutex_init(&c->ho_mu, NULL);
     pthread_cond_init(&c->ho_cv, NULL);
-    c->slots = calloc((size_t)c->lc->batch_size, sizeof *c->slots);
+    c->hold_max = consumer_hold_max(c->lc->batch_size, c->lc->max_ack_pending);
+    c->slots = calloc((size_t)c->hold_max, sizeof *c->slots);
     c->dlqb = dlq_batch_create(nats->nc, cfg);
     if (!c->slots || !c->dlqb || payload_ctx_init(&c->pctx, cfg->company_id) != 0) {
         consumer_destroy(c);
@@ -758,17 +774,34 @@ static void ho_wait(consumer_t *c, int64_t ms)
     pthread_cond_timedwait(&c->ho_cv, &c->ho_mu, &ts);
 }
 
-/* Hands a fetched batch to the lane (ownership moves with it). */
+static void list_append(natsMsgList *out, natsMsgList *more);
+
+/* Hands a fetched batch to the lane (ownership moves with it): into the empty slot, or after what waits there. */
 static void hand_off(void *ctx, natsMsgList *list, double fetch_s)
 {
     consumer_t *c = ctx;
+    size_t bytes = 0;
+    for (int i = 0; i < list->Count; i++)
+        bytes += (size_t)natsMsg_GetDataLength(list->Msgs[i]);
+    uint64_t pending = 0;
+    jsMsgMetaData *md = NULL;
+    if (list->Count > 0 && natsMsg_GetMetaData(&md, list->Msgs[list->Count - 1]) == NATS_OK)
+        pending = md->NumPending;
+    jsMsgMetaData_Destroy(md);
     pthread_mutex_lock(&c->ho_mu);
-    c->ho_list = *list;
-    c->ho_fetch_s = fetch_s;
-    c->ho_full = true;
+    c->ho_pending = pending;
+    c->ho_bytes = (c->ho_full ? c->ho_bytes : 0) + bytes;
+    if (c->ho_full) {
+        list_append(&c->ho_list, list);
+        c->ho_fetch_s += fetch_s;
+    } else {
+        c->ho_list = *list;
+        c->ho_fetch_s = fetch_s;
+        c->ho_full = true;
+        memset(list, 0, sizeof *list);
+    }
     pthread_cond_broadcast(&c->ho_cv);
     pthread_mutex_unlock(&c->ho_mu);
-    memset(list, 0, sizeof *list);
 }
 
 /* Appends more's messages to out (both arrays come from nats.c's allocator, which is malloc/free). On out of
@@ -817,15 +850,25 @@ static natsStatus fetch_batch(void *ctx, pull_t *sub, int batch, natsMsgList *ou
     return NATS_OK;
 }
 
-/* The fetcher's room: a batch whenever the handoff slot is empty. */
+/* Whether the fetcher may add to a slot that is not empty: only with a backlog of at least a fetch behind it (a
+ * drain, a burst), and while the slot holds fewer than hold_max messages of fewer than HOLD_BYTES (history batches
+ * are large). Without a backlog the slot takes one fetch, as the lane would gain nothing but extra pull requests
+ * (each a round trip through nats-server, which shares the cores) from topping it up. Caller holds ho_mu. */
+static bool slot_takes_more(const consumer_t *c)
+{
+    return c->ho_list.Count < c->hold_max && c->ho_bytes < HOLD_BYTES && c->ho_pending >= (uint64_t)c->lc->batch_size;
+}
+
+/* The fetcher's room: up to a batch whenever the handoff slot is empty or takes more (slot_takes_more). */
 static int slot_room(void *ctx)
 {
     consumer_t *c = ctx;
     pthread_mutex_lock(&c->ho_mu);
-    while (c->ho_full && !atomic_load(c->stop))
+    while (c->ho_full && !slot_takes_more(c) && !atomic_load(c->stop))
         ho_wait(c, 100);
+    int room = c->hold_max - (c->ho_full ? c->ho_list.Count : 0);
     pthread_mutex_unlock(&c->ho_mu);
-    return c->lc->batch_size;
+    return room < c->lc->batch_size ? room : c->lc->batch_size;
 }
 
 /* The fetcher: pulls the next batch whenever the handoff slot is empty. Owns the subscription. */

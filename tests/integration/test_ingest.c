@@ -464,6 +464,48 @@ TEST(same_key_burst_ends_in_stream_order)
     CHECK_EQ_INT(h_pg_int(&P, "SELECT count(*) FROM " SCH ".chats"), 1);
 }
 
+/* A lane with a backlog takes several fetches at once (consumer.c, hold_max): while its batch waits in PostgreSQL,
+ * its fetcher keeps filling the handoff slot with fetches of batchSize (16 here), up to four of them, and the lane
+ * then commits them together, in stream order. The first batch is held by a lock on chats so the slot fills. */
+TEST(a_lane_with_a_backlog_takes_several_fetches_at_once_in_stream_order)
+{
+    enum { CHATS = 30, VERSIONS = 20 };
+    static const char *const ENV[] = {"NATS_REALTIME_BATCHSIZE=16", NULL};
+    REQUIRE(it_up(CO, ENV) && h_svc_signal(&S, SIGTERM, 20000) == 0);
+    char buf[256];
+    for (int v = 1; v <= VERSIONS; v++)
+        for (int i = 0; i < CHATS; i++) {
+            snprintf(buf, sizeof buf,
+                     "{\"chat_id\":\"hold%d\",\"jid\":\"j\",\"agent_id\":\"a\",\"phone_number\":\"1\","
+                     "\"push_name\":\"v%d\"}",
+                     i, v);
+            REQUIRE(it_pub("v1.chats.upsert", CO, buf, NULL));
+        }
+    PGconn *lock = PQconnectdb(P.dsn);
+    PGresult *r = PQexec(lock, "BEGIN; LOCK TABLE " SCH ".chats IN SHARE MODE");
+    bool locked = PQresultStatus(r) == PGRES_COMMAND_OK;
+    PQclear(r);
+    REQUIRE(locked && h_svc_start(&S, CO, &N, &P, ENV) && h_svc_wait_ready(&S, 60000));
+    CHECK_EQ_INT(h_pg_wait_int(&P, 1, 30000,
+                               "SELECT least(count(*), 1) FROM pg_stat_activity WHERE application_name ="
+                               " 'message-event-service' AND wait_event_type = 'Lock'"),
+                 1);
+    h_sleep_ms(1500); /* the fetcher fills the slot meanwhile (no clock decides the result: it only lets it fill) */
+    r = PQexec(lock, "COMMIT");
+    PQclear(r);
+    PQfinish(lock);
+    CHECK_EQ_INT(h_pg_wait_int(&P, CHATS, 30000,
+                               "SELECT count(*) FROM " SCH ".chats WHERE chat_id LIKE 'hold%%' AND push_name = 'v%d'",
+                               VERSIONS),
+                 CHATS);
+    const char *series = "message_event_service_batch_size_bucket{consumer_type=\"realtime\",le=\"16\"}";
+    double small = h_metric(S.http_port, series),
+           all = h_metric(S.http_port, "message_event_service_batch_size_count{consumer_type=\"realtime\"}");
+    printf("realtime batches: %.0f, of at most one fetch (16): %.0f\n", all, small);
+    CHECK(all > small);
+    CHECK_EQ_INT(it_dlq_count(CO), 0);
+}
+
 TEST(onboarding_creates_one_contact_and_one_log_row_per_agent_and_phone)
 {
     REQUIRE(it_up(CO, NO_ENV));
