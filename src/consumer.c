@@ -871,7 +871,7 @@ static int slot_room(void *ctx)
     return room < c->lc->batch_size ? room : c->lc->batch_size;
 }
 
-/* The fetcher: pulls the next batch whenever the handoff slot is empty. Owns the subscription. */
+/* The fetcher: pulls whenever the handoff slot has room (slot_room). Owns the subscription. */
 static void *fetch_run(void *arg)
 {
     consumer_t *c = arg;
