@@ -14,6 +14,17 @@
 #define OP_CTL (-1)                   /* BEGIN / COMMIT / ROLLBACK / the contacts lock: no metrics of their own */
 #define LOCK_STMT "mes_contacts_lock" /* SQL_CONTACTS_LOCK, prepared like the writes (planned once per session) */
 
+/* Prepares one statement on the session. Parameter types come from the statement's own casts ($k::text[]). */
+static int prepare(db_conn_t *c, const char *name, const char *sql, db_error_t *err)
+{
+    PGresult *r = PQprepare(c->pg, name, sql, 0, NULL);
+    int rc = r && PQresultStatus(r) == PGRES_COMMAND_OK ? 0 : -1;
+    if (rc != 0)
+        db_error_from(err, c->pg, r);
+    PQclear(r);
+    return rc;
+}
+
 static int prepare_all(db_conn_t *c, db_error_t *err)
 {
     /* Every writer statement finds its rows by key through a unique index. The planner guesses the rows of the
@@ -27,23 +38,11 @@ static int prepare_all(db_conn_t *c, db_error_t *err)
      * (pg_stat_statements, 2026-12-07). The generic plans are the ones the statements are written for (sql.h). */
     if (db_command(c, "SET plan_cache_mode = force_generic_plan", err) != 0)
         return -1;
-    PGresult *lock = PQprepare(c->pg, LOCK_STMT, SQL_CONTACTS_LOCK, 0, NULL);
-    if (!lock || PQresultStatus(lock) != PGRES_COMMAND_OK) {
-        db_error_from(err, c->pg, lock);
-        PQclear(lock);
+    if (prepare(c, LOCK_STMT, SQL_CONTACTS_LOCK, err) != 0)
         return -1;
-    }
-    PQclear(lock);
-    for (int st = 0; st < ST_COUNT; st++) {
-        /* Parameter types come from the statement's own casts ($k::text[]). */
-        PGresult *r = PQprepare(c->pg, store_statement_name(st), store_stmt_info[st].sql, 0, NULL);
-        if (!r || PQresultStatus(r) != PGRES_COMMAND_OK) {
-            db_error_from(err, c->pg, r);
-            PQclear(r);
+    for (int st = 0; st < ST_COUNT; st++)
+        if (prepare(c, store_statement_name(st), store_stmt_info[st].sql, err) != 0)
             return -1;
-        }
-        PQclear(r);
-    }
     c->store_prepared = true;
     return 0;
 }
