@@ -111,6 +111,55 @@ static inline bool it_pub(const char *base, const char *co, const char *data, co
     return h_publish(&N, subject, data, strlen(data), msg_id);
 }
 
+/* A session of the test's own holding SHARE locks (what inserts and updates wait for) on `tables` (comma-separated)
+ * in an open transaction until it_unlock: the service's writes to them wait in PostgreSQL meanwhile. SHARE locks of
+ * two sessions do not conflict, so a second session can lock a table the first holds. NULL when it cannot. */
+static inline PGconn *it_lock_tables(const char *tables)
+{
+    PGconn *c = PQconnectdb(P.dsn);
+    if (PQstatus(c) != CONNECTION_OK) {
+        PQfinish(c);
+        return NULL;
+    }
+    char sql[512];
+    snprintf(sql, sizeof sql, "BEGIN; LOCK TABLE %s IN SHARE MODE", tables);
+    PGresult *r = PQexec(c, sql);
+    bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+    PQclear(r);
+    if (!ok) {
+        PQfinish(c);
+        return NULL;
+    }
+    return c;
+}
+
+/* Ends it_lock_tables' transaction and session. */
+static inline bool it_unlock(PGconn *c)
+{
+    PGresult *r = PQexec(c, "COMMIT");
+    bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+    PQclear(r);
+    PQfinish(c);
+    return ok;
+}
+
+/* A durable consumer of wa_events_stream as JetStream reports it now. */
+typedef struct {
+    long long pending, ack_pending;
+} it_durable_t;
+
+static inline bool it_durable_state(const char *durable, it_durable_t *st)
+{
+    jsConsumerInfo *ci = NULL;
+    jsErrCode jerr = 0;
+    if (js_GetConsumerInfo(&ci, h_nats_jsctx(&N), "wa_events_stream", durable, NULL, &jerr) != NATS_OK || !ci)
+        return false;
+    st->pending = (long long)ci->NumPending;
+    st->ack_pending = (long long)ci->NumAckPending;
+    jsConsumerInfo_Destroy(ci);
+    return true;
+}
+
 /* Number of DLQ records for tenant co. */
 static inline long long it_dlq_count(const char *co)
 {

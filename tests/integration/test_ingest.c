@@ -466,11 +466,12 @@ TEST(same_key_burst_ends_in_stream_order)
 
 /* A lane with a backlog takes several fetches at once (consumer.c, hold_max): while its batch waits in PostgreSQL,
  * its fetcher keeps filling the handoff slot with fetches of batchSize (16 here), up to four of them, and the lane
- * then commits them together, in stream order. The first batch is held by a lock on chats so the slot fills. */
+ * then commits them together, in stream order. The first batch is held by a lock on chats until the slot is full. */
 TEST(a_lane_with_a_backlog_takes_several_fetches_at_once_in_stream_order)
 {
     enum { CHATS = 30, VERSIONS = 20 };
-    static const char *const ENV[] = {"NATS_REALTIME_BATCHSIZE=16", NULL};
+    /* database.lockTimeout raised: the batch waits for the test's lock, never for a timer of its own. */
+    static const char *const ENV[] = {"NATS_REALTIME_BATCHSIZE=16", "DATABASE_LOCKTIMEOUT=120s", NULL};
     REQUIRE(it_up(CO, ENV) && h_svc_signal(&S, SIGTERM, 20000) == 0);
     char buf[256];
     for (int v = 1; v <= VERSIONS; v++)
@@ -481,19 +482,19 @@ TEST(a_lane_with_a_backlog_takes_several_fetches_at_once_in_stream_order)
                      i, v);
             REQUIRE(it_pub("v1.chats.upsert", CO, buf, NULL));
         }
-    PGconn *lock = PQconnectdb(P.dsn);
-    PGresult *r = PQexec(lock, "BEGIN; LOCK TABLE " SCH ".chats IN SHARE MODE");
-    bool locked = PQresultStatus(r) == PGRES_COMMAND_OK;
-    PQclear(r);
-    REQUIRE(locked && h_svc_start(&S, CO, &N, &P, ENV) && h_svc_wait_ready(&S, 60000));
+    PGconn *lock = it_lock_tables(SCH ".chats");
+    REQUIRE(lock && h_svc_start(&S, CO, &N, &P, ENV) && h_svc_wait_ready(&S, 60000));
     CHECK_EQ_INT(h_pg_wait_int(&P, 1, 30000,
                                "SELECT least(count(*), 1) FROM pg_stat_activity WHERE application_name ="
                                " 'message-event-service' AND wait_event_type = 'Lock'"),
                  1);
-    h_sleep_ms(1500); /* the fetcher fills the slot meanwhile (no clock decides the result: it only lets it fill) */
-    r = PQexec(lock, "COMMIT");
-    PQclear(r);
-    PQfinish(lock);
+    /* Unacked: the batch waiting on the lock (16) and a full slot behind it (consumer_hold_max(16, 1000) = 64). */
+    it_durable_t d = {0};
+    int64_t end = h_now_ms() + 30000;
+    while (h_now_ms() < end && !(it_durable_state("wa_listener_" CO "_chats_upsert", &d) && d.ack_pending >= 16 + 64))
+        h_sleep_ms(50);
+    CHECK_EQ_INT(d.ack_pending, 16 + 64);
+    REQUIRE(it_unlock(lock));
     CHECK_EQ_INT(h_pg_wait_int(&P, CHATS, 30000,
                                "SELECT count(*) FROM " SCH ".chats WHERE chat_id LIKE 'hold%%' AND push_name = 'v%d'",
                                VERSIONS),

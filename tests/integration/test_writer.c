@@ -114,22 +114,12 @@ static void check_everything_once(int timeout_ms)
     CHECK_EQ_INT(h_pg_int(&P, "SELECT count(*) FROM " SCH ".agents"), 1);
 }
 
-typedef struct {
-    long long pending, ack_pending;
-} durable_state_t;
-
-static bool durable_state(int lane, durable_state_t *st)
+/* The durable of one of the six lanes. */
+static bool durable_state(int lane, it_durable_t *st)
 {
     char durable[128];
     snprintf(durable, sizeof durable, "wa_listener_%s_%s", CO, SUFFIX[lane]);
-    jsConsumerInfo *ci = NULL;
-    jsErrCode jerr = 0;
-    if (js_GetConsumerInfo(&ci, h_nats_jsctx(&N), "wa_events_stream", durable, NULL, &jerr) != NATS_OK || !ci)
-        return false;
-    st->pending = (long long)ci->NumPending;
-    st->ack_pending = (long long)ci->NumAckPending;
-    jsConsumerInfo_Destroy(ci);
-    return true;
+    return it_durable_state(durable, st);
 }
 
 /* Polls until every lane's durable has nothing left to deliver and nothing unacked; returns what is left. */
@@ -139,7 +129,7 @@ static long long wait_all_acked(int timeout_ms)
     for (;;) {
         long long left = 0;
         for (int l = 0; l < NLANES; l++) {
-            durable_state_t s;
+            it_durable_t s;
             left += durable_state(l, &s) ? s.pending + s.ack_pending : 1;
         }
         if (left == 0 || h_now_ms() >= end)
@@ -175,36 +165,6 @@ static void check_recovered_once_then_stop(void)
     CHECK_EQ_INT(h_svc_signal(&S, SIGTERM, 30000), 0);
 }
 
-/* A session of the test's own holding SHARE locks (what inserts and updates wait for) on tables, in an open
- * transaction. SHARE locks of two sessions do not conflict, so a second session can lock a table the first holds. */
-static PGconn *lock_tables(const char *tables)
-{
-    PGconn *c = PQconnectdb(P.dsn);
-    if (PQstatus(c) != CONNECTION_OK) {
-        PQfinish(c);
-        return NULL;
-    }
-    char sql[512];
-    snprintf(sql, sizeof sql, "BEGIN; LOCK TABLE %s IN SHARE MODE", tables);
-    PGresult *r = PQexec(c, sql);
-    bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
-    PQclear(r);
-    if (!ok) {
-        PQfinish(c);
-        return NULL;
-    }
-    return c;
-}
-
-static bool unlock(PGconn *c)
-{
-    PGresult *r = PQexec(c, "COMMIT");
-    bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
-    PQclear(r);
-    PQfinish(c);
-    return ok;
-}
-
 #define WAITING_SERVICE                                                                                                \
     " FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid JOIN pg_class c ON c.oid = l.relation"                  \
     " WHERE NOT l.granted AND a.application_name = 'message-event-service' AND a.wait_event_type = 'Lock'"
@@ -238,7 +198,7 @@ static PGconn *hold_a_full_group(const char **waits_on)
     memset(published, 0, sizeof published);
     if (!it_up(CO, ENV) || !make_rows_to_update() || h_svc_signal(&S, SIGTERM, 30000) != 0)
         return NULL;
-    PGconn *all = lock_tables(SCH ".agents, " SCH ".chats, " SCH ".messages, " SCH ".contacts");
+    PGconn *all = it_lock_tables(SCH ".agents, " SCH ".chats, " SCH ".messages, " SCH ".contacts");
     if (!all)
         return NULL;
     if (!it_pub("v1.connection.update", CO, "{\"agent_id\":\"ag\",\"status\":\"open\"}", NULL) || !publish_backlog() ||
@@ -258,13 +218,13 @@ static PGconn *hold_a_full_group(const char **waits_on)
     printf("first group waits on %s; the next will wait on %s\n", first ? first : "(none)", target);
     char tables[128];
     snprintf(tables, sizeof tables, SCH ".%s", target);
-    PGconn *one = first ? lock_tables(tables) : NULL;
+    PGconn *one = first ? it_lock_tables(tables) : NULL;
     free(first);
     if (!one) {
         PQfinish(all);
         return NULL;
     }
-    if (!unlock(all) || !wait_blocked_on(target, 30000)) {
+    if (!it_unlock(all) || !wait_blocked_on(target, 30000)) {
         PQfinish(one);
         return NULL;
     }
@@ -315,7 +275,7 @@ TEST(sigterm_with_a_full_group_waiting_in_postgres_commits_and_acks_all_it_holds
     CHECK_EQ_INT(h_http(S.http_port, "GET", "/ready", NULL), 503);
     CHECK(wait_blocked_on(table, 1000));
     size_t released_at = log_len();
-    REQUIRE(unlock(lock));
+    REQUIRE(it_unlock(lock));
     int64_t t0 = h_now_ms();
     CHECK_EQ_INT(h_svc_wait_exit(&S, 60000), 0); /* 0 means within shutdown.timeout (else 1) */
     printf("exit %lld ms after the lock was released\n", (long long)(h_now_ms() - t0));
@@ -328,7 +288,7 @@ TEST(sigterm_with_a_full_group_waiting_in_postgres_commits_and_acks_all_it_holds
           !strstr(log, "shutdown timeout"));
     free(log);
     /* Everything it fetched is acked (and so committed: each acked upsert is a row, each update applied). */
-    durable_state_t st[NLANES];
+    it_durable_t st[NLANES];
     for (int l = 0; l < NLANES; l++) {
         REQUIRE(durable_state(l, &st[l]));
         printf("%s after exit: %lld not delivered, %lld unacked, %lld applied of %lld\n", SUFFIX[l], st[l].pending,
@@ -377,7 +337,7 @@ static void stop_with_postgres_gone(bool sigterm_first)
     REQUIRE(h_pg_restart(&P));
     /* Never acked without a commit: what the durables count as acked is at most what PostgreSQL holds. */
     long long left = 0;
-    durable_state_t st[NLANES];
+    it_durable_t st[NLANES];
     for (int l = 0; l < NLANES; l++) {
         REQUIRE(durable_state(l, &st[l]));
         long long acked = published[l] - st[l].pending - st[l].ack_pending;
@@ -432,12 +392,12 @@ TEST(a_group_waiting_longer_than_the_ack_wait_is_not_redelivered_and_applies_a_d
     REQUIRE(it_pub("v1.chats.upsert", CO,
                    "{\"chat_id\":\"slow\",\"jid\":\"j\",\"agent_id\":\"a\",\"phone_number\":\"1\"}", NULL));
     REQUIRE(h_pg_wait_int(&P, 1, 30000, "SELECT count(*) FROM " SCH ".chats") == 1);
-    PGconn *lock = lock_tables(SCH ".chats");
+    PGconn *lock = it_lock_tables(SCH ".chats");
     REQUIRE(lock);
     REQUIRE(it_pub("v1.chats.update", CO, "{\"chat_id\":\"slow\",\"unread_delta\":1}", NULL));
     REQUIRE(wait_blocked_on("chats", 30000));
     h_sleep_ms(6000);
-    REQUIRE(unlock(lock));
+    REQUIRE(it_unlock(lock));
     CHECK_EQ_INT(h_pg_wait_int(&P, 1, 30000, "SELECT unread_count FROM " SCH ".chats"), 1);
     h_sleep_ms(3000); /* a redelivered copy would be applied by now */
     CHECK_EQ_INT(h_pg_int(&P, "SELECT unread_count FROM " SCH ".chats"), 1);
