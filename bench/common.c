@@ -200,7 +200,18 @@ void bench_keep(h_svc_t *s, const h_pg_t *p)
                         " round(total_plan_time), plans, left(query, 70)),"
                         " E'\\n' ORDER BY total_exec_time + total_plan_time DESC)"
                         " FROM (SELECT * FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 30) t");
-        write_file(stats_path, top ? top : "pg_stat_statements unavailable: see bench/README.md\n");
+        /* Rows written per table, and how many updates were HOT (no index entries written: the new version fit on
+         * the same page). Backends report these at most once a second, so the last second may be missing. */
+        char *tables = h_pg_str(p, "SELECT string_agg(format('%%-28s inserted %%8s updated %%8s hot %%8s',"
+                                   " relname, n_tup_ins, n_tup_upd, n_tup_hot_upd), E'\\n' ORDER BY relname)"
+                                   " FROM pg_stat_user_tables WHERE n_tup_ins + n_tup_upd > 0");
+        char *text = NULL;
+        if (asprintf(&text, "%s\n\n%s\n", top ? top : "pg_stat_statements unavailable: see bench/README.md",
+                     tables ? tables : "") < 0)
+            text = NULL;
+        write_file(stats_path, text);
+        free(text);
+        free(tables);
         free(top);
     }
 }

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# compare.sh [REV] - before/after in one session: builds REV (default HEAD~1) in a temporary worktree beside the
-# working tree's build, then runs the same benchmarks against both service binaries, interleaved so that a noisy
-# moment hits both alike: the realistic-mix drain three times each (medians compared), then publish->commit latency
-# at paced rates (COMPARE_RATES, default 50% and 70% of the OLD build's median drain rate), COMPARE_REPEAT times each
-# (default 2). Prints the medians and the new/old ratios, also of PostgreSQL's tx/s and the service's peak sessions.
+# compare.sh [REV] - before/after in one session: builds REV (default HEAD~1) beside the working tree's build
+# (bench_build_old in bench/lib.sh, kept in build-bench/old/<sha>), then runs the same benchmarks against both service
+# binaries, interleaved so that a noisy moment hits both alike: the realistic-mix drain three times each (medians
+# compared), then publish->commit latency at paced rates (COMPARE_RATES, default 50% and 70% of the OLD build's median
+# drain rate), COMPARE_REPEAT times each (default 2). Prints the medians and the new/old ratios, also of PostgreSQL's tx/s and the service's peak sessions.
 #
 # Environment: BENCH_BUILD_DIR (default <repo>/build-bench), COMPARE_MIX_COUNT (default 60000),
 # BENCH_LAT_SECONDS (default 20). Raw JSON lines stay in $BENCH_BUILD_DIR/compare-results/<timestamp>.
@@ -14,20 +14,15 @@ BUILD=${BENCH_BUILD_DIR:-$ROOT/build-bench}
 COUNT=${COMPARE_MIX_COUNT:-60000}
 LAT_SECONDS=${BENCH_LAT_SECONDS:-20}
 OUT=$BUILD/compare-results/$(date +%Y%m%d-%H%M%S)
-MIX=v1.chats.upsert:8,v1.chats.update:10,v1.messages.upsert:40,v1.messages.update:24,v1.contacts.upsert:6
-MIX=$MIX,v1.contacts.update:4,v1.connection.update:2,v1.history.chats:2,v1.history.messages:3,v1.history.contacts:1
+# shellcheck source=lib.sh
+. "$ROOT/bench/lib.sh"
 
 bash "$ROOT/scripts/install-deps.sh" >&2
-OLD_SHA=$(git -C "$ROOT" rev-parse --verify "$REV^{commit}")
-OLD_TREE=$(mktemp -d /tmp/mes-compare-XXXXXX)
-trap 'git -C "$ROOT" worktree remove --force "$OLD_TREE" >/dev/null 2>&1 || rm -rf "$OLD_TREE"' EXIT
-git -C "$ROOT" worktree add -q --detach "$OLD_TREE" "$OLD_SHA"
-echo "building old ($REV = ${OLD_SHA:0:10}) and new (working tree) ..." >&2
-cmake -S "$OLD_TREE" -B "$OLD_TREE/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMES_TESTS=OFF >/dev/null
-cmake --build "$OLD_TREE/build" -j2 --target message-event-service >/dev/null
+bench_build_old "$ROOT" "$REV" "$BUILD" || exit 1
+echo "building new (working tree) ..." >&2
 cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build "$BUILD" -j2 --target message-event-service mes-loadgen bench-drain bench-latency >/dev/null
-OLD_BIN=$OLD_TREE/build/message-event-service NEW_BIN=$BUILD/message-event-service
+NEW_BIN=$BUILD/message-event-service
 mkdir -p "$OUT"
 export MES_BUILD_DIR=$BUILD
 
@@ -62,7 +57,7 @@ NEW_MIX=$(for k in 1 2 3; do field "new-mix-$k" events_per_s; done | median)
 if [ -n "${COMPARE_RATES:-}" ]; then
     read -r -a RATES <<<"$COMPARE_RATES"
 else
-    RATES=($(awk -v m="$OLD_MIX" 'BEGIN { printf "%.0f %.0f", m * 0.5, m * 0.7 }'))
+    read -r -a RATES <<<"$(awk -v m="$OLD_MIX" 'BEGIN { printf "%.0f %.0f", m * 0.5, m * 0.7 }')"
 fi
 REPEAT=${COMPARE_REPEAT:-2}
 for rate in "${RATES[@]}"; do

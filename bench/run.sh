@@ -7,7 +7,9 @@
 # Environment: BENCH_SCALE (default 1), BENCH_BUILD_DIR (default <repo>/build-bench), BENCH_OUT (raw results dir,
 # default $BENCH_BUILD_DIR/bench-results/<timestamp>), BENCH_LAT_SECONDS (latency run length, default 20),
 # BENCH_R3=1 (also drain chats-only on a 3-node NATS cluster with R3 streams next to the same drain on one server:
-# the cost of replication, reported as two info rows, not a target).
+# the cost of replication, reported as two info rows, not a target), BENCH_BEFORE (the commit whose realistic-mix
+# drain the target ratio is against, default fc0b550, the code issue 11 "group commit" was filed against: built once
+# into BENCH_BUILD_DIR/old/<sha> by bench/lib.sh and drained interleaved with this build; "none" skips it).
 # Each benchmark starts its own nats-server and PostgreSQL (tests/harness.c) and stops them. Raw output (one JSON
 # line per measurement, plus stderr) stays in BENCH_OUT. Exit status: 0 when every benchmark ran (targets may still
 # be missed: that is a result, not an error), 1 when one could not run.
@@ -26,9 +28,11 @@ N_MIX=$(n 100000 2000)
 N_HIST=$(n 2000 40)    # history.messages batches of 100 items
 N_REF=$(n 20000 5000)  # one transaction per event is slow; its rate is steady long before
 N_REF_DURABLE=$(n 5000 2000)
-# The load generator's default weights, written out because bench-drain always passes --subjects.
-MIX=v1.chats.upsert:8,v1.chats.update:10,v1.messages.upsert:40,v1.messages.update:24,v1.contacts.upsert:6
-MIX=$MIX,v1.contacts.update:4,v1.connection.update:2,v1.history.chats:2,v1.history.messages:3,v1.history.contacts:1
+BEFORE=${BENCH_BEFORE:-fc0b550}
+BEFORE_WHY=
+failed=0
+# shellcheck source=lib.sh
+. "$ROOT/bench/lib.sh" # MIX, bench_build_old
 
 bash "$ROOT/scripts/install-deps.sh" >&2 || { echo "run.sh: installing the packages failed (see above)" >&2; exit 1; }
 echo "building into $BUILD ..." >&2
@@ -40,10 +44,14 @@ if ! { cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 fi
 mkdir -p "$OUT"
 export MES_BUILD_DIR=$BUILD MES_SERVICE_BIN=$BUILD/message-event-service
+OLD_BIN=
+if [ "$BEFORE" != none ] && ! bench_build_old "$ROOT" "$BEFORE" "$BUILD"; then
+    BEFORE_WHY="could not build $BEFORE (see above)"
+    failed=1
+fi
 B=$BUILD/bench
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 T0=$(date +%s)
-failed=0
 
 # step NAME CMD...: runs a benchmark, JSON lines to $OUT/NAME.json, stderr to $OUT/NAME.err.
 step() {
@@ -82,10 +90,13 @@ step drain-msgs "$B/bench-drain" --label messages-only --count "$N_MSGS" --subje
 # The realistic mix: the load generator's default weights (6% of events are history batches) with 20 items per
 # batch. With 100 items, history rows alone would be 6 per event, i.e. 90k items/s at 15k events/s, three times the
 # history target: that variant is reported for information (drain-mix-h100), not held to the 15k target.
-# The realistic mix and its poisoned twin decide two targets from a few seconds each: three runs of each,
-# interleaved so that a noisy moment hits both alike, and the medians are compared.
+# The realistic mix, its poisoned twin and the same mix drained by the code before group commit (BENCH_BEFORE)
+# decide two targets and the before/after ratio from a few seconds each: three runs of each, interleaved so that a
+# noisy moment hits all alike, and the medians are compared.
 for k in 1 2 3; do
     step "drain-mix-$k" "$B/bench-drain" --label realistic-mix --count "$N_MIX" --subjects "$MIX" --history-count 20
+    [ -n "$OLD_BIN" ] && MES_SERVICE_BIN=$OLD_BIN step "drain-before-$k" "$B/bench-drain" --label realistic-mix-before \
+        --count "$N_MIX" --subjects "$MIX" --history-count 20
     step "drain-poison-$k" "$B/bench-drain" --label realistic-mix-poison --count "$N_MIX" --subjects "$MIX" \
         --history-count 20 --invalid-ratio 0.01
 done
@@ -136,6 +147,7 @@ REFB=$(jm refbound min-batched events_per_s)
 MSG=$(j drain-msgs messages-only events_per_s)
 HIST=$(j drain-hist history-messages rows_per_s)
 POIS=$(jm drain-poison realistic-mix-poison events_per_s)
+OLDMIX=$(jm drain-before realistic-mix-before events_per_s)
 P50_99=$(j lat50 lat-50pct p99_ms)
 P70_99=$(j lat70 lat-70pct p99_ms)
 L50=$(j lat50 lat-50pct lost)
@@ -160,10 +172,14 @@ REFAD=$(j refbound-durable ref-autocommit events_per_s)
 REFBD=$(j refbound-durable min-batched events_per_s)
 PCTD=$( [ -n "$CHD" ] && [ -n "$REFBD" ] && awk -v a="$CHD" -v b="$REFBD" 'BEGIN { printf "%.0f", 100 * a / b }')
 XD=$( [ -n "$CHD" ] && [ -n "$REFAD" ] && awk -v a="$CHD" -v b="$REFAD" 'BEGIN { printf "%.1f", a / b }')
+XB=$( [ -n "$MAX" ] && [ -n "$OLDMIX" ] && awk -v a="$MAX" -v b="$OLDMIX" 'BEGIN { printf "%.2f", a / b }')
 COST=$( [ -n "$MAX" ] && [ -n "$POIS" ] && awk -v a="$POIS" -v b="$MAX" 'BEGIN { printf "%.1f", 100 * (1 - a / b) }')
 # PostgreSQL's side of every run that starts the service (bench_pgwatch in bench/common.c): tx_per_s and
 # peak_sessions, -1 when not measured. Every such run starts exactly one service process.
-SVC_RUNS=$(cat "$OUT"/drain-*.json "$OUT"/lat*.json 2>/dev/null)
+# The code before group commit (drain-before-*) is not this build: its sessions are reported on its own line.
+SVC_RUNS=$(for r in "$OUT"/drain-*.json "$OUT"/lat*.json; do
+    [[ -f $r && $r != */drain-before-* ]] && cat "$r"
+done)
 SESS=$(sed -n -E 's/.*"peak_sessions":([0-9]+).*/\1/p' <<<"$SVC_RUNS" | sort -g | tail -1)
 NSESS=$(grep -c '"peak_sessions":[0-9]' <<<"$SVC_RUNS")
 # pg NAME LABEL KEY [max|sum]: KEY of NAME.json, or over NAME-1..3.json when NAME ends in -*: the median (tx_per_s),
@@ -199,6 +215,12 @@ row "  >= 70%, on a durable PostgreSQL (fsync on)" "$(f "$CHD") vs $(f "$REFBD")
 row "  >= 8x, on a durable PostgreSQL (fsync on)" "$(f "$CHD") vs $(f "$REFAD") ev/s = $(f "$XD" 1)x" \
     "$(verdict "$XD >= 8" "$XD")"
 row "realistic mix (history 20 items) >= 15k events/s" "$(f "$MAX") events/s (median of 3)" "$(verdict "$MAX >= 15000" "$MAX")"
+if [ -n "$OLD_BIN" ]; then
+    row "realistic mix >= 1.5x the code before ($BEFORE)" "$(f "$MAX") vs $(f "$OLDMIX") ev/s = $(f "$XB" 2)x (medians)" \
+        "$(verdict "$XB >= 1.5" "$XB")"
+else
+    row "realistic mix >= 1.5x the code before ($BEFORE)" "${BEFORE_WHY:-not measured (BENCH_BEFORE=none)}" ""
+fi
 row "history items >= 30k items/s" "$(f "$HIST") items/s" "$(verdict "$HIST >= 30000" "$HIST")"
 row "handler <= 2 us per realtime event (worst type)" "$(f "$MICRO_NS") ns (${MICRO_NS_T:-n/a})" \
     "$(verdict "$MICRO_NS <= 2000" "$MICRO_NS")"
@@ -244,6 +266,7 @@ pgrow "chats-only drain, durable PostgreSQL" drain-chats-durable chats-only
 pgrow "messages-only drain" drain-msgs messages-only
 pgrow "realistic-mix drain (median tx/s, max sessions of 3)" "drain-mix-*" realistic-mix
 pgrow "realistic-mix-poison drain (the same, of 3)" "drain-poison-*" realistic-mix-poison
+[ -n "$OLD_BIN" ] && pgrow "realistic-mix drain, the code before ($BEFORE)" "drain-before-*" realistic-mix-before
 pgrow "realistic-mix-h100 drain" drain-mix-h100 realistic-mix-h100
 pgrow "history-messages drain" drain-hist history-messages
 pgrow "latency at 50% ($(f "${R50:-}") ev/s)" lat50 lat-50pct

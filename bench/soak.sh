@@ -34,8 +34,8 @@ DURATION=${1:-10m}
 COMPANY=soak
 SAMPLE_S=10
 PROBES_PER_S=20
-MIX=v1.chats.upsert:8,v1.chats.update:10,v1.messages.upsert:40,v1.messages.update:24,v1.contacts.upsert:6
-MIX=$MIX,v1.contacts.update:4,v1.connection.update:2,v1.history.chats:2,v1.history.messages:3,v1.history.contacts:1
+# shellcheck source=lib.sh
+. "$ROOT/bench/lib.sh" # MIX
 T0=$SECONDS
 
 log() { printf '[soak %(%H:%M:%S)T +%ss] %s\n' -1 "$((SECONDS - T0))" "$*"; }
