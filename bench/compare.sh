@@ -3,7 +3,8 @@
 # (bench_build_old in bench/lib.sh, kept in build-bench/old/<sha>), then runs the same benchmarks against both service
 # binaries, interleaved so that a noisy moment hits both alike: the realistic-mix drain three times each (medians
 # compared), then publish->commit latency at paced rates (COMPARE_RATES, default 50% and 70% of the OLD build's median
-# drain rate), COMPARE_REPEAT times each (default 2). Prints the medians and the new/old ratios, also of PostgreSQL's tx/s and the service's peak sessions.
+# drain rate), COMPARE_REPEAT times each (default 2). Prints the medians and the new/old ratios, also of PostgreSQL's
+# tx/s and the service's peak sessions.
 #
 # Environment: BENCH_BUILD_DIR (default <repo>/build-bench), COMPARE_MIX_COUNT (default 60000),
 # BENCH_LAT_SECONDS (default 20). Raw JSON lines stay in $BENCH_BUILD_DIR/compare-results/<timestamp>.

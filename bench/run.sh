@@ -216,7 +216,8 @@ row "  >= 8x, on a durable PostgreSQL (fsync on)" "$(f "$CHD") vs $(f "$REFAD") 
     "$(verdict "$XD >= 8" "$XD")"
 row "realistic mix (history 20 items) >= 15k events/s" "$(f "$MAX") events/s (median of 3)" "$(verdict "$MAX >= 15000" "$MAX")"
 if [ -n "$OLD_BIN" ]; then
-    row "realistic mix >= 1.5x the code before ($BEFORE)" "$(f "$MAX") vs $(f "$OLDMIX") ev/s = $(f "$XB" 2)x (medians)" \
+    row "realistic mix >= 1.5x the code before ($BEFORE)" \
+        "$(f "$MAX") vs $(f "$OLDMIX") ev/s = $(f "$XB" 2)x (medians)" \
         "$(verdict "$XB >= 1.5" "$XB")"
 else
     row "realistic mix >= 1.5x the code before ($BEFORE)" "${BEFORE_WHY:-not measured (BENCH_BEFORE=none)}" ""
