@@ -24,10 +24,6 @@ typedef struct consumer consumer_t;
  * (consumer_destroy). */
 consumer_t *consumer_create(const config_t *cfg, mes_nats_t *nats, writer_t *writer, event_type_t et,
                             const atomic_bool *stop);
-/* The most messages a lane takes at once: its handoff slot fills with fetches of up to batch_size while it commits,
- * up to four fetches and at most half of max_ack_pending (the other half is the batch in process), never below one
- * fetch. */
-int consumer_hold_max(int batch_size, int max_ack_pending);
 /* Ensures/binds the durable consumer. */
 int consumer_subscribe(consumer_t *c) __attribute__((warn_unused_result));
 /* Starts the lane thread. */

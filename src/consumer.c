@@ -20,7 +20,7 @@
 #define MAX_TX_ITEMS 1024
 #define DLQ_PUBACK_WAIT_MS 5000 /* how long a batch waits for its DLQ records' PubAcks */
 #define UPSERT_WAIT_MS 5000     /* at most this long an update batch waits for its entity's upsert lane */
-#define HOLD_FETCHES 4          /* the handoff slot holds at most this many fetches (consumer_hold_max) */
+#define HOLD_FETCHES 4          /* the handoff slot holds at most this many fetches (hold_max_of) */
 #define HOLD_BYTES (1 << 20)    /* and takes another fetch only while its payloads are smaller than this */
 
 /* What happens to one message once its batch has been decided. */
@@ -99,7 +99,10 @@ struct consumer {
 
 /* ---- lifecycle -------------------------------------------------------------------------------------------- */
 
-int consumer_hold_max(int batch_size, int max_ack_pending)
+/* The most messages a lane takes at once: its handoff slot fills with fetches of up to batch_size while it commits,
+ * up to HOLD_FETCHES fetches and at most half of max_ack_pending (the other half is the batch in process), never
+ * below one fetch. */
+static int hold_max_of(int batch_size, int max_ack_pending)
 {
     int m = max_ack_pending / 2; /* the slot and the batch in process together stay within max ack pending */
     if (m > HOLD_FETCHES * batch_size)
@@ -125,7 +128,7 @@ consumer_t *consumer_create(const config_t *cfg, mes_nats_t *nats, writer_t *wri
     buf_init(&c->metabuf);
     pthread_mutex_init(&c->ho_mu, NULL);
     pthread_cond_init(&c->ho_cv, NULL);
-    c->hold_max = consumer_hold_max(c->lc->batch_size, c->lc->max_ack_pending);
+    c->hold_max = hold_max_of(c->lc->batch_size, c->lc->max_ack_pending);
     c->slots = calloc((size_t)c->hold_max, sizeof *c->slots);
     c->dlqb = dlq_batch_create(nats->nc, cfg);
     if (!c->slots || !c->dlqb || payload_ctx_init(&c->pctx, cfg->company_id) != 0) {

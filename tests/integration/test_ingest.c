@@ -488,7 +488,7 @@ TEST(a_lane_with_a_backlog_takes_several_fetches_at_once_in_stream_order)
                                "SELECT least(count(*), 1) FROM pg_stat_activity WHERE application_name ="
                                " 'message-event-service' AND wait_event_type = 'Lock'"),
                  1);
-    /* Unacked: the batch waiting on the lock (16) and a full slot behind it (consumer_hold_max(16, 1000) = 64). */
+    /* Unacked: the batch held by the lock (16) and a full slot behind it (consumer.c: hold_max_of(16, 1000) = 64). */
     it_durable_t d = {0};
     int64_t end = h_now_ms() + 30000;
     while (h_now_ms() < end && !(it_durable_state("wa_listener_" CO "_chats_upsert", &d) && d.ack_pending >= 16 + 64))
