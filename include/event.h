@@ -57,6 +57,8 @@ typedef enum {
 const char *event_type_base(event_type_t et);
 /* "chats_upsert", "connection_update", "chats" (history) - used in durable names. */
 const char *event_type_durable_suffix(event_type_t et);
+/* "chat.ups", "msg.upd", "hist.cont" ... (at most 9 characters): the names of its fetcher and lane threads. */
+const char *event_type_short(event_type_t et);
 lane_t event_type_lane(event_type_t et);
 /* Exact match of a base string; ET_UNKNOWN when none. */
 event_type_t event_type_from_base(const char *base, size_t len);

@@ -26,6 +26,9 @@ typedef struct {
 int log_level_parse(const char *s, log_level_t *out);
 void log_init(log_level_t level, const char *company_id);
 bool log_enabled(log_level_t level);
+/* Names the calling thread "<role> <what>" (what may be NULL), cut to the 15 characters Linux keeps, so top -H,
+ * perf and gdb tell the fetchers, lanes and workers apart. Best effort: a failure changes nothing else. */
+void log_thread_name(const char *role, const char *what);
 /* Writes {"ts":..,"level":..,"logger":..,"msg":..,"company_id":..,<fields>} + "\n". Fields with LOGF_NONE are skipped. */
 void log_emit(log_level_t level, const char *logger, const char *msg, const log_field_t *fields, size_t nfields);
 

@@ -316,6 +316,7 @@ static void handle_all(void *ctx, natsMsgList *list, double fetch_s)
 static void *run(void *arg)
 {
     advisory_t *a = arg;
+    log_thread_name("advisories", NULL);
     const intake_ops_t ops = {
         .who = "advisory", .room = fetch_room, .wait_ms = ADV_FETCH_WAIT_MS, .deliver = handle_all};
     intake_run(&a->in, a->nats, a->stop, &ops, a);

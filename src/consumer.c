@@ -878,6 +878,7 @@ static int slot_room(void *ctx)
 static void *fetch_run(void *arg)
 {
     consumer_t *c = arg;
+    log_thread_name("fetch", event_type_short(c->et));
     const intake_ops_t ops = {.who = "consumer", .room = slot_room, .fetch = fetch_batch, .deliver = hand_off};
     intake_run(&c->in, c->nats, c->stop, &ops, c);
     pthread_mutex_lock(&c->ho_mu);
@@ -892,6 +893,7 @@ static void *fetch_run(void *arg)
 static void *run(void *arg)
 {
     consumer_t *c = arg;
+    log_thread_name("lane", event_type_short(c->et));
     for (;;) {
         pthread_mutex_lock(&c->ho_mu);
         while (!c->ho_full && !c->ho_fetcher_done)

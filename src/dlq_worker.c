@@ -204,6 +204,7 @@ static void count_fetch_error(void *ctx)
 static void *fetch_loop(void *arg)
 {
     dlq_worker_t *w = arg;
+    log_thread_name("dlq-fetch", NULL);
     const intake_ops_t ops = {.who = "dlq",
                               .room = fetch_room,
                               .wait_ms = 500,
@@ -667,6 +668,7 @@ static void process(worker_t *wk)
 static void *work_loop(void *arg)
 {
     worker_t *wk = arg;
+    log_thread_name("dlq-worker", NULL);
     natsMsg *m;
     while ((m = queue_pop(wk->w)) != NULL) {
         metrics_dlq_workers_active_add(1);

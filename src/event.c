@@ -22,6 +22,17 @@ static const char *const suffixes[ET_COUNT] = {
     "connection_update", "chats",        "messages",        "contacts",        "unknown",
 };
 
+/* Short enough that "fetch " or "lane " and one of these fit a thread's name (log_thread_name). */
+static const char *const shorts[ET_COUNT] = {
+    "chat.ups", "chat.upd", "msg.ups", "msg.upd", "cont.ups", "cont.upd", "conn.upd", "hist.chat", "hist.msg",
+    "hist.cont", "unknown",
+};
+
+const char *event_type_short(event_type_t et)
+{
+    return (et >= 0 && et < ET_COUNT) ? shorts[et] : shorts[ET_UNKNOWN];
+}
+
 const char *event_type_base(event_type_t et)
 {
     return (et >= 0 && et < ET_COUNT) ? bases[et] : bases[ET_UNKNOWN];

@@ -215,3 +215,10 @@ void log_emit(log_level_t level, const char *logger, const char *msg, const log_
     write_all(line, o.len);
     pthread_mutex_unlock(&mu);
 }
+
+void log_thread_name(const char *role, const char *what)
+{
+    char name[16]; /* the kernel keeps 15 characters and the terminator */
+    snprintf(name, sizeof name, "%s%s%s", role, what ? " " : "", what ? what : "");
+    (void)pthread_setname_np(pthread_self(), name);
+}

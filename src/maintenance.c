@@ -24,6 +24,7 @@ struct maintenance {
 static void *run(void *arg)
 {
     maintenance_t *m = arg;
+    log_thread_name("maintenance", NULL);
     int64_t next_partitions = 0; /* now: the first check also covers a month that turned during startup */
     bool was_up = true;
     while (!atomic_load(m->stop)) {
