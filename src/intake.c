@@ -42,7 +42,7 @@ void intake_run(intake_t *in, mes_nats_t *n, const atomic_bool *stop, const inta
         natsStatus s =
             ops->fetch ? ops->fetch(ctx, in->sub, room, &list) : pull_fetch(in->sub, room, false, ops->wait_ms, &list);
         bool got = s == NATS_OK && list.Count > 0;
-        bool resub = mes_nats_fetch_watch(n, &in->watch, &in->dur, got);
+        bool resub = mes_nats_fetch_watch(n, &in->watch, &in->dur, got ? &list : NULL);
         if (got) {
             backoff = BACKOFF_FIRST_MS;
             ops->deliver(ctx, &list, (double)(clock_mono_ms() - t0) / 1000.0);

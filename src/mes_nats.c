@@ -672,8 +672,20 @@ static int subscribe_once(mes_nats_t *n, const mes_durable_t *d, mes_fetch_watch
 #define STALL_SILENCE_MS 10000
 #define CHECK_EVERY_MS 5000 /* also bounds how much a durable re-created after a deletion delivers again */
 
-bool mes_nats_fetch_watch(mes_nats_t *n, mes_fetch_watch_t *w, const mes_durable_t *d, bool got_messages)
+/* What the durable still had for us after the newest message of a fetch (0 when not known). */
+static uint64_t pending_after(const natsMsgList *got)
 {
+    jsMsgMetaData *md = NULL;
+    uint64_t pending = 0;
+    if (natsMsg_GetMetaData(&md, got->Msgs[got->Count - 1]) == NATS_OK && md)
+        pending = md->NumPending;
+    jsMsgMetaData_Destroy(md);
+    return pending;
+}
+
+bool mes_nats_fetch_watch(mes_nats_t *n, mes_fetch_watch_t *w, const mes_durable_t *d, const natsMsgList *got)
+{
+    bool got_messages = got && got->Count > 0;
     int64_t now = clock_mono_ms();
     uint64_t r = atomic_load(&n->reconnects);
     if (!w->last_msg_ms)
@@ -691,6 +703,17 @@ bool mes_nats_fetch_watch(mes_nats_t *n, mes_fetch_watch_t *w, const mes_durable
     if (now - w->last_check_ms < CHECK_EVERY_MS)
         return false;
     w->last_check_ms = now;
+    /* Not while the durable delivers a backlog. nats-server 2.9.10 counts a consumer's pending messages once and
+     * then keeps the count up to date as it delivers; a consumer info request counts again, and when the consumer
+     * stands in the stream's newest block with more of its messages ahead than behind, that count comes back with no
+     * last sequence (filestore.go, FilteredState's "scan the out nodes" branch). From then on the server counts again
+     * for every message it delivers, each time reading the block from its start: delivery fell to about one message
+     * a millisecond, and a paced run that had fallen behind stayed behind for the rest of the run (p99 of 15-25 s;
+     * README, "The consumer-info stall"). Lanes with a backlog keep delivering, so the stall watch loses nothing;
+     * the pending gauge comes from the deliveries meanwhile (consumer.c), and the ack floor is refreshed once the
+     * backlog is gone. */
+    if (got_messages && pending_after(got) > 0)
+        return false;
     const char *stream = d->stream, *durable = d->durable;
     jsConsumerInfo *ci = NULL;
     jsErrCode jerr = 0;

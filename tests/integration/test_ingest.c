@@ -507,6 +507,70 @@ TEST(a_lane_with_a_backlog_takes_several_fetches_at_once_in_stream_order)
     CHECK_EQ_INT(it_dlq_count(CO), 0);
 }
 
+/* The fetch loops' watch asks nats-server about a durable every 5 s (its ack floor, the pending gauge), but not while
+ * the durable is delivering a backlog: nats-server 2.9.10 answers such a request with a pending count that has no
+ * last sequence when the consumer stands in the stream's newest block, and then recounts the block for every message
+ * it delivers (mes_nats.c, mes_nats_fetch_watch; bench-info-stall shows the cost). A lane with a batch size of 1 drains
+ * a backlog in many small fetches for longer than 5 s; a core subscription sees every consumer info request the
+ * service sends for that durable, and none may come while most of the backlog is still in the stream. */
+static atomic_bool info_armed;          /* the service is ready: its startup asked already (subscribing) */
+static atomic_llong info_rows_seen;     /* the test's latest count of committed rows */
+static atomic_int info_early, info_all; /* requests while less than 99% was committed; all requests */
+
+static void on_info_request(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    (void)nc;
+    (void)sub;
+    long long k = *(const long long *)closure;
+    if (!atomic_load(&info_armed)) {
+        natsMsg_Destroy(msg);
+        return;
+    }
+    if (atomic_load(&info_rows_seen) < k - k / 100)
+        atomic_fetch_add(&info_early, 1);
+    atomic_fetch_add(&info_all, 1);
+    natsMsg_Destroy(msg);
+}
+
+TEST(a_lane_draining_a_backlog_does_not_ask_for_consumer_info)
+{
+    static const long long K = 15000;
+    static const char *const ENV[] = {"NATS_REALTIME_BATCHSIZE=1", NULL};
+    REQUIRE(h_nats_start(&N) && h_pg_start(&P) && h_streams_create(&N));
+    atexit(it_dump_log);
+    char buf[256];
+    for (long long i = 0; i < K; i++) {
+        snprintf(buf, sizeof buf, "{\"chat_id\":\"ci%lld\",\"jid\":\"j\",\"agent_id\":\"a\",\"phone_number\":\"1\"}",
+                 i);
+        REQUIRE(it_pub("v1.chats.upsert", CO, buf, NULL));
+    }
+    natsConnection *nc = NULL;
+    natsSubscription *sub = NULL;
+    REQUIRE(natsConnection_ConnectTo(&nc, N.url) == NATS_OK &&
+            natsConnection_Subscribe(&sub, nc, "$JS.API.CONSUMER.INFO.wa_events_stream.wa_listener_" CO "_chats_upsert",
+                                     on_info_request, (void *)&K) == NATS_OK &&
+            natsConnection_Flush(nc) == NATS_OK);
+    REQUIRE(h_svc_start(&S, CO, &N, &P, ENV) && h_svc_wait_ready(&S, 60000));
+    atomic_store(&info_armed, true);
+    int64_t t0 = h_now_ms(), end = t0 + 240000;
+    long long rows = 0;
+    while (rows < K && h_now_ms() < end) {
+        rows = h_pg_int(&P, "SELECT count(*) FROM " SCH ".chats");
+        atomic_store(&info_rows_seen, rows);
+        h_sleep_ms(50);
+    }
+    int64_t took = h_now_ms() - t0;
+    h_sleep_ms(6000); /* caught up: the next check may ask again */
+    printf("backlog of %lld drained in %.1f s; consumer info requests: %d while draining, %d in all\n", K,
+           (double)took / 1000.0, atomic_load(&info_early), atomic_load(&info_all));
+    CHECK_EQ_INT(rows, K);
+    CHECK(took > 6000); /* the watch's 5 s check fell inside the drain, so the rule was exercised */
+    CHECK_EQ_INT(atomic_load(&info_early), 0);
+    CHECK(atomic_load(&info_all) >= 1); /* once nothing is pending it asks again */
+    natsSubscription_Destroy(sub);
+    natsConnection_Destroy(nc);
+}
+
 TEST(onboarding_creates_one_contact_and_one_log_row_per_agent_and_phone)
 {
     REQUIRE(it_up(CO, NO_ENV));
