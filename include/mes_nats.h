@@ -89,14 +89,15 @@ void mes_nats_durable(mes_durable_t *d, const config_t *cfg, mes_durable_kind_t 
 int mes_nats_subscribe(mes_nats_t *n, const mes_durable_t *d, mes_fetch_watch_t *w, pull_t **sub)
     __attribute__((warn_unused_result));
 
-/* Call after every fetch, with what it returned (NULL or empty: nothing). Returns true when the pull subscription must be re-created: after a reconnect (pull
- * requests do not survive a server restart, and nats-server 2.9 may ignore the old inbox afterwards), when the
- * durable or its stream is gone (deleted at runtime: mes_nats_subscribe re-creates them), or when the server
- * reported messages pending at two checks 5 s apart while no fetch returned anything for 10 s (a stall, whatever its
- * cause; one check alone would also catch a message published a moment ago). A delivery already on its way to the
- * old inbox is not lost: it is redelivered after the ack wait. Every 5 s it asks the server about the durable, unless
- * the newest message fetched says more are pending (nats-server 2.9.10 then slows down: see mes_nats.c): that
- * refreshes its ack floor in w and, for live lanes, message_event_service_consumer_pending. */
+/* Call after every fetch, with what it returned (NULL or empty: nothing). Returns true when the pull subscription
+ * must be re-created: after a reconnect (pull requests do not survive a server restart, and nats-server 2.9 may
+ * ignore the old inbox afterwards), when the durable or its stream is gone (deleted at runtime: mes_nats_subscribe
+ * re-creates them), or when the server reported messages pending at two checks 5 s apart while no fetch returned
+ * anything for 10 s (a stall, whatever its cause; one check alone would also catch a message published a moment
+ * ago). A delivery already on its way to the old inbox is not lost: it is redelivered after the ack wait. Every 5 s
+ * it asks the server about the durable, unless the newest message fetched says more are pending (nats-server 2.9.10
+ * then slows down: see mes_nats.c): that refreshes its ack floor in w and, for live lanes,
+ * message_event_service_consumer_pending. */
 bool mes_nats_fetch_watch(mes_nats_t *n, mes_fetch_watch_t *w, const mes_durable_t *d, const natsMsgList *got);
 /* Unsubscribes *sub (NULL-safe) and sets it to NULL; the subscription itself is freed later (see mes_nats.c), by
  * mes_nats_close at the latest. */

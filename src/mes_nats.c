@@ -670,7 +670,7 @@ static int subscribe_once(mes_nats_t *n, const mes_durable_t *d, mes_fetch_watch
 /* ---- fetch loops' watchdog ---------------------------------------------------------------------------------- */
 
 #define STALL_SILENCE_MS 10000
-#define CHECK_EVERY_MS 5000 /* also bounds how much a durable re-created after a deletion delivers again */
+#define CHECK_EVERY_MS 5000 /* outside a backlog, also bounds what a durable re-created after a deletion redelivers */
 
 /* What the durable still had for us after the newest message of a fetch (0 when not known). */
 static uint64_t pending_after(const natsMsgList *got)
