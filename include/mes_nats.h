@@ -36,6 +36,7 @@ typedef struct {
     int64_t last_msg_ms;   /* last fetch that returned messages (or the start) */
     int64_t last_check_ms; /* last time the server was asked about the consumer */
     bool suspect;          /* the previous check already saw messages pending while nothing arrived */
+    uint64_t backlog;      /* what the newest message fetched said was still pending (read while a check is due) */
     bool missing;          /* the last check found the durable or its stream gone: re-subscribing re-creates them */
     /* Where the durable stood when last seen, so that one deleted at runtime is re-created from there (not from the
      * start of its stream, which would re-apply every delta): everything at or below its ack floor was acked. */

@@ -702,18 +702,20 @@ bool mes_nats_fetch_watch(mes_nats_t *n, mes_fetch_watch_t *w, const mes_durable
     }
     if (now - w->last_check_ms < CHECK_EVERY_MS)
         return false;
-    w->last_check_ms = now;
     /* Not while the durable delivers a backlog. nats-server 2.9.10 counts a consumer's pending messages once and
      * then keeps the count up to date as it delivers; a consumer info request counts again, and when the consumer
      * stands in the stream's newest block with more of its messages ahead than behind, that count comes back with no
      * last sequence (filestore.go, FilteredState's "scan the out nodes" branch). From then on the server counts again
      * for every message it delivers, each time reading the block from its start: delivery fell to about one message
      * a millisecond, and a paced run that had fallen behind stayed behind for the rest of the run (p99 of 15-25 s;
-     * README, "The consumer-info stall"). Lanes with a backlog keep delivering, so the stall watch loses nothing;
-     * the pending gauge comes from the deliveries meanwhile (consumer.c), and the ack floor is refreshed once the
-     * backlog is gone. */
-    if (got_messages && pending_after(got) > 0)
-        return false;
+     * README, "The consumer-info stall"). Once nothing has come for 5 s it asks as before, so the stall watch loses
+     * nothing (its verdict needs 10 s of silence); the pending gauge comes from the deliveries meanwhile
+     * (consumer.c), and the ack floor is refreshed once the backlog is gone. */
+    if (got_messages)
+        w->backlog = pending_after(got);
+    if (w->backlog > 0 && now - w->last_msg_ms < CHECK_EVERY_MS)
+        return false; /* still delivering (an empty fetch in a backlog says little); due again at the next fetch */
+    w->last_check_ms = now;
     const char *stream = d->stream, *durable = d->durable;
     jsConsumerInfo *ci = NULL;
     jsErrCode jerr = 0;
