@@ -24,8 +24,8 @@ static const char *const suffixes[ET_COUNT] = {
 
 /* Short enough that "fetch " or "lane " and one of these fit a thread's name (log_thread_name). */
 static const char *const shorts[ET_COUNT] = {
-    "chat.ups", "chat.upd", "msg.ups", "msg.upd", "cont.ups", "cont.upd", "conn.upd", "hist.chat", "hist.msg",
-    "hist.cont", "unknown",
+    "chat.ups", "chat.upd",  "msg.ups",  "msg.upd",   "cont.ups", "cont.upd",
+    "conn.upd", "hist.chat", "hist.msg", "hist.cont", "unknown",
 };
 
 const char *event_type_short(event_type_t et)
