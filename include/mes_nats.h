@@ -90,6 +90,9 @@ void mes_nats_durable(mes_durable_t *d, const config_t *cfg, mes_durable_kind_t 
 int mes_nats_subscribe(mes_nats_t *n, const mes_durable_t *d, mes_fetch_watch_t *w, pull_t **sub)
     __attribute__((warn_unused_result));
 
+/* What the durable still had for us after the newest message of a fetch (its NumPending; 0 when not known). */
+uint64_t mes_nats_pending_after(const natsMsgList *got);
+
 /* Call after every fetch, with what it returned (NULL or empty: nothing). Returns true when the pull subscription
  * must be re-created: after a reconnect (pull requests do not survive a server restart, and nats-server 2.9 may
  * ignore the old inbox afterwards), when the durable or its stream is gone (deleted at runtime: mes_nats_subscribe

@@ -786,11 +786,7 @@ static void hand_off(void *ctx, natsMsgList *list, double fetch_s)
     size_t bytes = 0;
     for (int i = 0; i < list->Count; i++)
         bytes += (size_t)natsMsg_GetDataLength(list->Msgs[i]);
-    uint64_t pending = 0;
-    jsMsgMetaData *md = NULL;
-    if (list->Count > 0 && natsMsg_GetMetaData(&md, list->Msgs[list->Count - 1]) == NATS_OK)
-        pending = md->NumPending;
-    jsMsgMetaData_Destroy(md);
+    uint64_t pending = mes_nats_pending_after(list);
     pthread_mutex_lock(&c->ho_mu);
     c->ho_pending = pending;
     c->ho_bytes = (c->ho_full ? c->ho_bytes : 0) + bytes;

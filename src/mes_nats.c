@@ -672,12 +672,11 @@ static int subscribe_once(mes_nats_t *n, const mes_durable_t *d, mes_fetch_watch
 #define STALL_SILENCE_MS 10000
 #define CHECK_EVERY_MS 5000 /* outside a backlog, also bounds what a durable re-created after a deletion redelivers */
 
-/* What the durable still had for us after the newest message of a fetch (0 when not known). */
-static uint64_t pending_after(const natsMsgList *got)
+uint64_t mes_nats_pending_after(const natsMsgList *got)
 {
     jsMsgMetaData *md = NULL;
     uint64_t pending = 0;
-    if (natsMsg_GetMetaData(&md, got->Msgs[got->Count - 1]) == NATS_OK && md)
+    if (got && got->Count > 0 && natsMsg_GetMetaData(&md, got->Msgs[got->Count - 1]) == NATS_OK && md)
         pending = md->NumPending;
     jsMsgMetaData_Destroy(md);
     return pending;
@@ -712,7 +711,7 @@ bool mes_nats_fetch_watch(mes_nats_t *n, mes_fetch_watch_t *w, const mes_durable
      * nothing (its verdict needs 10 s of silence); the pending gauge comes from the deliveries meanwhile
      * (consumer.c), and the ack floor is refreshed once the backlog is gone. */
     if (got_messages)
-        w->backlog = pending_after(got);
+        w->backlog = mes_nats_pending_after(got);
     if (w->backlog > 0 && now - w->last_msg_ms < CHECK_EVERY_MS)
         return false; /* still delivering (an empty fetch in a backlog says little); due again at the next fetch */
     w->last_check_ms = now;
